@@ -1,0 +1,24 @@
+"""The TD-MPC2 world model and its checkpoints. Knows nothing of Ray."""
+
+from tdmpc_ray.model.checkpoint import (
+    CheckpointError,
+    checkpoint_hash,
+    load_world_model,
+    save_checkpoint,
+)
+from tdmpc_ray.model.config import MODEL_SIZES, ModelConfig, model_config
+from tdmpc_ray.model.math import two_hot, two_hot_inv
+from tdmpc_ray.model.world_model import WorldModel
+
+__all__ = [
+    "MODEL_SIZES",
+    "CheckpointError",
+    "ModelConfig",
+    "WorldModel",
+    "checkpoint_hash",
+    "load_world_model",
+    "model_config",
+    "save_checkpoint",
+    "two_hot",
+    "two_hot_inv",
+]

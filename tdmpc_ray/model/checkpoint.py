@@ -1,0 +1,230 @@
+"""Reading and writing world-model checkpoints in every layout found in the wild.
+
+Layouts read by `load_world_model`:
+- TD-MPC2 old layout: Q ensembles as flat `_Qs.params.N` / `_target_Qs.params.N` lists.
+- TD-MPC2 new layout: `_Qs.params.K.weight`, `_detach_Qs_params.*`, `_target_Qs_params.*`, plus
+  tensordict bookkeeping entries (`__batch_size`, `__device`) and `log_std_*` buffers.
+- Our own format: `{"format": "tdmpc_ray", "config": ..., "model": ...}` written by
+  `save_checkpoint`.
+Each may be wrapped as `{"model": state_dict}` or be a bare state dict, in fp32, fp16, or the
+paper's `torch.qint8` tensors; everything is dequantized to fp32 on load. Files are always read
+with `weights_only=True`: a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from tdmpc_ray.atomic import atomic_path
+from tdmpc_ray.model.config import MODEL_SIZES, ModelConfig, model_config
+from tdmpc_ray.model.world_model import WorldModel
+from tdmpc_ray.provenance import provenance
+from tdmpc_ray.tasks.task_sets import TASK_SETS
+
+FORMAT = "tdmpc_ray"
+FORMAT_VERSION = 1
+_LAYER_NAMES = ("weight", "bias", "ln.weight", "ln.bias")
+_OLD_Q = re.compile(r"^_(target_)?Qs\.params\.(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read as a world model; the message names file and problem."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file on the CPU without running code; clear error if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: refused to load (it holds more than tensors): {first}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated?): {first}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
+    return obj
+
+
+def _to_float(t: torch.Tensor) -> torch.Tensor:
+    if t.is_quantized:
+        t = t.dequantize()
+    return t.float() if t.is_floating_point() else t
+
+
+def canonical_state_dict(raw: dict, path: str | os.PathLike = "<state dict>") -> dict:
+    """Map any supported layout onto our key names, tensors dequantized to fp32.
+
+    Non-tensor entries (tensordict bookkeeping), duplicate detached Q parameters and
+    meta-device placeholders are dropped.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if key.startswith("_detach_Qs_params.") or key.startswith("_Qs.module."):
+            continue
+        if value.device.type == "meta":
+            continue
+        old = _OLD_Q.match(key)
+        if old:
+            layer, slot = divmod(int(old.group(2)), 4)
+            prefix = "_target_Qs" if old.group(1) else "_Qs"
+            key = f"{prefix}.params.{layer}.{_LAYER_NAMES[slot]}"
+        elif key.startswith("_target_Qs_params."):
+            key = "_target_Qs.params." + key[len("_target_Qs_params.") :]
+        out[key] = _to_float(value)
+    if not any(k.startswith("_Qs.params.") for k in out):
+        raise CheckpointError(f"{path}: no Q-ensemble weights found: not a TD-MPC2 world model")
+    return out
+
+
+def _shape(sd: dict, key: str, path) -> torch.Size:
+    if key not in sd:
+        raise CheckpointError(f"{path}: missing key {key}")
+    return sd[key].shape
+
+
+def infer_config(sd: dict, task_set: str | None = None, path="<state dict>") -> ModelConfig:
+    """Read the model's dimensions off its tensor shapes (canonical keys)."""
+    if "_task_emb.weight" in sd:
+        num_tasks, task_dim = sd["_task_emb.weight"].shape
+        by_count = {len(tasks): name for name, tasks in TASK_SETS.items()}
+        if task_set is None:
+            if num_tasks not in by_count:
+                raise CheckpointError(
+                    f"{path}: {num_tasks} task embeddings match no known task set"
+                )
+            task_set = by_count[num_tasks]
+    else:
+        task_dim = 0
+        if task_set is None:
+            raise CheckpointError(f"{path}: single-task checkpoint: pass task_set=<task name>")
+    enc0 = _shape(sd, "_encoder.state.0.weight", path)
+    dyn0 = _shape(sd, "_dynamics.0.weight", path)
+    latent = _shape(sd, "_dynamics.2.weight", path)[0]
+    enc_layers = sum(1 for k in sd if re.fullmatch(r"_encoder\.state\.\d+\.weight", k))
+    dims = {
+        "enc_dim": enc0[0],
+        "mlp_dim": dyn0[0],
+        "latent_dim": latent,
+        "num_enc_layers": max(enc_layers, 2),
+        "num_q": _shape(sd, "_Qs.params.0.weight", path)[0],
+    }
+    size = next(
+        (s for s, preset in MODEL_SIZES.items() if all(dims[k] == preset[k] for k in preset)),
+        None,
+    )
+    if size is None and dims["latent_dim"] == 512 and task_set == "mt30":
+        size = 19 if dims["enc_dim"] == MODEL_SIZES[19]["enc_dim"] else None
+    return ModelConfig(
+        task_set=task_set,
+        model_size=size,
+        obs_dim=enc0[1] - task_dim,
+        action_dim=dyn0[1] - latent - task_dim,
+        task_dim=task_dim,
+        num_bins=_shape(sd, "_reward.2.weight", path)[0],
+        **dims,
+    )
+
+
+def _check_against(model: WorldModel, sd: dict, path) -> None:
+    """Fail on the first missing, unexpected or mis-shaped key, naming it."""
+    expected = model.state_dict()
+    for key, ref in expected.items():
+        if key == "_action_masks" and key not in sd:
+            continue
+        if key not in sd:
+            raise CheckpointError(f"{path}: missing key {key} (expected shape {list(ref.shape)})")
+        if sd[key].shape != ref.shape:
+            raise CheckpointError(
+                f"{path}: {key}: expected shape {list(ref.shape)}, found {list(sd[key].shape)}"
+            )
+    extra = sorted(set(sd) - set(expected) - {"log_std_min", "log_std_dif"})
+    if extra:
+        raise CheckpointError(f"{path}: unexpected key {extra[0]} ({len(extra)} unexpected)")
+    if "_action_masks" in sd and not torch.equal(sd["_action_masks"], expected["_action_masks"]):
+        raise CheckpointError(f"{path}: _action_masks do not match task set {model.cfg.task_set}")
+    bounds = {"log_std_min": model.cfg.log_std_min,
+              "log_std_dif": model.cfg.log_std_max - model.cfg.log_std_min}  # fmt: skip
+    for key, value in bounds.items():
+        if key in sd and float(sd[key]) != value:
+            raise CheckpointError(f"{path}: {key} is {float(sd[key])}, expected {value}")
+
+
+def load_world_model(
+    path: str | os.PathLike,
+    task_set: str | None = "mt30",
+    model_size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> WorldModel:
+    """Load any supported checkpoint as an fp32 `WorldModel` in eval mode.
+
+    The size is inferred from tensor shapes unless `model_size` is given, in which case a
+    checkpoint of another size fails with the key and both shapes. `task_set` None takes the
+    task set from the number of task embeddings.
+    """
+    raw = read_checkpoint(path)
+    if raw.get("format") == FORMAT:
+        cfg = ModelConfig.from_dict(raw["config"])
+        if task_set is not None and cfg.task_set != task_set:
+            raise CheckpointError(
+                f"{path}: checkpoint is for task set {cfg.task_set}, not {task_set}"
+            )
+        sd = canonical_state_dict(raw["model"], path)
+    else:
+        sd = canonical_state_dict(raw.get("model", raw), path)
+        cfg = infer_config(sd, task_set, path)
+    if model_size is not None:
+        cfg = model_config(model_size, cfg.task_set)
+    model = WorldModel(cfg)
+    _check_against(model, sd, path)
+    sd = {k: v for k, v in sd.items() if k not in ("log_std_min", "log_std_dif")}
+    model.load_state_dict(sd, strict=False)
+    return model.to(device).eval()
+
+
+def save_checkpoint(
+    model: WorldModel,
+    path: str | os.PathLike,
+    metadata: dict | None = None,
+    state_dict: dict | None = None,
+) -> Path:
+    """Write `model` in our format (state dict + config + provenance), atomically.
+
+    `state_dict` overrides the tensors written (e.g. a quantized copy); `metadata` is stored
+    alongside the provenance (versions, git commit, time).
+    """
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.cfg.to_dict(),
+        "model": state_dict if state_dict is not None else model.state_dict(),
+        "metadata": {**provenance(), **(metadata or {})},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def checkpoint_hash(path: str | os.PathLike) -> str:
+    """sha256 of a checkpoint file: identifies a teacher for cached labels."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,167 @@
+"""The TD-MPC2 implicit world model: encoder, latent dynamics, reward, policy prior and Q ensemble."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tdmpc_ray.model import math
+from tdmpc_ray.model.config import ModelConfig
+from tdmpc_ray.model.layers import QEnsemble, SimNorm, init_weights, mlp
+from tdmpc_ray.tasks.task_sets import get_task_set
+
+TaskLike = torch.Tensor | int | None
+
+
+class WorldModel(nn.Module):
+    """TD-MPC2's world model with its exact semantics, named after its methods.
+
+    Every head conditions on a learned task embedding (rows renormalised to norm <= 1 on lookup, as
+    `nn.Embedding(max_norm=1)` does) concatenated to its input. `task` arguments are an int or a
+    LongTensor of task ids broadcastable to the batch; single-task models ignore them.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        tasks = get_task_set(cfg.task_set)
+        if cfg.multitask:
+            self._task_emb = nn.Embedding(len(tasks.tasks), cfg.task_dim, max_norm=1)
+            masks = torch.zeros(len(tasks.tasks), cfg.action_dim)
+            for i, dim in enumerate(tasks.action_dims):
+                masks[i, :dim] = 1.0
+            self.register_buffer("_action_masks", masks)
+        self.register_buffer(
+            "_discount",
+            torch.tensor([math.discount_for(n) for n in tasks.episode_lengths]),
+            persistent=False,
+        )
+        z, a, e, h = cfg.latent_dim, cfg.action_dim, cfg.task_dim, cfg.mlp_dim
+        simnorm = SimNorm(cfg.simnorm_dim)
+        enc_hidden = max(cfg.num_enc_layers - 1, 1) * [cfg.enc_dim]
+        self._encoder = nn.ModuleDict({"state": mlp(cfg.obs_dim + e, enc_hidden, z, act=simnorm)})
+        self._dynamics = mlp(z + a + e, [h, h], z, act=simnorm)
+        self._reward = mlp(z + a + e, [h, h], cfg.num_bins)
+        self._pi = mlp(z + e, [h, h], 2 * a)
+        self._Qs = QEnsemble(cfg.num_q, z + a + e, [h, h], cfg.num_bins, dropout=cfg.dropout)
+        self._target_Qs = QEnsemble(cfg.num_q, z + a + e, [h, h], cfg.num_bins, requires_grad=False)
+        self.apply(init_weights)
+        with torch.no_grad():
+            self._reward[-1].weight.zero_()
+            self._Qs.params[-1].weight.zero_()
+        self._target_Qs.copy_from(self._Qs)
+        self._target_Qs.train(False)
+
+    def train(self, mode: bool = True) -> WorldModel:
+        """Switch train/eval mode; the target Qs always stay in eval mode."""
+        super().train(mode)
+        self._target_Qs.train(False)
+        return self
+
+    @property
+    def total_params(self) -> int:
+        """Learnable parameters (TD-MPC2's reported model size; excludes target Qs)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @property
+    def action_masks(self) -> torch.Tensor:
+        """[num_tasks, action_dim] with 1 on each task's real action dims."""
+        if self.cfg.multitask:
+            return self._action_masks
+        return torch.ones(1, self.cfg.action_dim, device=self._discount.device)
+
+    def discount(self, task: TaskLike) -> torch.Tensor:
+        """Per-task discount from episode length (TD-MPC2's heuristic)."""
+        return self._discount[self._task_ids(task)]
+
+    def _task_ids(self, task: TaskLike) -> torch.Tensor:
+        device = self._discount.device
+        if task is None or not self.cfg.multitask:
+            return torch.zeros((), dtype=torch.long, device=device)
+        return torch.as_tensor(task, device=device).long()
+
+    def task_embedding(self, task: TaskLike) -> torch.Tensor:
+        """Embedding rows for `task` (renormalised in place to norm <= 1, like TD-MPC2)."""
+        return self._task_emb(self._task_ids(task))
+
+    def _with_task(self, x: torch.Tensor, task: TaskLike) -> torch.Tensor:
+        if not self.cfg.multitask:
+            return x
+        emb = self.task_embedding(task)
+        return torch.cat([x, emb.expand(*x.shape[:-1], emb.shape[-1])], dim=-1)
+
+    def encode(self, obs: torch.Tensor, task: TaskLike) -> torch.Tensor:
+        """Latent state of an observation."""
+        return self._encoder["state"](self._with_task(obs, task))
+
+    def next(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike) -> torch.Tensor:
+        """Next latent state after taking action `a` in latent state `z`."""
+        return self._dynamics(self._with_task(torch.cat([z, a], dim=-1), task))
+
+    def reward(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike) -> torch.Tensor:
+        """Logits [..., num_bins] of the one-step reward (decode with `two_hot_inv`)."""
+        return self._reward(self._with_task(torch.cat([z, a], dim=-1), task))
+
+    def pi(self, z: torch.Tensor, task: TaskLike, eps: torch.Tensor | None = None):
+        """Sample from the tanh-squashed Gaussian policy prior.
+
+        Returns (action, info) where info holds `mean` (the squashed mean action), `log_std`,
+        `log_prob`, `entropy` and `scaled_entropy` (entropy scaled by the task's action dims).
+        `eps` fixes the standard-normal noise (drawn when None).
+        """
+        mean, raw_log_std = self._pi(self._with_task(z, task)).chunk(2, dim=-1)
+        log_std = math.scaled_log_std(raw_log_std, self.cfg.log_std_min, self.cfg.log_std_max)
+        if eps is None:
+            eps = torch.randn_like(mean)
+        if self.cfg.multitask:
+            mask = self._action_masks[self._task_ids(task)]
+            mean, log_std, eps = mean * mask, log_std * mask, eps * mask
+            action_dims = mask.sum(-1, keepdim=True)
+        else:
+            action_dims = mean.shape[-1]
+        log_prob = math.gaussian_log_prob(eps, log_std)
+        scaled_log_prob = log_prob * action_dims
+        mean, action, log_prob = math.squash(mean, mean + eps * log_std.exp(), log_prob)
+        entropy_scale = scaled_log_prob / (log_prob + 1e-8)
+        info = {
+            "mean": mean,
+            "log_std": log_std,
+            "log_prob": log_prob,
+            "entropy": -log_prob,
+            "scaled_entropy": -log_prob * entropy_scale,
+        }
+        return action, info
+
+    def Q(
+        self,
+        z: torch.Tensor,
+        a: torch.Tensor,
+        task: TaskLike,
+        return_type: str = "min",
+        target: bool = False,
+        detach: bool = False,
+    ) -> torch.Tensor:
+        """State-action value.
+
+        `return_type`: `all` gives every member's logits [Q, ..., num_bins]; `min` / `avg` give the
+        min / mean of two randomly chosen members as scalars [..., 1]. `target` uses the target
+        Qs; `detach` uses the online Qs without gradient to their weights.
+        """
+        if return_type not in ("min", "avg", "all"):
+            raise ValueError(f"return_type must be min, avg or all, not {return_type!r}")
+        x = self._with_task(torch.cat([z, a], dim=-1), task)
+        qnet = self._target_Qs if target else self._Qs
+        logits = qnet(x, detach=detach)
+        if return_type == "all":
+            return logits
+        idx = torch.randperm(len(qnet), device=logits.device)[:2]
+        values = self.two_hot_inv(logits[idx])
+        return values.min(0).values if return_type == "min" else values.sum(0) / 2
+
+    def two_hot_inv(self, logits: torch.Tensor) -> torch.Tensor:
+        """Decode regression logits to scalars with this model's bins."""
+        return math.two_hot_inv(logits, self.cfg.num_bins, self.cfg.vmin, self.cfg.vmax)
+
+    def soft_update_target_Q(self, tau: float) -> None:
+        """Polyak-average the target Qs toward the online Qs."""
+        self._target_Qs.lerp_from(self._Qs, tau)
