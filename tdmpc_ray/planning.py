@@ -39,12 +39,18 @@ class PlannerConfig:
     """Fuse LayerNorm+Mish with torch.compile (a few seconds to compile, ~2x faster on CPU)."""
 
 
-def _split_first(layer: nn.Linear, n_in: int, emb: torch.Tensor | None):
-    """Weight of the first `n_in` inputs and a per-environment bias holding the task embedding's part."""
-    weight = layer.weight[:, :n_in]
-    if emb is None:
-        return weight, layer.bias.expand(1, -1)
-    return weight, torch.addmm(layer.bias, emb, layer.weight[:, n_in:].t())
+def _split_first(weight: torch.Tensor, bias: torch.Tensor, emb: torch.Tensor | None, latent: int):
+    """Split a first layer reading [z, task embedding, action] into the latent's weight, the
+    action's weight and a per-environment bias that holds the task embedding's contribution.
+
+    `weight` is [..., out, in] (a leading ensemble dim is allowed); the bias is [..., B, out].
+    """
+    task_dim = 0 if emb is None else emb.shape[-1]
+    w_z, w_e, w_a = weight.split([latent, task_dim, weight.shape[-1] - latent - task_dim], -1)
+    b = bias.unsqueeze(-2)
+    if emb is not None:
+        b = b + torch.matmul(emb, w_e.transpose(-1, -2))
+    return w_z.transpose(-1, -2).contiguous(), w_a.transpose(-1, -2).contiguous(), b
 
 
 def ln_mish(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -64,6 +70,12 @@ def ln_mish_fusible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
     return y * n / (n + 2)
 
 
+def _compiled_ln_mish():
+    """`ln_mish_fusible` under torch.compile, allowed one graph per call-site shape and thread count."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(ln_mish_fusible, dynamic=False)
+
+
 class _TaskHeads:
     """The world model's heads specialised to one task per environment, for [B, N, ...] inputs."""
 
@@ -71,25 +83,18 @@ class _TaskHeads:
         cfg = model.cfg
         self.model, self.act, self.hidden = model, act, cfg.mlp_dim
         emb = model.task_embedding(task) if cfg.multitask else None
-        za = cfg.latent_dim + cfg.action_dim
-        w_dyn, b_dyn = _split_first(model._dynamics[0], za, emb)
-        w_rew, b_rew = _split_first(model._reward[0], za, emb)
-        w_dr = torch.cat([w_dyn, w_rew]).t()
-        self.w_dr_z = w_dr[: cfg.latent_dim].contiguous()
-        self.w_dr_a = w_dr[cfg.latent_dim :].contiguous()
-        self.b_dr = torch.cat([b_dyn, b_rew], dim=-1).unsqueeze(1)
-        self.ln_dr = [torch.cat([model._dynamics[0].ln.weight, model._reward[0].ln.weight]),
-                      torch.cat([model._dynamics[0].ln.bias, model._reward[0].ln.bias])]  # fmt: skip
-        w_pi, b_pi = _split_first(model._pi[0], cfg.latent_dim, emb)
-        self.w_pi, self.b_pi = w_pi.t().contiguous(), b_pi.unsqueeze(1)
-        q0 = model._Qs.params[0]
-        self.w_q = q0.weight[:, :, :za].transpose(1, 2).contiguous()
-        self.b_q = q0.bias.unsqueeze(1).unsqueeze(2)
-        if emb is not None:
-            self.b_q = self.b_q + torch.einsum("be,qhe->qbh", emb, q0.weight[:, :, za:]).unsqueeze(
-                2
-            )
-        self.mask = model.action_masks[task if cfg.multitask else 0].unsqueeze(1)
+        latent = cfg.latent_dim
+        dyn0, rew0, pi0, q0 = model._dynamics[0], model._reward[0], model._pi[0], model._Qs.params[0]
+        weight = torch.cat([dyn0.weight, rew0.weight])
+        self.w_dr_z, self.w_dr_a, b_dr = _split_first(weight, torch.cat([dyn0.bias, rew0.bias]), emb, latent)
+        self.b_dr = b_dr.unsqueeze(1)
+        self.ln_dr = [torch.cat([dyn0.ln.weight, rew0.ln.weight]),
+                      torch.cat([dyn0.ln.bias, rew0.ln.bias])]  # fmt: skip
+        self.w_pi, _, b_pi = _split_first(pi0.weight, pi0.bias, emb, latent)
+        self.b_pi = b_pi.unsqueeze(1)
+        self.w_q_z, self.w_q_a, b_q = _split_first(q0.weight, q0.bias, emb, latent)
+        self.b_q = b_q.unsqueeze(2)
+        self.mask = model.action_masks[task if cfg.multitask else torch.zeros_like(task)].unsqueeze(1)
         self.discount = model.discount(task).view(-1, 1, 1)
 
     def _hidden(self, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
@@ -121,9 +126,9 @@ class _TaskHeads:
 
     def q_avg(self, z: torch.Tensor, a: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
         """Mean decoded value of the chosen Q members: [B,N,1]."""
-        x = torch.cat([z, a], -1)
-        b, n = x.shape[:2]
-        h = torch.matmul(x.unsqueeze(0), self.w_q[members].unsqueeze(1)) + self.b_q[members]
+        b, n = a.shape[:2]
+        h = torch.matmul(z.unsqueeze(0), self.w_q_z[members].unsqueeze(1))
+        h = h + torch.matmul(a.unsqueeze(0), self.w_q_a[members].unsqueeze(1)) + self.b_q[members]
         h = h.view(len(members), b * n, -1)
         for i, layer in enumerate(self.model._Qs.params):
             w, bias = layer.weight[members], layer.bias[members].unsqueeze(1)
@@ -161,7 +166,7 @@ class Planner:
             num_envs, cfg.horizon, model.cfg.action_dim, device=self.device
         )
         self._fresh = torch.ones(num_envs, dtype=torch.bool, device=self.device)
-        self._act_fn = torch.compile(ln_mish_fusible, dynamic=True) if cfg.compile else ln_mish
+        self._act_fn = _compiled_ln_mish() if cfg.compile else ln_mish
 
     def reset(self, envs: torch.Tensor | list[int] | None = None) -> None:
         """Forget the warm start of `envs` (all when None): their next step is an episode's first."""

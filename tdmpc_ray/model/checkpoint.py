@@ -17,6 +17,7 @@ import hashlib
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -32,6 +33,8 @@ FORMAT = "tdmpc_ray"
 FORMAT_VERSION = 1
 _LAYER_NAMES = ("weight", "bias", "ln.weight", "ln.bias")
 _OLD_Q = re.compile(r"^_(target_)?Qs\.params\.(\d+)$")
+SCALE_SUFFIX = ".__scale"
+"""Key suffix of an int8 weight's per-output-channel scales: weight = int8 values * scales."""
 
 
 class CheckpointError(ValueError):
@@ -44,7 +47,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(TypedStorage|quantized tensor creation).*")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
@@ -66,6 +71,34 @@ def _to_float(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.is_floating_point() else t
 
 
+def dequantize_state_dict(sd: dict, path: str | os.PathLike = "<state dict>") -> dict:
+    """`sd` with every tensor in fp32: int8 weights times their `key + SCALE_SUFFIX` scales (the
+    per-channel int8 that `tdmpc_ray.quantize` writes), `torch.qint8` tensors dequantized, fp16
+    cast; non-tensor entries are kept as they are.
+    """
+    out = {}
+    for key, value in sd.items():
+        if key.endswith(SCALE_SUFFIX):
+            if key[: -len(SCALE_SUFFIX)] not in sd:
+                raise CheckpointError(f"{path}: scales {key} belong to no weight")
+            continue
+        is_int8 = isinstance(value, torch.Tensor) and value.dtype == torch.int8
+        scale = sd.get(key + SCALE_SUFFIX)
+        if scale is not None:
+            if not is_int8 or scale.shape != (*value.shape[:-1], 1):
+                raise CheckpointError(
+                    f"{path}: {key}: expected an int8 weight [..., out, in] with scales "
+                    f"[..., out, 1], found {getattr(value, 'dtype', type(value).__name__)} "
+                    f"{list(getattr(value, 'shape', []))} with scales {list(scale.shape)}"
+                )
+            out[key] = value.float() * scale.float()
+        elif is_int8:
+            raise CheckpointError(f"{path}: {key}: int8 tensor without scales {key}{SCALE_SUFFIX}")
+        else:
+            out[key] = _to_float(value) if isinstance(value, torch.Tensor) else value
+    return out
+
+
 def canonical_state_dict(raw: dict, path: str | os.PathLike = "<state dict>") -> dict:
     """Map any supported layout onto our key names, tensors dequantized to fp32.
 
@@ -73,7 +106,7 @@ def canonical_state_dict(raw: dict, path: str | os.PathLike = "<state dict>") ->
     meta-device placeholders are dropped.
     """
     out: dict[str, torch.Tensor] = {}
-    for key, value in raw.items():
+    for key, value in dequantize_state_dict(raw, path).items():
         if not isinstance(value, torch.Tensor):
             continue
         if key.startswith("_detach_Qs_params.") or key.startswith("_Qs.module."):
@@ -87,7 +120,7 @@ def canonical_state_dict(raw: dict, path: str | os.PathLike = "<state dict>") ->
             key = f"{prefix}.params.{layer}.{_LAYER_NAMES[slot]}"
         elif key.startswith("_target_Qs_params."):
             key = "_target_Qs.params." + key[len("_target_Qs_params.") :]
-        out[key] = _to_float(value)
+        out[key] = value
     if not any(k.startswith("_Qs.params.") for k in out):
         raise CheckpointError(f"{path}: no Q-ensemble weights found: not a TD-MPC2 world model")
     return out

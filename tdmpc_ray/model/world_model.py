@@ -17,7 +17,8 @@ class WorldModel(nn.Module):
     """TD-MPC2's world model with its exact semantics, named after its methods.
 
     Every head conditions on a learned task embedding (rows renormalised to norm <= 1 on lookup, as
-    `nn.Embedding(max_norm=1)` does) concatenated to its input. `task` arguments are an int or a
+    `nn.Embedding(max_norm=1)` does) concatenated right after the observation or latent, so the
+    input of the action-conditioned heads is [z, task embedding, action], as in TD-MPC2. `task` arguments are an int or a
     LongTensor of task ids broadcastable to the batch; single-task models ignore them.
     """
 
@@ -96,11 +97,11 @@ class WorldModel(nn.Module):
 
     def next(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike) -> torch.Tensor:
         """Next latent state after taking action `a` in latent state `z`."""
-        return self._dynamics(self._with_task(torch.cat([z, a], dim=-1), task))
+        return self._dynamics(torch.cat([self._with_task(z, task), a], dim=-1))
 
     def reward(self, z: torch.Tensor, a: torch.Tensor, task: TaskLike) -> torch.Tensor:
         """Logits [..., num_bins] of the one-step reward (decode with `two_hot_inv`)."""
-        return self._reward(self._with_task(torch.cat([z, a], dim=-1), task))
+        return self._reward(torch.cat([self._with_task(z, task), a], dim=-1))
 
     def pi(self, z: torch.Tensor, task: TaskLike, eps: torch.Tensor | None = None):
         """Sample from the tanh-squashed Gaussian policy prior.
@@ -149,7 +150,7 @@ class WorldModel(nn.Module):
         """
         if return_type not in ("min", "avg", "all"):
             raise ValueError(f"return_type must be min, avg or all, not {return_type!r}")
-        x = self._with_task(torch.cat([z, a], dim=-1), task)
+        x = torch.cat([self._with_task(z, task), a], dim=-1)
         qnet = self._target_Qs if target else self._Qs
         logits = qnet(x, detach=detach)
         if return_type == "all":
