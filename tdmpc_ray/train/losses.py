@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tdmpc_ray.data.episode_store import Batch
 from tdmpc_ray.model.math import soft_ce
 from tdmpc_ray.model.world_model import WorldModel
 
@@ -25,23 +26,6 @@ class LossConfig:
     """Reward distillation coefficient (the paper's best: 0.4-0.45); 0 trains from scratch."""
     distill_all_steps: bool = False
     """Distil rewards at every horizon step (rho-weighted) instead of only the first."""
-
-
-@dataclass
-class Batch:
-    """A batch of TD-MPC2 windows: H+1 observations and H actions/rewards per sample."""
-
-    obs: torch.Tensor  # [H+1, B, obs_dim]
-    action: torch.Tensor  # [H, B, action_dim]
-    reward: torch.Tensor  # [H, B, 1]
-    task: torch.Tensor  # [B]
-    teacher_reward: torch.Tensor | None = None  # [H, B, 1]
-
-    def to(self, device: torch.device | str) -> Batch:
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(
-            *(move(getattr(self, f)) for f in ("obs", "action", "reward", "task", "teacher_reward"))
-        )
 
 
 @torch.no_grad()

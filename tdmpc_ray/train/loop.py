@@ -1,0 +1,174 @@
+"""The Ray Train worker loop: sample windows from this worker's episode shard, fetch teacher
+rewards one step ahead, update, report metrics, checkpoint, and hand checkpoints to
+asynchronous evaluation."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from tdmpc_ray.data.episode_store import Batch, EpisodeStore
+from tdmpc_ray.model.checkpoint import save_checkpoint
+from tdmpc_ray.model.config import model_config
+from tdmpc_ray.model.world_model import WorldModel
+from tdmpc_ray.train.config import TrainConfig
+from tdmpc_ray.train.teacher import get_teacher
+from tdmpc_ray.train.update import Learner
+
+STATE_FILE = "learner.pt"
+STUDENT_FILE = "student.pt"
+
+
+class TeacherRewards:
+    """Teacher rewards for sampled windows: from cached labels in the data, or from the shared
+    teacher actor, asked when a batch is sampled so the answer is ready by the next update."""
+
+    def __init__(self, cfg: TrainConfig, use_labels: bool):
+        self.all_steps = cfg.distill_all_steps
+        self.actor = None
+        if cfg.distilling and not use_labels:
+            self.actor = get_teacher(cfg.teacher, cfg.task_set)
+        self.active = cfg.distilling
+        self.wait_s = 0.0
+
+    def request(self, batch: Batch):
+        """Start the teacher query for `batch` (None when labels or no teacher are used)."""
+        if self.actor is None:
+            return None
+        steps = batch.action.shape[0] if self.all_steps else 1
+        obs, action = batch.obs[:steps], batch.action[:steps]
+        task = batch.task.repeat(steps)
+        return self.actor.reward.remote(
+            obs.flatten(0, 1).cpu(), action.flatten(0, 1).cpu(), task.cpu()
+        )
+
+    def attach(self, batch: Batch, pending) -> Batch:
+        """`batch` with teacher rewards [H, B, 1] (labels, or the answer to `pending`)."""
+        if not self.active or pending is None:
+            return (
+                batch
+                if self.active or batch.teacher_reward is None
+                else batch._replace(teacher_reward=None)
+            )
+        start = time.perf_counter()
+        reward = ray.get(pending).to(batch.reward.device).view(-1, *batch.reward.shape[1:])
+        self.wait_s += time.perf_counter() - start
+        if reward.shape[0] < batch.reward.shape[0]:
+            reward = torch.cat(
+                [reward, torch.full_like(batch.reward[reward.shape[0] :], float("nan"))]
+            )
+        return batch._replace(teacher_reward=reward)
+
+
+def _save(learner: Learner, generators: list, directory: Path, cfg: TrainConfig) -> None:
+    torch.save(
+        {"learner": learner.state_dict(), "generators": generators, "config": cfg.__dict__},
+        directory / STATE_FILE,
+    )
+    save_checkpoint(
+        learner.model,
+        directory / STUDENT_FILE,
+        metadata={"step": learner.step, "train_config": cfg.__dict__},
+    )
+
+
+def _all_generator_states(generator: torch.Generator) -> list[torch.Tensor]:
+    """Every rank's sampling-generator state (gathered so rank 0 can checkpoint them all)."""
+    state = generator.get_state()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [state]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point; `config` holds `train` (TrainConfig fields) and `use_labels`."""
+    cfg = TrainConfig(**config["train"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+    model = WorldModel(model_config(cfg.model_size, cfg.task_set)).to(device)
+    learner = Learner(model, cfg.losses(), cfg.optim())
+    torch.manual_seed(cfg.seed * 7919 + rank)
+    generator = torch.Generator().manual_seed(cfg.seed * 104729 + rank)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
+        learner.load_state_dict(state["learner"])
+        generator.set_state(state["generators"][rank])
+    store = EpisodeStore.load(
+        ray.train.get_dataset_shard("train"), device=device,
+        max_resident_episodes=cfg.max_resident_episodes, seed=cfg.seed + rank,
+    )  # fmt: skip
+    teacher = TeacherRewards(cfg, config["use_labels"])
+    wandb_run = _start_wandb(cfg) if cfg.wandb and rank == 0 else None
+    local_batch = cfg.batch_size // world
+    batch = store.sample(local_batch, cfg.horizon, generator)
+    pending = teacher.request(batch)
+    window_start, window_steps = time.perf_counter(), 0
+    for step in range(learner.step, cfg.steps):
+        next_batch = store.sample(local_batch, cfg.horizon, generator)
+        next_pending = teacher.request(next_batch)
+        metrics = learner.update(teacher.attach(batch, pending))
+        batch, pending = next_batch, next_pending
+        window_steps += 1
+        done = step + 1
+        save = done % cfg.checkpoint_every == 0 or done == cfg.steps
+        evaluate = cfg.eval_freq > 0 and (done % cfg.eval_freq == 0 or done == cfg.steps)
+        if not (save or evaluate or done % cfg.log_every == 0):
+            continue
+        elapsed = time.perf_counter() - window_start
+        metrics.update(step=done, updates_per_s=window_steps / elapsed, teacher_wait_s=teacher.wait_s / window_steps,
+                       episodes_resident=store.num_episodes)  # fmt: skip
+        window_start, window_steps, teacher.wait_s = time.perf_counter(), 0, 0.0
+        if wandb_run is not None:
+            wandb_run.log(metrics, step=done)
+        if not (save or evaluate):
+            ray.train.report(metrics)
+            continue
+        generators = _all_generator_states(generator)
+        with tempfile.TemporaryDirectory() as directory:
+            if rank == 0:
+                _save(learner, generators, Path(directory), cfg)
+            ckpt = ray.train.Checkpoint.from_directory(directory) if rank == 0 else None
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{done:09d}",
+                             validation=bool(evaluate and rank == 0))  # fmt: skip
+    store.close()
+    if wandb_run is not None:
+        wandb_run.finish()
+
+
+def _start_wandb(cfg: TrainConfig):
+    import os
+
+    import wandb
+
+    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return wandb.init(project="tdmpc-ray", name=cfg.run_name(), config=cfg.__dict__, mode=mode,
+                      dir=tempfile.gettempdir() if "://" in cfg.out else cfg.out)  # fmt: skip
+
+
+def validate_checkpoint(checkpoint: ray.train.Checkpoint, tasks: str, episodes: int, actors: int,
+                        mpc: bool, max_steps: int | None, seed: int) -> dict:  # fmt: skip
+    """Asynchronous evaluation of a reported checkpoint's student with rollout actors."""
+    from tdmpc_ray.evaluate import EvalConfig, evaluate
+    from tdmpc_ray.planning import PlannerConfig
+
+    with checkpoint.as_directory() as directory:
+        student = Path(directory) / STUDENT_FILE
+        cfg = EvalConfig(
+            planner=PlannerConfig(mpc=mpc), eval_mode=True, seed=seed, max_steps=max_steps
+        )
+        result = evaluate(str(student), tasks, episodes, actors, cfg)
+    scores = {f"score/{task}": row["mean"] / 10 for task, row in result["tasks"].items()}
+    return {"normalized_score": result["normalized_score"], **scores}

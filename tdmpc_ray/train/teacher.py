@@ -1,0 +1,117 @@
+"""The frozen teacher: one named Ray actor per teacher checkpoint, shared by every training worker
+and every Tune trial, that answers reward queries in coalesced forward passes."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import ray
+import torch
+
+from tdmpc_ray.model.checkpoint import checkpoint_hash, load_world_model
+from tdmpc_ray.model.world_model import WorldModel
+
+NAMESPACE = "tdmpc_ray"
+
+
+@torch.no_grad()
+def teacher_rewards(model: WorldModel, obs: torch.Tensor, action: torch.Tensor, task: torch.Tensor):
+    """The teacher's decoded reward for (obs, action, task) rows: [N, 1]."""
+    return model.two_hot_inv(model.reward(model.encode(obs, task), action, task))
+
+
+@dataclass
+class _Request:
+    obs: torch.Tensor
+    action: torch.Tensor
+    task: torch.Tensor
+    done: asyncio.Future
+
+
+@ray.remote
+class TeacherActor:
+    """A frozen world model serving `reward(obs, action, task)` to many clients.
+
+    Requests that arrive while a forward pass runs are queued and answered together by the next
+    pass (up to `max_batch` rows), so N workers asking at once cost about one pass, not N.
+    """
+
+    def __init__(self, checkpoint: str, task_set: str = "mt30", max_batch: int = 65536):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = load_world_model(checkpoint, task_set=task_set, device=device).requires_grad_(
+            False
+        )
+        self.device = torch.device(device)
+        self.hash = checkpoint_hash(checkpoint)
+        self.max_batch = max_batch
+        self.queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self.worker: asyncio.Task | None = None
+        self.passes = 0
+        self.rows = 0
+
+    async def reward(
+        self, obs: torch.Tensor, action: torch.Tensor, task: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher rewards [N, 1] for rows obs [N, D], action [N, A], task [N] (on the CPU)."""
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._serve())
+        done = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Request(obs, action, task, done))
+        return await done
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            requests = [await self.queue.get()]
+            rows = len(requests[0].task)
+            while not self.queue.empty() and rows < self.max_batch:
+                requests.append(self.queue.get_nowait())
+                rows += len(requests[-1].task)
+            try:
+                out = await loop.run_in_executor(None, self._forward, requests)
+            except Exception as err:  # answer every waiting client with the failure
+                for r in requests:
+                    r.done.set_exception(err)
+                continue
+            for r, value in zip(requests, out.split([len(r.task) for r in requests]), strict=True):
+                r.done.set_result(value)
+
+    def _forward(self, requests: list[_Request]) -> torch.Tensor:
+        cat = lambda name: torch.cat([getattr(r, name) for r in requests]).to(self.device)  # noqa: E731
+        out = teacher_rewards(self.model, cat("obs"), cat("action"), cat("task").long())
+        self.passes += 1
+        self.rows += len(out)
+        return out.cpu()
+
+    def info(self) -> dict:
+        """Checkpoint hash, device and how many passes/rows were served (coalescing shows here)."""
+        return {
+            "hash": self.hash,
+            "device": str(self.device),
+            "passes": self.passes,
+            "rows": self.rows,
+        }
+
+
+def teacher_name(checkpoint: str) -> str:
+    """Actor name for a teacher checkpoint: the same file gives the same actor everywhere."""
+    return f"teacher-{checkpoint_hash(checkpoint)[:16]}"
+
+
+def get_teacher(checkpoint: str, task_set: str = "mt30", num_gpus: float | None = None):
+    """The shared teacher actor for `checkpoint`, created on first use (`get_if_exists`).
+
+    It asks for a GPU when the cluster has one (`num_gpus` overrides) and lives as long as the
+    job that created it.
+    """
+    if num_gpus is None:
+        num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    return TeacherActor.options(
+        name=teacher_name(checkpoint),
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        num_cpus=0,
+        num_gpus=num_gpus,
+        max_concurrency=64,
+    ).remote(checkpoint, task_set)
