@@ -50,6 +50,7 @@ def machine() -> dict:
     )  # fmt: skip
     return {
         "cpu": model,
+        "arch": platform.machine(),
         "cores": os.cpu_count(),
         "load_average_1m": os.getloadavg()[0],
         "torch_threads_default": torch.get_num_threads(),
@@ -58,6 +59,6 @@ def machine() -> dict:
 
 def write_result(name: str, result: dict) -> Path:
     """Write `bench/results/<name>.json` with machine and provenance attached."""
-    path = write_json(RESULTS / f"{name}.json", {**result, "machine": machine(), **provenance()})
+    path = write_json(RESULTS / f"{name}.json", {**result, **provenance(), "machine": machine()})
     print(f"wrote {path}")
     return path

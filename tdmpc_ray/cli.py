@@ -15,7 +15,7 @@ _VERB_MODULES = (
     "tdmpc_ray.evaluate.commands",
     "tdmpc_ray.data.commands",
     "tdmpc_ray.train.commands",
-    "tdmpc_ray.quantize_commands",
+    "tdmpc_ray.quantize.commands",
     "tdmpc_ray.tune_commands",
     "tdmpc_ray.dashboard.commands",
     "tdmpc_ray.quickstart",
