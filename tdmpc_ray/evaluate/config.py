@@ -1,0 +1,40 @@
+"""Settings of an evaluation run; light to import (no Ray), so the CLI can read its defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tdmpc_ray.planning import PlannerConfig
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How `evaluate` acts and spreads work; the defaults are TD-MPC2's evaluation script's."""
+
+    planner: PlannerConfig = PlannerConfig()
+    eval_mode: bool = False
+    """TD-MPC2's evaluate.py (and so the paper's scores) acts with eval_mode False: the planner's
+    chosen action plus its std as noise. Training-time evaluation uses True."""
+    seed: int = 0
+    """Run seed every env and planner seed derives from."""
+    envs_per_actor: int = 10
+    """Episodes stepped together by one actor (one batched plan per step)."""
+    cpus_per_actor: float = 1.0
+    max_steps: int | None = None
+    """Cut episodes after this many agent steps; for tests and benchmarks (scores then are not
+    comparable with full 500-step episodes)."""
+    max_retries: int = 3
+    """Reruns allowed per episode (physics errors) and per job (dead actors)."""
+    video_dir: str | None = None
+    """Write `<task>.mp4` of each task's first episode here (needs the `video` extra)."""
+
+    def check(self) -> None:
+        """Fail with one line on settings that cannot run."""
+        for name in ("envs_per_actor", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.cpus_per_actor <= 0:
+            raise ValueError(f"cpus_per_actor must be positive, got {self.cpus_per_actor}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be non-negative, got {self.max_retries}")

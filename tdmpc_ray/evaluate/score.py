@@ -1,0 +1,252 @@
+"""Scoring an agent: `evaluate` runs episodes of each task on an `EvalPool` of rollout actors and
+reports per-task returns and TD-MPC2's normalized score.
+
+Seeds: episode e of task T under run seed S has env seed derive_seed("env", S, T, e, attempt),
+whatever actor runs it. Episodes are grouped in (task, episode) order into jobs of
+`envs_per_actor`, and a job's planner is seeded from its members, so results are reproducible for
+a given `envs_per_actor` whatever the number of actors, their scheduling or a rerun after an
+actor died. The planner draws one random stream per job (not per environment), so changing
+`envs_per_actor` changes the planner noise, not the env seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from tqdm import tqdm
+
+from tdmpc_ray.atomic import atomic_path
+from tdmpc_ray.evaluate.config import EvalConfig
+from tdmpc_ray.evaluate.pool import EvalPool, RolloutSettings, model_payload
+from tdmpc_ray.evaluate.rollout import EpisodeResult, EpisodeSpec
+from tdmpc_ray.evaluate.video import require_writer
+from tdmpc_ray.model import ModelConfig, WorldModel, checkpoint_hash, load_world_model
+from tdmpc_ray.model.checkpoint import infer_config
+from tdmpc_ray.planning import Planner
+from tdmpc_ray.provenance import provenance
+from tdmpc_ray.tasks.task_sets import TASK_SETS, get_task_set
+
+ModelSource = str | os.PathLike | WorldModel | Mapping[str, torch.Tensor]
+
+
+def normalized_score(mean_returns: Mapping[str, float]) -> float:
+    """TD-MPC2's normalized score: mean over tasks of (mean episode return / 10), 0..100 on
+    DMControl. Meta-World's (success rate x 100) is not supported yet."""
+    if not mean_returns:
+        raise ValueError("normalized_score needs at least one task")
+    metaworld = [task for task in mean_returns if task.startswith("mw-")]
+    if metaworld:
+        raise NotImplementedError(f"Meta-World scores are not supported yet: {metaworld[0]}")
+    return float(np.mean([ret / 10 for ret in mean_returns.values()]))
+
+
+def resolve_tasks(spec: str | Sequence[str], cfg: ModelConfig) -> list[str]:
+    """Task names from a task-set name, a comma-separated list or a sequence, checked against the
+    model's task set (any tasks of it, e.g. the MT30 tasks of an MT80 model)."""
+    if isinstance(spec, str):
+        names = list(TASK_SETS.get(spec, [s.strip() for s in spec.split(",") if s.strip()]))
+    else:
+        names = list(spec)
+    if not names:
+        raise ValueError("no tasks given")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"task {duplicates[0]!r} is given more than once")
+    model_tasks = get_task_set(cfg.task_set).tasks
+    for name in names:
+        if name not in model_tasks:
+            raise ValueError(
+                f"the model is for task set {cfg.task_set!r}, which has no task {name!r}"
+            )
+        if name.startswith("mw-"):
+            raise NotImplementedError(f"Meta-World tasks are not supported yet: {name}")
+    return names
+
+
+def episode_specs(
+    tasks: Sequence[str], episodes: int, model_cfg: ModelConfig, cfg: EvalConfig
+) -> list[EpisodeSpec]:
+    """Every (task, episode) pair in task order; the first episode of each task is filmed when
+    videos are asked for."""
+    task_set = get_task_set(model_cfg.task_set)
+    return [
+        EpisodeSpec(
+            seed=cfg.seed,
+            task=task,
+            task_id=task_set.index(task) if model_cfg.multitask else 0,
+            episode=episode,
+            record_video=cfg.video_dir is not None and episode == 0,
+        )
+        for task in tasks
+        for episode in range(episodes)
+    ]
+
+
+def evaluate(
+    checkpoint: ModelSource,
+    tasks: str | Sequence[str] = "mt30",
+    episodes: int = 10,
+    num_actors: int = 1,
+    cfg: EvalConfig | None = None,
+    *,
+    model_config: ModelConfig | None = None,
+    pool: EvalPool | None = None,
+    progress: bool = False,
+    on_result: Callable[[EpisodeResult], None] | None = None,
+) -> dict:
+    """Run `episodes` episodes of each task and return per-task returns and `normalized_score`.
+
+    `checkpoint` is a checkpoint path (any layout `load_world_model` reads), a `WorldModel`, or
+    its state dict (config from `model_config` or inferred from shapes); the weights go to the
+    object store once. `pool` reuses running actors (then `num_actors` is the pool's), e.g. for
+    periodic evaluation during training; otherwise one is started and stopped here. Bad
+    arguments fail with one line before any actor starts.
+    """
+    start = time.perf_counter()
+    cfg = cfg or EvalConfig()
+    if episodes < 1 or num_actors < 1:
+        raise ValueError(
+            f"episodes and num_actors must be at least 1, got {episodes}, {num_actors}"
+        )
+    cfg.check()
+    model, path = _world_model(checkpoint, model_config)
+    names = resolve_tasks(tasks, model.cfg)
+    Planner(model, dataclasses.replace(cfg.planner, compile=False))  # bad settings fail here
+    if cfg.video_dir is not None:
+        require_writer()
+    specs = episode_specs(names, episodes, model.cfg, cfg)
+    groups = [specs[i : i + cfg.envs_per_actor] for i in range(0, len(specs), cfg.envs_per_actor)]
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING)
+    weights = ray.put(model_payload(model))
+    settings = RolloutSettings(cfg.planner, cfg.eval_mode, cfg.max_steps)
+    owned = pool is None
+    if owned:
+        pool = EvalPool(num_actors, cfg.cpus_per_actor, env_vars=_actor_env(cfg))
+    num_actors = len(pool.actors)
+    bar = _TaskProgress(names, episodes, progress, on_result)
+    try:
+        results, retries = pool.run(weights, settings, groups, cfg.max_retries, bar.update)
+    finally:
+        bar.close()
+        if owned:
+            pool.shutdown()
+    result = {
+        **_scores(results, names, specs),
+        "retries": [dataclasses.asdict(retry) for retry in retries],
+        "videos": _write_videos(results, cfg.video_dir),
+        "config": {
+            "checkpoint": str(path) if path is not None else "<in memory>",
+            "checkpoint_sha256": checkpoint_hash(path) if path is not None else None,
+            "model": model.cfg.to_dict(),
+            "tasks": names,
+            "episodes": episodes,
+            "num_actors": num_actors,
+            **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "planner"},
+            "planner": dataclasses.asdict(cfg.planner),
+        },
+    }
+    wall = time.perf_counter() - start
+    result.update(wall_time_s=wall, env_steps_per_s=result["env_steps"] / wall)
+    result["provenance"] = provenance()
+    return result
+
+
+def _world_model(
+    source: ModelSource, model_config: ModelConfig | None
+) -> tuple[WorldModel, Path | None]:
+    """The model to evaluate and its checkpoint file (None for one given in memory)."""
+    if isinstance(source, WorldModel):
+        return source, None
+    if isinstance(source, Mapping):
+        model = WorldModel(model_config or infer_config(dict(source)))
+        model.load_state_dict(source)
+        return model, None
+    return load_world_model(source, task_set=None), Path(source)
+
+
+def _actor_env(cfg: EvalConfig) -> dict[str, str]:
+    """MuJoCo's GL backend for the actors: the caller's, else EGL to film, else none."""
+    default = "egl" if cfg.video_dir is not None else "disable"
+    return {"MUJOCO_GL": os.environ.get("MUJOCO_GL", default)}
+
+
+def _scores(
+    results: Sequence[EpisodeResult], tasks: Sequence[str], specs: Sequence[EpisodeSpec]
+) -> dict:
+    """Per-task returns (in episode order), mean, std (population), and the normalized score."""
+    by_task: dict[str, list[EpisodeResult]] = defaultdict(list)
+    for result in results:
+        by_task[result.spec.task].append(result)
+    per_task = {}
+    for task in tasks:
+        episodes = sorted(by_task[task], key=lambda r: r.spec.episode)
+        returns = [float(r.ret) for r in episodes]
+        per_task[task] = {
+            "task_id": episodes[0].spec.task_id,
+            "returns": returns,
+            "mean": float(np.mean(returns)),
+            "std": float(np.std(returns)),
+            "lengths": [r.length for r in episodes],
+            "env_seeds": [r.spec.env_seed for r in episodes],
+        }
+    score = normalized_score({task: row["mean"] for task, row in per_task.items()})
+    return {
+        "normalized_score": score,
+        "tasks": per_task,
+        "episodes_run": len(specs),
+        "env_steps": sum(r.length for r in results),
+    }
+
+
+def _write_videos(results: Sequence[EpisodeResult], video_dir: str | None) -> dict[str, str]:
+    """Write each filmed episode as `<video_dir>/<task>.mp4`; returns task -> path."""
+    paths = {}
+    for result in results:
+        if result.video is not None and video_dir is not None:
+            path = Path(video_dir) / f"{result.spec.task}.mp4"
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(result.video)
+            paths[result.spec.task] = str(path)
+    return paths
+
+
+class _TaskProgress:
+    """One tqdm bar of episodes, a line per task when its last episode is in, and the caller's
+    own callback."""
+
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        episodes: int,
+        enabled: bool,
+        callback: Callable[[EpisodeResult], None] | None,
+    ) -> None:
+        self._episodes, self._callback = episodes, callback
+        self._returns: dict[str, list[float]] = {task: [] for task in tasks}
+        self._bar = tqdm(
+            total=len(tasks) * episodes, unit="episode", desc="eval", disable=not enabled
+        )
+
+    def update(self, result: EpisodeResult) -> None:
+        returns = self._returns[result.spec.task]
+        returns.append(result.ret)
+        self._bar.update(1)
+        if len(returns) == self._episodes and not self._bar.disable:
+            self._bar.write(
+                f"{result.spec.task:<26} return {np.mean(returns):7.1f} ± {np.std(returns):6.1f}"
+            )
+        if self._callback is not None:
+            self._callback(result)
+
+    def close(self) -> None:
+        self._bar.close()

@@ -1,0 +1,226 @@
+"""Evaluation: lockstep rollouts, the Ray pool and its fault handling, scores, and `tdmpc-ray eval`.
+
+Everything runs for real (dm_control, Ray, the published 1M student) with tiny planning and
+episodes cut at a few dozen steps, so the whole file takes well under two minutes.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray.cloudpickle
+
+from tdmpc_ray import cli
+from tdmpc_ray.evaluate.config import EvalConfig
+from tdmpc_ray.evaluate.pool import EvalPool
+from tdmpc_ray.evaluate.rollout import EpisodeSpec, run_lockstep
+from tdmpc_ray.evaluate.score import evaluate, normalized_score
+from tdmpc_ray.model import load_world_model
+from tdmpc_ray.planning import Planner, PlannerConfig
+from tdmpc_ray.tasks.dmcontrol import make_env
+
+CHECKPOINT = (
+    Path(__file__).resolve().parents[2] / "shared/checkpoints/mt30_1M_steps_045dist_fp16.pt"
+)
+needs_checkpoint = pytest.mark.skipif(
+    not CHECKPOINT.is_file(), reason=f"shared checkpoint {CHECKPOINT} is absent"
+)
+TINY = PlannerConfig(iterations=1, num_samples=32, num_elites=8, num_pi_trajs=4, horizon=2)
+TASKS = ["cartpole-balance", "pendulum-swingup", "cup-catch"]
+EPISODES = 2
+STEPS = 40
+CFG = EvalConfig(planner=TINY, seed=3, envs_per_actor=2, cpus_per_actor=0.5, max_steps=STEPS)
+HAS_VIDEO = all(importlib.util.find_spec(m) for m in ("imageio", "imageio_ffmpeg"))
+TINY_ARGS = ["--iterations", "1", "--num-samples", "32", "--num-elites", "8",
+             "--num-pi-trajs", "4", "--horizon", "2", "--no-compile"]  # fmt: skip
+
+# Ray workers cannot import this test module: ship the fault-injecting factory by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class DivergeOnce:
+    """Env factory: real MT30 envs, but the one built with `seed` gets an infinite joint
+    velocity before its 4th step, so MuJoCo really diverges and dm_control raises
+    PhysicsError. Retries get a fresh env seed, so it happens once."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __call__(self, task: str, seed: int, obs_pad: int):
+        env = make_env(task, seed, obs_pad)
+        if seed == self.seed:
+            original, calls = env.step, [0]
+
+            def step(action):
+                calls[0] += 1
+                if calls[0] == 4:
+                    env.physics.data.qvel[:] = np.inf
+                return original(action)
+
+            env.step = step
+        return env
+
+
+def _returns(result: dict) -> dict[str, list[float]]:
+    return {task: row["returns"] for task, row in result["tasks"].items()}
+
+
+@pytest.fixture(scope="module")
+def pool(ray_session):
+    with EvalPool(2, cpus_per_actor=CFG.cpus_per_actor) as pool:
+        yield pool
+
+
+@pytest.fixture(scope="module")
+def reference(pool) -> dict:
+    return evaluate(CHECKPOINT, TASKS, EPISODES, cfg=CFG, pool=pool)
+
+
+def test_normalized_score_is_mean_over_tasks_of_mean_return_over_ten() -> None:
+    assert normalized_score({"walker-walk": 950.0, "cup-catch": 150.0}) == pytest.approx(55.0)
+    with pytest.raises(NotImplementedError, match="Meta-World"):
+        normalized_score({"mw-reach": 0.5})
+    with pytest.raises(ValueError):
+        normalized_score({})
+
+
+@needs_checkpoint
+def test_lockstep_rollout_records_trajectories_in_the_episode_layout() -> None:
+    model = load_world_model(CHECKPOINT)
+    specs = [EpisodeSpec(0, task, model.cfg.tasks.index(task), 0) for task in TASKS[:2]]
+    planner = Planner(model, TINY, num_envs=2, seed=0)
+    results = run_lockstep(planner, specs, eval_mode=True, obs_pad=24, max_steps=10, record=True)
+    for spec, result in zip(specs, results, strict=True):
+        traj = result.trajectory
+        assert result.length == 10 and result.error is None
+        assert traj.obs.shape == (11, 24) and traj.action.shape == (11, 6)
+        assert np.isnan(traj.action[0]).all() and np.isnan(traj.reward[0])
+        assert traj.reward[1:].sum() == pytest.approx(result.ret, rel=1e-5)
+        np.testing.assert_array_equal(traj.obs[0], make_env(spec.task, spec.env_seed).reset())
+    again = run_lockstep(Planner(model, TINY, 2, seed=0), specs, eval_mode=True, obs_pad=24,
+                         max_steps=10)  # fmt: skip
+    assert [r.ret for r in again] == [r.ret for r in results]
+    assert all(r.trajectory is None for r in again)
+
+
+@needs_checkpoint
+def test_evaluate_reports_each_task_and_the_normalized_score(reference: dict) -> None:
+    assert list(reference["tasks"]) == TASKS
+    for row in reference["tasks"].values():
+        assert len(row["returns"]) == EPISODES and row["lengths"] == [STEPS] * EPISODES
+        assert row["mean"] == pytest.approx(np.mean(row["returns"]))
+        assert row["std"] == pytest.approx(np.std(row["returns"]))
+        assert len(set(row["env_seeds"])) == EPISODES
+    means = [row["mean"] for row in reference["tasks"].values()]
+    assert reference["normalized_score"] == pytest.approx(np.mean(means) / 10)
+    assert reference["env_steps"] == len(TASKS) * EPISODES * STEPS
+    assert reference["retries"] == []
+    config = reference["config"]
+    assert config["eval_mode"] is False and config["planner"]["num_samples"] == 32
+    assert config["checkpoint_sha256"] and config["num_actors"] == 2
+    assert reference["provenance"]["versions"]["torch"]
+
+
+@needs_checkpoint
+def test_results_do_not_depend_on_the_number_of_actors(reference: dict) -> None:
+    single = evaluate(CHECKPOINT, TASKS, EPISODES, num_actors=1, cfg=CFG)
+    assert _returns(single) == _returns(reference)
+    assert single["config"]["num_actors"] == 1
+
+
+@needs_checkpoint
+def test_in_memory_model_scores_like_its_checkpoint(pool, reference: dict) -> None:
+    model = load_world_model(CHECKPOINT)
+    from_state = evaluate(model.state_dict(), TASKS, EPISODES, cfg=CFG, pool=pool)
+    assert _returns(from_state) == _returns(reference)
+    assert from_state["config"]["checkpoint"] == "<in memory>"
+
+
+@needs_checkpoint
+def test_killed_actors_are_replaced_and_their_episodes_rerun(pool, reference: dict) -> None:
+    """Both actors are killed when the first episode is in: one job is then still waiting, so
+    at least one job is sent to or running on a dead actor, whichever finished first."""
+    killed = []
+
+    def kill_actors(result) -> None:
+        if not killed:
+            killed.extend(pool.actors)
+            for actor in killed:
+                ray.kill(actor)
+
+    result = evaluate(CHECKPOINT, TASKS, EPISODES, cfg=CFG, pool=pool, on_result=kill_actors)
+    assert _returns(result) == _returns(reference)
+    assert result["retries"] and {r["reason"] for r in result["retries"]} == {"actor_died"}
+    assert len(pool.actors) == 2 and set(map(id, pool.actors)) != set(map(id, killed))
+
+
+@needs_checkpoint
+def test_a_physics_error_is_retried_with_a_fresh_env_seed(ray_session, reference: dict) -> None:
+    broken = EpisodeSpec(CFG.seed, "pendulum-swingup", 7, episode=1)
+    with EvalPool(1, CFG.cpus_per_actor, env_factory=DivergeOnce(broken.env_seed)) as faulty:
+        result = evaluate(CHECKPOINT, TASKS, EPISODES, cfg=CFG, pool=faulty)
+    [retry] = result["retries"]
+    assert (retry["task"], retry["episode"], retry["attempt"]) == ("pendulum-swingup", 1, 0)
+    assert retry["reason"] == "physics_error" and "PhysicsError" in retry["error"]
+    row = result["tasks"]["pendulum-swingup"]
+    assert row["env_seeds"][1] == broken.retry().env_seed and row["lengths"][1] == STEPS
+    expected, got = _returns(reference), _returns(result)
+    assert got["pendulum-swingup"][0] == expected["pendulum-swingup"][0]
+    assert all(got[task] == expected[task] for task in TASKS if task != "pendulum-swingup")
+
+
+@needs_checkpoint
+def test_eval_cli_writes_json_csv_and_summary(ray_session, tmp_path, capsys, monkeypatch) -> None:
+    """Films each task's first episode too when the `video` extra is installed."""
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    out, video = tmp_path / "run", tmp_path / "videos"
+    argv = ["eval", "--checkpoint", str(CHECKPOINT), "--tasks", ",".join(TASKS[:2]),
+            "--episodes", "2", "--num-actors", "1", "--envs-per-actor", "4",
+            "--cpus-per-actor", "0.5", "--max-steps", "20", "--eval-mode", "--seed", "5",
+            "--out", str(out), *TINY_ARGS, *(["--video", str(video)] if HAS_VIDEO else [])]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    data = json.loads((out / "eval.json").read_text())
+    assert data["config"]["eval_mode"] is True and data["config"]["seed"] == 5
+    assert data["config"]["planner"]["compile"] is False and data["env_steps_per_s"] > 0
+    with open(out / "eval.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["task"] for row in rows] == [*TASKS[:2], "all"]
+    assert float(rows[-1]["score"]) == pytest.approx(data["normalized_score"], abs=1e-4)
+    assert [float(r) for r in rows[0]["returns"].split()] == pytest.approx(
+        data["tasks"][TASKS[0]]["returns"], abs=1e-4
+    )
+    assert "normalized score" in printed and str(out / "eval.json") in printed
+    if HAS_VIDEO:
+        assert sorted(p.name for p in video.iterdir()) == [f"{task}.mp4" for task in TASKS[:2]]
+        assert (video / f"{TASKS[0]}.mp4").read_bytes()[4:8] == b"ftyp"
+
+
+@needs_checkpoint
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tasks", "walker-wlak"], "has no task 'walker-wlak'"),
+        (["--tasks", "mt80"], "the model is for task set 'mt30', which has no task 'mw-"),
+        (["--tasks", "cup-catch,cup-catch"], "given more than once"),
+        (["--episodes", "0"], "must be at least 1"),
+        (["--envs-per-actor", "0"], "envs_per_actor must be at least 1"),
+    ],
+)
+def test_eval_cli_bad_arguments_fail_with_one_line(capsys, args, message) -> None:
+    assert cli.main(["eval", "--checkpoint", str(CHECKPOINT), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tdmpc-ray eval: error: ") and message in err
+    assert err.count("\n") == 1
+
+
+def test_eval_cli_missing_checkpoint_fails_with_one_line(tmp_path, capsys) -> None:
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.pt: no such checkpoint file" in err and err.count("\n") == 1
