@@ -8,12 +8,16 @@
 - `report`: eval.json / eval.csv and the summary table; `video`: mp4 episodes.
 - `commands`: the `eval` verb.
 
-Names are exported lazily, so `tdmpc-ray --help` does not import Ray or dm_control.
+Names are exported lazily, so `tdmpc-ray --help` does not import Ray or dm_control. The package
+itself is callable as `evaluate(...)`, so `from tdmpc_ray import evaluate` (the public API named
+in DESIGN.md) works whichever of the package and the function Python resolves first.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 _EXPORTS = {
     "EpisodeResult": "rollout",
@@ -34,3 +38,13 @@ def __getattr__(name: str) -> object:
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+class _CallablePackage(types.ModuleType):
+    """This package, callable as its own `evaluate` function."""
+
+    def __call__(self, *args: object, **kwargs: object) -> dict:
+        return __getattr__("evaluate")(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

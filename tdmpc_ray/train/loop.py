@@ -101,11 +101,13 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.seed * 7919 + rank)
     generator = torch.Generator().manual_seed(cfg.seed * 104729 + rank)
     checkpoint = ray.train.get_checkpoint()
+    resumed_from = 0
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
         learner.load_state_dict(state["learner"])
         generator.set_state(state["generators"][rank])
+        resumed_from = learner.step
     store = EpisodeStore.load(
         ray.train.get_dataset_shard("train"), device=device,
         max_resident_episodes=cfg.max_resident_episodes, seed=cfg.seed + rank,
@@ -129,7 +131,7 @@ def train_loop_per_worker(config: dict) -> None:
             continue
         elapsed = time.perf_counter() - window_start
         metrics.update(step=done, updates_per_s=window_steps / elapsed, teacher_wait_s=teacher.wait_s / window_steps,
-                       episodes_resident=store.num_episodes)  # fmt: skip
+                       episodes_resident=store.num_episodes, resumed_from=resumed_from)  # fmt: skip
         window_start, window_steps, teacher.wait_s = time.perf_counter(), 0, 0.0
         if wandb_run is not None:
             wandb_run.log(metrics, step=done)

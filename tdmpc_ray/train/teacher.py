@@ -33,11 +33,18 @@ class _Request:
 class TeacherActor:
     """A frozen world model serving `reward(obs, action, task)` to many clients.
 
-    Requests that arrive while a forward pass runs are queued and answered together by the next
-    pass (up to `max_batch` rows), so N workers asking at once cost about one pass, not N.
+    Requests that arrive while a forward pass runs, or within `gather_s` of the first waiting one,
+    are answered together by one pass (up to `max_batch` rows), so N workers asking at once cost
+    about one pass, not N.
     """
 
-    def __init__(self, checkpoint: str, task_set: str = "mt30", max_batch: int = 65536):
+    def __init__(
+        self,
+        checkpoint: str,
+        task_set: str = "mt30",
+        max_batch: int = 65536,
+        gather_s: float = 0.002,
+    ):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_world_model(checkpoint, task_set=task_set, device=device).requires_grad_(
             False
@@ -45,6 +52,7 @@ class TeacherActor:
         self.device = torch.device(device)
         self.hash = checkpoint_hash(checkpoint)
         self.max_batch = max_batch
+        self.gather_s = gather_s
         self.queue: asyncio.Queue[_Request] = asyncio.Queue()
         self.worker: asyncio.Task | None = None
         self.passes = 0
@@ -65,8 +73,14 @@ class TeacherActor:
         while True:
             requests = [await self.queue.get()]
             rows = len(requests[0].task)
-            while not self.queue.empty() and rows < self.max_batch:
-                requests.append(self.queue.get_nowait())
+            deadline = loop.time() + self.gather_s
+            while rows < self.max_batch:
+                try:
+                    requests.append(
+                        await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
+                    )
+                except asyncio.TimeoutError:
+                    break
                 rows += len(requests[-1].task)
             try:
                 out = await loop.run_in_executor(None, self._forward, requests)
@@ -102,8 +116,9 @@ def teacher_name(checkpoint: str) -> str:
 def get_teacher(checkpoint: str, task_set: str = "mt30", num_gpus: float | None = None):
     """The shared teacher actor for `checkpoint`, created on first use (`get_if_exists`).
 
-    It asks for a GPU when the cluster has one (`num_gpus` overrides) and lives as long as the
-    job that created it.
+    It asks for a GPU when the cluster has one (`num_gpus` overrides). Like every non-detached
+    actor it lives while a handle from its creator does: the training driver (or the sweep)
+    creates it first and holds it; workers and trials then find it by name.
     """
     if num_gpus is None:
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0

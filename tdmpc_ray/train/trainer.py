@@ -36,8 +36,9 @@ def _uses_labels(cfg: TrainConfig, labelled_by: str | None) -> bool:
     )
 
 
-def build_trainer(cfg: TrainConfig) -> tuple[TorchTrainer, dict]:
-    """A TorchTrainer for `cfg` and the run record (config, data facts, provenance)."""
+def build_trainer(cfg: TrainConfig) -> tuple[TorchTrainer, dict, object]:
+    """A TorchTrainer for `cfg`, the run record (config, data facts, provenance) and the teacher
+    actor's handle (None without one): keep it while training, the actor lives while it does."""
     cfg.check()
     info = dataset_info(cfg.data)
     if info.meta.task_set != cfg.task_set:
@@ -49,8 +50,7 @@ def build_trainer(cfg: TrainConfig) -> tuple[TorchTrainer, dict]:
     use_labels = _uses_labels(cfg, info.meta.teacher_checkpoint)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
-    if cfg.distilling and not use_labels:
-        get_teacher(cfg.teacher, cfg.task_set)
+    teacher = get_teacher(cfg.teacher, cfg.task_set) if cfg.distilling and not use_labels else None
     dataset = ray.data.read_parquet([str(p.path) for p in info.parts])
     validation = None
     if cfg.eval_freq:
@@ -85,12 +85,12 @@ def build_trainer(cfg: TrainConfig) -> tuple[TorchTrainer, dict]:
         "teacher_source": ("labels" if use_labels else "actor") if cfg.distilling else None,
         **provenance(),
     }
-    return trainer, record
+    return trainer, record, teacher
 
 
 def train(cfg: TrainConfig) -> dict:
     """Train to completion (resuming after failures) and return a summary with output paths."""
-    trainer, record = build_trainer(cfg)
+    trainer, record, _teacher = build_trainer(cfg)
     run_dir = Path(cfg.out) / cfg.run_name() if "://" not in cfg.out else None
     if run_dir is not None:
         write_json(run_dir / "run.json", record)

@@ -1,0 +1,214 @@
+"""Training: TD-MPC2 losses and update, reward distillation, data-parallel averaging, the shared
+teacher actor, and Ray Train runs that evaluate asynchronously and survive a killed worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tdmpc_ray.data.episode_store import Batch, EpisodeStore
+from tdmpc_ray.model import WorldModel, model_config
+from tdmpc_ray.train.config import TrainConfig
+from tdmpc_ray.train.losses import LossConfig
+from tdmpc_ray.train.teacher import get_teacher, teacher_rewards
+from tdmpc_ray.train.update import Learner
+from tests.helpers import shared_checkpoint
+
+TASKS = "cartpole-balance,walker-walk"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(ray_session, tmp_path_factory) -> Path:
+    """Random-policy rollouts made by `data generate`: 2 tasks x 3 episodes of 24 steps."""
+    from tdmpc_ray.data.generate import GenerateConfig, generate
+
+    dst = tmp_path_factory.mktemp("data") / "episodes"
+    generate(
+        GenerateConfig(tasks=TASKS, episodes_per_task=3, max_steps=24, seed=0), dst, progress=False
+    )
+    return dst
+
+
+def _batch(data: Path, size: int = 32, seed: int = 0) -> Batch:
+    store = EpisodeStore.load(data)
+    return store.sample(size, 3, torch.Generator().manual_seed(seed))
+
+
+def _model(seed: int = 0, **overrides) -> WorldModel:
+    torch.manual_seed(seed)
+    return WorldModel(model_config(1, "mt30", **overrides))
+
+
+def test_losses_fall_on_a_fixed_batch(tiny_data):
+    batch = _batch(tiny_data)
+    learner = Learner(_model())
+    first = learner.update(batch)
+    for _ in range(40):
+        last = learner.update(batch)
+    for name in ("consistency_loss", "reward_loss", "value_loss", "total_loss"):
+        assert last[name] < first[name], name
+    assert learner.step == 41
+
+
+def test_d_coef_zero_is_the_from_scratch_update_and_distillation_changes_it(tiny_data):
+    batch = _batch(tiny_data)
+    labelled = batch._replace(teacher_reward=torch.randn_like(batch.reward))
+
+    def params_after(b: Batch, d_coef: float) -> torch.Tensor:
+        learner = Learner(_model(), LossConfig(d_coef=d_coef))
+        torch.manual_seed(1)
+        metrics = learner.update(b)
+        assert ("distill_loss" in metrics) == (d_coef > 0)
+        return torch.cat([p.detach().flatten() for p in learner.model.parameters()])
+
+    scratch = params_after(batch, 0.0)
+    torch.testing.assert_close(params_after(labelled, 0.0), scratch, atol=0, rtol=0)
+    assert not torch.equal(params_after(labelled, 0.4), scratch)
+    with pytest.raises(ValueError, match="needs teacher rewards"):
+        params_after(batch, 0.4)
+
+
+def _near_deterministic(model: WorldModel) -> WorldModel:
+    """Policy std at its floor (e^-10), so sampled actions equal the mean to ~1e-5."""
+    with torch.no_grad():
+        half = model.cfg.action_dim
+        model._pi[-1].weight[half:].zero_()
+        model._pi[-1].bias[half:].fill_(-100.0)
+    return model
+
+
+def _rank_update(rank: int, world: int, init_file: str, batch: Batch, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    share = batch.obs.shape[1] // world
+    part = slice(rank * share, (rank + 1) * share)
+    local = Batch(
+        batch.obs[:, part], batch.action[:, part], batch.reward[:, part], batch.task[part], None
+    )
+    learner = Learner(_near_deterministic(_model(dropout=0.0)))
+    learner.update(local)
+    if rank == 0:
+        torch.save(learner.state_dict(), out)
+    dist.destroy_process_group()
+
+
+def test_two_workers_update_like_one_worker_on_the_union_batch(tiny_data, tmp_path):
+    batch = _batch(tiny_data, size=64)
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_rank_update, args=(2, str(tmp_path / "pg"), batch, str(out)), nprocs=2, join=True)
+    single = Learner(_near_deterministic(_model(dropout=0.0)))
+    single.update(batch)
+    two = torch.load(out, weights_only=True)
+    for key, value in single.state_dict()["model"].items():
+        torch.testing.assert_close(two["model"][key], value, atol=2e-5, rtol=1e-4, msg=key)
+    torch.testing.assert_close(two["scale"]["value"], single.scale.value)
+
+
+def test_teacher_actor_is_shared_and_coalesces_concurrent_requests(ray_session):
+    import ray
+
+    checkpoint = str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt"))
+
+    @ray.remote(num_cpus=0)
+    def actor_id(path: str) -> str:
+        return get_teacher(path)._actor_id.hex()
+
+    teacher = get_teacher(checkpoint)
+    assert set(ray.get([actor_id.remote(checkpoint) for _ in range(2)])) == {
+        teacher._actor_id.hex()
+    }
+    gen = torch.Generator().manual_seed(0)
+    rows = [(torch.randn(64, 24, generator=gen), torch.rand(64, 6, generator=gen) * 2 - 1,
+             torch.randint(0, 30, (64,), generator=gen)) for _ in range(32)]  # fmt: skip
+    before = ray.get(teacher.info.remote())["passes"]
+    answers = ray.get([teacher.reward.remote(*r) for r in rows])
+    info = ray.get(teacher.info.remote())
+    assert info["passes"] - before <= len(rows) // 2
+    from tdmpc_ray.model import load_world_model
+
+    model = load_world_model(checkpoint)
+    for (obs, action, task), answer in zip(rows, answers, strict=True):
+        torch.testing.assert_close(
+            answer, teacher_rewards(model, obs, action, task), atol=1e-5, rtol=1e-5
+        )
+
+
+def _fit(cfg: TrainConfig) -> dict:
+    from tdmpc_ray.train.trainer import train
+
+    return train(cfg)
+
+
+def test_distillation_run_with_teacher_actor_and_async_evaluation(tiny_data, tmp_path):
+    cfg = TrainConfig(
+        data=str(tiny_data), teacher=str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt")),
+        steps=12, batch_size=16, num_workers=2, cpus_per_worker=0.5, checkpoint_every=6, log_every=3,
+        eval_freq=12, eval_tasks="cartpole-balance", eval_episodes=1, eval_max_steps=5, eval_mpc=False,
+        out=str(tmp_path / "runs"), name="distill",
+    )  # fmt: skip
+    summary = _fit(cfg)
+    assert summary["metrics"]["step"] == 12
+    assert summary["metrics"]["distill_loss"] >= 0
+    assert Path(summary["student"]).is_file()
+    from tdmpc_ray.model import load_world_model
+
+    assert load_world_model(summary["student"]).cfg.model_size == 1
+    assert any(score is not None for score, _ in summary.get("scores", []))
+    run = tmp_path / "runs" / "distill"
+    assert (run / "run.json").is_file() and (run / "summary.json").is_file()
+
+
+def _train_worker_pids(session_dir: str) -> list[int]:
+    """PIDs of this Ray session's Train worker processes (their parent raylet names the session)."""
+
+    def read(pid: int | str, name: str) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/{name}").read_bytes()
+        except OSError:
+            return b""
+
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and b"RayTrainWorker" in read(entry.name, "cmdline"):
+            parent = read(entry.name, "stat").rsplit(b")", 1)[-1].split()[1].decode()
+            if session_dir.encode() in read(parent, "cmdline"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _kill_worker_after_two_checkpoints(run_dir: Path, session_dir: str, killed: list[int]) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(run_dir.glob("checkpoint_*"))) < 2:
+        time.sleep(0.1)
+    for pid in _train_worker_pids(session_dir):
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_data, tmp_path):
+    cfg = TrainConfig(
+        data=str(tiny_data), steps=400, batch_size=16, checkpoint_every=50, log_every=50,
+        cpus_per_worker=0.5, out=str(tmp_path / "runs"), name="resume", max_failures=2,
+    )  # fmt: skip
+    import ray
+
+    session_dir = ray._private.worker._global_node.get_session_dir_path()
+    killed: list[int] = []
+    run_dir = tmp_path / "runs" / "resume"
+    killer = threading.Thread(
+        target=_kill_worker_after_two_checkpoints, args=(run_dir, session_dir, killed)
+    )
+    killer.start()
+    summary = _fit(cfg)
+    killer.join()
+    assert killed, "no training worker was found to kill"
+    assert summary["metrics"]["step"] == 400
+    assert summary["metrics"]["resumed_from"] >= 50
