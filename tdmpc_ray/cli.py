@@ -16,7 +16,7 @@ _VERB_MODULES = (
     "tdmpc_ray.data.commands",
     "tdmpc_ray.train.commands",
     "tdmpc_ray.quantize.commands",
-    "tdmpc_ray.tune_commands",
+    "tdmpc_ray.sweep.commands",
     "tdmpc_ray.dashboard.commands",
     "tdmpc_ray.quickstart",
 )

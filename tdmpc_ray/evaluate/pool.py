@@ -139,7 +139,12 @@ class EvalPool:
     ) -> None:
         if num_actors < 1:
             raise ValueError(f"num_actors must be at least 1, got {num_actors}")
-        self._options = {"num_cpus": cpus_per_actor, "max_restarts": 0}
+        # "DEFAULT": never placed inside a caller's placement group (a Train or Tune trial's).
+        self._options = {
+            "num_cpus": cpus_per_actor,
+            "max_restarts": 0,
+            "scheduling_strategy": "DEFAULT",
+        }
         if env_vars:
             self._options["runtime_env"] = {"env_vars": env_vars}
         self._args = (env_factory, max(1, int(cpus_per_actor)))

@@ -41,6 +41,8 @@ class TrainConfig:
     """Ray Train workers (data-parallel; gradients averaged)."""
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    read_cpus: float = 0.25
+    """CPUs per Ray Data read task (small, so reads fit beside workers on a busy node)."""
     max_resident_episodes: int | None = None
     """Keep at most this many episodes in memory per worker, rotating through the data."""
     eval_freq: int = 0
@@ -49,6 +51,8 @@ class TrainConfig:
     eval_episodes: int = 1
     eval_actors: int = 1
     eval_mpc: bool = True
+    eval_cpus: float = 1.0
+    """CPUs per evaluation rollout actor."""
     eval_max_steps: int | None = None
     """Cut evaluation episodes short (tests); scores are then not comparable to 500 steps."""
     checkpoint_every: int = 10_000
@@ -81,6 +85,11 @@ class TrainConfig:
             grad_clip_norm=self.grad_clip_norm,
             tau=self.tau,
         )
+
+    def eval_kwargs(self) -> dict:
+        """Arguments of `validate_checkpoint` for this run's periodic evaluation."""
+        return {"tasks": self.eval_tasks, "episodes": self.eval_episodes, "actors": self.eval_actors,
+                "mpc": self.eval_mpc, "max_steps": self.eval_max_steps, "seed": self.seed, "cpus": self.eval_cpus}  # fmt: skip
 
     def run_name(self) -> str:
         recipe = f"distill-d{self.d_coef:g}" if self.distilling else "scratch"

@@ -90,7 +90,8 @@ def _all_generator_states(generator: torch.Generator) -> list[torch.Tensor]:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point; `config` holds `train` (TrainConfig fields) and `use_labels`."""
+    """Ray Train entry point; `config` holds `train` (TrainConfig fields), `use_labels`, and
+    `validate` (hand eval-step checkpoints to the trainer's asynchronous validation)."""
     cfg = TrainConfig(**config["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -144,7 +145,7 @@ def train_loop_per_worker(config: dict) -> None:
                 _save(learner, generators, Path(directory), cfg)
             ckpt = ray.train.Checkpoint.from_directory(directory) if rank == 0 else None
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{done:09d}",
-                             validation=bool(evaluate and rank == 0))  # fmt: skip
+                             validation=bool(evaluate and rank == 0 and config["validate"]))  # fmt: skip
     store.close()
     if wandb_run is not None:
         wandb_run.finish()
@@ -161,7 +162,7 @@ def _start_wandb(cfg: TrainConfig):
 
 
 def validate_checkpoint(checkpoint: ray.train.Checkpoint, tasks: str, episodes: int, actors: int,
-                        mpc: bool, max_steps: int | None, seed: int) -> dict:  # fmt: skip
+                        mpc: bool, max_steps: int | None, seed: int, cpus: float = 1.0) -> dict:  # fmt: skip
     """Asynchronous evaluation of a reported checkpoint's student with rollout actors."""
     from tdmpc_ray.evaluate import EvalConfig, evaluate
     from tdmpc_ray.planning import PlannerConfig
@@ -169,7 +170,11 @@ def validate_checkpoint(checkpoint: ray.train.Checkpoint, tasks: str, episodes: 
     with checkpoint.as_directory() as directory:
         student = Path(directory) / STUDENT_FILE
         cfg = EvalConfig(
-            planner=PlannerConfig(mpc=mpc), eval_mode=True, seed=seed, max_steps=max_steps
+            planner=PlannerConfig(mpc=mpc),
+            eval_mode=True,
+            seed=seed,
+            max_steps=max_steps,
+            cpus_per_actor=cpus,
         )
         result = evaluate(str(student), tasks, episodes, actors, cfg)
     scores = {f"score/{task}": row["mean"] / 10 for task, row in result["tasks"].items()}

@@ -36,9 +36,14 @@ def _uses_labels(cfg: TrainConfig, labelled_by: str | None) -> bool:
     )
 
 
-def build_trainer(cfg: TrainConfig) -> tuple[TorchTrainer, dict, object]:
+def build_trainer(
+    cfg: TrainConfig, callbacks: list | None = None
+) -> tuple[TorchTrainer, dict, object]:
     """A TorchTrainer for `cfg`, the run record (config, data facts, provenance) and the teacher
-    actor's handle (None without one): keep it while training, the actor lives while it does."""
+    actor's handle (None without one): keep it while training, the actor lives while it does.
+
+    Eval-step checkpoints go to Ray Train's asynchronous validation, unless `callbacks` are given
+    (a sweep's trial evaluates through its Tune callback instead)."""
     cfg.check()
     info = dataset_info(cfg.data)
     if info.meta.task_set != cfg.task_set:
@@ -51,16 +56,22 @@ def build_trainer(cfg: TrainConfig) -> tuple[TorchTrainer, dict, object]:
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
     teacher = get_teacher(cfg.teacher, cfg.task_set) if cfg.distilling and not use_labels else None
-    dataset = ray.data.read_parquet([str(p.path) for p in info.parts])
+    dataset = ray.data.read_parquet(
+        [str(p.path) for p in info.parts], ray_remote_args={"num_cpus": cfg.read_cpus}
+    )
     validation = None
-    if cfg.eval_freq:
-        kwargs = {"tasks": cfg.eval_tasks, "episodes": cfg.eval_episodes, "actors": cfg.eval_actors,
-                  "mpc": cfg.eval_mpc, "max_steps": cfg.eval_max_steps, "seed": cfg.seed}  # fmt: skip
-        validation = ValidationConfig(validate_checkpoint, ValidationTaskConfig(fn_kwargs=kwargs))
+    if cfg.eval_freq and callbacks is None:
+        validation = ValidationConfig(
+            validate_checkpoint, ValidationTaskConfig(fn_kwargs=cfg.eval_kwargs())
+        )
     storage = cfg.out if "://" in cfg.out else str(Path(cfg.out).resolve())
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": asdict(cfg), "use_labels": use_labels},
+        train_loop_config={
+            "train": asdict(cfg),
+            "use_labels": use_labels,
+            "validate": validation is not None,
+        },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
@@ -71,6 +82,7 @@ def build_trainer(cfg: TrainConfig) -> tuple[TorchTrainer, dict, object]:
             storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=3),
+            callbacks=callbacks,
         ),
         datasets={"train": dataset},
         validation_config=validation,

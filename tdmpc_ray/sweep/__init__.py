@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over the distillation recipe: YAML specs (`tune/*.yaml`) and their runner."""

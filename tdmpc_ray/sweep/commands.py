@@ -1,0 +1,36 @@
+"""`tdmpc-ray sweep SPEC [key=value ...] [--resume]`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from tdmpc_ray.config import parse_overrides
+    from tdmpc_ray.sweep.runner import format_table, run_sweep
+    from tdmpc_ray.sweep.spec import load_spec
+
+    spec = load_spec(args.spec, parse_overrides(args.overrides))
+    summary = run_sweep(spec, resume=args.resume)
+    print(f"\nsweep {spec.name}: {len(summary['trials'])} trials -> {summary['experiment']}\n")
+    print(format_table(summary))
+    best = summary["best"]
+    print(f"\nbest student: {best['student']} (normalized score {best['normalized_score']:.2f})" if best
+          else "\nno trial has an evaluation score (set eval_freq to evaluate)")  # fmt: skip
+    print(f"dashboard:    tdmpc-ray dashboard {summary['experiment']}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="sweep the distillation recipe with Ray Tune (specs in tune/)",
+        description="Run a sweep spec (tune/*.yaml). key=value sets spec keys (name, storage_path, "
+        "num_samples, max_concurrent_trials, trial_cpus) or trial settings (e.g. data=DIR steps=1000).",
+    )
+    parser.add_argument("spec", help="sweep spec YAML, e.g. tune/quick.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted sweep of the same name"
+    )
+    parser.set_defaults(handler=_sweep)

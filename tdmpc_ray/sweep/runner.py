@@ -1,0 +1,197 @@
+"""Run a sweep spec with Ray Tune, Train inside Tune: each trial is a Tune function that builds
+and fits a TorchTrainer, while checkpoints are evaluated asynchronously and their scores reach
+Tune (and so schedulers and the dashboard) as soon as they are ready."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from tdmpc_ray.config import build_config
+from tdmpc_ray.sweep.spec import SweepSpec
+from tdmpc_ray.train.config import TrainConfig
+from tdmpc_ray.train.loop import STUDENT_FILE, validate_checkpoint
+from tdmpc_ray.train.teacher import get_teacher
+from tdmpc_ray.train.trainer import build_trainer
+
+log = logging.getLogger(__name__)
+_validate = ray.remote(num_cpus=0, scheduling_strategy="DEFAULT")(validate_checkpoint)
+
+
+class EvaluateAndReport(TuneReportCallback):
+    """Forwards Train reports to Tune; evaluates checkpoints at eval steps in background tasks and
+    adds the newest finished score (`normalized_score`, `score/<task>`, `eval_step`) to every
+    report after it; the last report waits for every evaluation. Before the first score,
+    `normalized_score` is 0 (the lowest possible). It runs in the Train controller."""
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        self.eval_freq = cfg.eval_freq
+        self.steps = cfg.steps
+        self.kwargs = cfg.eval_kwargs()
+        self.pending: dict[ray.ObjectRef, int] = {}
+        self.latest: dict = {"normalized_score": 0.0}
+
+    def after_report(self, run_context, metrics, checkpoint):
+        step = int(metrics[0].get("step", 0))
+        if (
+            checkpoint is not None
+            and self.eval_freq
+            and (step % self.eval_freq == 0 or step == self.steps)
+        ):
+            self.pending[_validate.remote(checkpoint, **self.kwargs)] = step
+        self.collect(timeout=None if step >= self.steps else 0)
+        super().after_report(run_context, [{**metrics[0], **self.latest}], checkpoint)
+
+    def collect(self, timeout: float | None) -> None:
+        """Take in finished evaluations (waiting up to `timeout` seconds; None: all of them)."""
+        if not self.pending:
+            return
+        refs = list(self.pending)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for ref in sorted(ready, key=self.pending.get):
+            step = self.pending.pop(ref)
+            try:
+                self.latest = {**ray.get(ref), "eval_step": step}
+            except ray.exceptions.RayError as err:
+                log.error(
+                    "evaluation of the step-%d checkpoint failed: %s",
+                    step,
+                    str(err).splitlines()[0],
+                )
+                self.latest = {
+                    **self.latest,
+                    "eval_error": f"step {step}: {str(err).splitlines()[0]}",
+                }
+
+
+def run_trial(config: dict) -> None:
+    """Tune function: one training run of the recipe in `config` (TrainConfig fields)."""
+    cfg = build_config(TrainConfig, None, config)
+    cfg = dataclasses.replace(
+        cfg, out=f"{cfg.out}/{tune.get_context().get_trial_name()}", name="train"
+    )
+    trainer, _record, _teacher = build_trainer(cfg, callbacks=[EvaluateAndReport(cfg)])
+    trainer.fit()
+
+
+def _param_space(spec: SweepSpec, experiment: str) -> dict:
+    """Tune's search space: the base settings, the searched ones, and where trials store runs."""
+    space = {**spec.base, "out": experiment}
+    for key, dist in spec.space.items():
+        kind, values = next(iter(dist.items()))
+        space[key] = {
+            "grid": lambda v: tune.grid_search(v), "choice": lambda v: tune.choice(v),
+            "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
+            "randint": lambda v: tune.randint(*v),
+        }[kind](values)  # fmt: skip
+    return space
+
+
+DATA_HEADROOM_CPUS = 1.0
+"""Kept free for Ray Data's file-listing task (1 CPU) when trials load their shards."""
+
+
+def _concurrency(spec: SweepSpec) -> int:
+    """Trials that fit the cluster at once: CPUs (and GPUs) over one trial's needs, leaving
+    `DATA_HEADROOM_CPUS` so the trials' data loading is never starved."""
+    if spec.max_concurrent_trials:
+        return spec.max_concurrent_trials
+    cfg = spec.trial_configs()[0]
+    resources = ray.cluster_resources()
+    per_trial = spec.trial_cpus + cfg.num_workers * cfg.cpus_per_worker
+    fits = math.floor((resources.get("CPU", 1) - DATA_HEADROOM_CPUS) / per_trial + 1e-9)
+    if cfg.use_gpu:
+        fits = min(fits, math.floor(resources.get("GPU", 0) / cfg.num_workers))
+    return max(1, fits)
+
+
+def _shared_teachers(spec: SweepSpec) -> list:
+    """One teacher actor per distinct teacher of the sweep, held for its whole run."""
+    teachers = {(c.teacher, c.task_set) for c in spec.trial_configs() if c.distilling}
+    return [get_teacher(path, task_set) for path, task_set in sorted(teachers)]
+
+
+def run_sweep(spec: SweepSpec, resume: bool = False) -> dict:
+    """Run (or resume) the sweep; returns the trials sorted by score and the best student."""
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # results reach the dashboard sooner
+    teachers = _shared_teachers(spec)
+    storage = (
+        spec.storage_path if "://" in spec.storage_path else str(Path(spec.storage_path).resolve())
+    )
+    trainable = tune.with_resources(run_trial, {"CPU": spec.trial_cpus})
+    experiment = f"{storage.rstrip('/')}/{spec.name}"
+    if resume and tune.Tuner.can_restore(experiment):
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
+    else:
+        scheduler = None
+        if spec.scheduler is not None:
+            options = {k: v for k, v in spec.scheduler.items() if k != "type"}
+            scheduler = ASHAScheduler(
+                time_attr="step", metric="normalized_score", mode="max", **options
+            )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(spec, experiment),
+            tune_config=tune.TuneConfig(
+                num_samples=spec.num_samples,
+                scheduler=scheduler,
+                max_concurrent_trials=_concurrency(spec),
+            ),  # fmt: skip
+            run_config=tune.RunConfig(name=spec.name, storage_path=storage),
+        )
+    grid = tuner.fit()
+    del teachers
+    return summarize(grid, spec, experiment)
+
+
+def summarize(grid, spec: SweepSpec, experiment: str) -> dict:
+    """Trials (config, status, step, score, speed) sorted by score, and the best student."""
+    keys = sorted(spec.space)
+    trials = []
+    for result in grid:
+        metrics = result.metrics or {}
+        checkpoint = metrics.get("checkpoint_path")
+        trials.append({
+            "trial": Path(result.path).name,
+            **{k: (result.config or {}).get(k) for k in keys},
+            "status": "ERROR" if result.error else "TERMINATED",
+            "step": metrics.get("step"),
+            "normalized_score": metrics.get("normalized_score") if "eval_step" in metrics else None,
+            "updates_per_s": metrics.get("updates_per_s"),
+            "student": f"{checkpoint}/{STUDENT_FILE}" if checkpoint else None,
+        })  # fmt: skip
+    trials.sort(
+        key=lambda t: -1 if t["normalized_score"] is None else t["normalized_score"], reverse=True
+    )
+    best = trials[0] if trials and trials[0]["normalized_score"] is not None else None
+    return {"experiment": experiment, "trials": trials, "best": best, "space": keys}
+
+
+def format_table(summary: dict) -> str:
+    """The trials as a fixed-width table, best first."""
+    columns = ["trial", *summary["space"], "status", "step", "normalized_score", "updates_per_s"]
+    rows = [[_cell(t.get(c)) for c in columns] for t in summary["trials"]]
+    widths = (
+        [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+        if rows
+        else [len(c) for c in columns]
+    )
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,114 @@
+"""Sweep specs: a readable YAML of fixed training settings, searched spaces, and how to search.
+
+```yaml
+name: dcoef
+description: what the sweep reproduces
+base: {data: ..., teacher: ..., steps: 200000}     # TrainConfig fields shared by every trial
+space:                                               # searched TrainConfig fields
+  d_coef: {grid: [0.0, 0.4]}                         # grid | choice | uniform | loguniform | randint
+  lr: {loguniform: [1.0e-4, 1.0e-3]}
+num_samples: 1                                       # repeats of the grid (random spaces redrawn)
+scheduler: {type: asha, grace_period: 2, max_t: 10} # optional, on normalized_score at eval steps
+trial_cpus: 0.5                                      # the Tune function's own CPU share
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tdmpc_ray.config import build_config
+from tdmpc_ray.train.config import TrainConfig
+
+SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+SPEC_KEYS = (
+    "name",
+    "description",
+    "base",
+    "space",
+    "num_samples",
+    "scheduler",
+    "trial_cpus",
+    "storage_path",
+    "max_concurrent_trials",
+)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed, validated sweep spec."""
+
+    name: str
+    description: str = ""
+    base: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, dict[str, list]] = field(default_factory=dict)
+    num_samples: int = 1
+    scheduler: dict[str, Any] | None = None
+    trial_cpus: float = 0.5
+    storage_path: str = "sweeps"
+    max_concurrent_trials: int | None = None
+    """None: as many as the cluster's CPUs and GPUs fit."""
+
+    def trial_configs(self) -> list[TrainConfig]:
+        """One TrainConfig per grid point (random spaces at their lower bound): validates keys
+        and types of every field before any trial starts."""
+        grids = [dict()]
+        for key, dist in self.space.items():
+            kind, values = next(iter(dist.items()))
+            options = values if kind in ("grid", "choice") else values[:1]
+            grids = [{**g, key: v} for g in grids for v in options]
+        return [build_config(TrainConfig, None, {**self.base, **g}) for g in grids]
+
+
+def _check_space(path: Path, space: dict) -> None:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, dist in space.items():
+        if key not in fields:
+            raise ValueError(f"{path}: space key {key!r} is not a training setting")
+        if not (isinstance(dist, dict) and len(dist) == 1 and next(iter(dist)) in SPACE_KINDS):
+            raise ValueError(
+                f"{path}: space {key!r} must be one of {{{', '.join(SPACE_KINDS)}: [...]}}"
+            )
+        kind, values = next(iter(dist.items()))
+        if (
+            not isinstance(values, list)
+            or not values
+            or (kind not in ("grid", "choice") and len(values) != 2)
+        ):
+            raise ValueError(
+                f"{path}: space {key!r}: {kind} needs a list ({'2 bounds' if kind not in ('grid', 'choice') else 'values'})"
+            )
+
+
+def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> SweepSpec:
+    """Read a spec file; `overrides` set spec keys (name, storage_path, num_samples, ...) or, for
+    any other key, the trials' base training settings (e.g. data=DIR steps=100)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such sweep spec")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    unknown = sorted(set(raw) - set(SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown spec key {unknown[0]!r}; known: {', '.join(SPEC_KEYS)}")
+    raw.setdefault("name", path.stem)
+    raw["base"] = dict(raw.get("base") or {})
+    for key, value in (overrides or {}).items():
+        if key in SPEC_KEYS and key not in ("base", "space"):
+            raw[key] = yaml.safe_load(value) if key != "name" else value
+        else:
+            raw["base"][key] = value
+    space = raw.get("space") or {}
+    _check_space(path, space)
+    spec = SweepSpec(**{**raw, "space": space})
+    if spec.scheduler is not None and spec.scheduler.get("type") != "asha":
+        raise ValueError(f"{path}: scheduler type must be asha")
+    spec.trial_configs()
+    return spec
