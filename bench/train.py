@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -52,7 +51,9 @@ def _member_logits(model: WorldModel, x: torch.Tensor, member: int, target: bool
         if layer.ln is not None:
             if i == 0 and model.training:
                 h = F.dropout(h, model.cfg.dropout)
-            h = F.mish(F.layer_norm(h, h.shape[-1:], layer.ln.weight[member], layer.ln.bias[member]))
+            h = F.mish(
+                F.layer_norm(h, h.shape[-1:], layer.ln.weight[member], layer.ln.bias[member])
+            )
     return h
 
 
@@ -64,7 +65,11 @@ def naive_update(learner: Learner, batch: Batch) -> None:
         next_z = model.encode(batch.obs[1:], batch.task)
         pi_a, _ = model.pi(next_z, batch.task)
         x = torch.cat([model._with_task(next_z, batch.task), pi_a], -1)
-        q = torch.stack([model.two_hot_inv(_member_logits(model, x, m, True)) for m in range(2)]).min(0).values
+        q = (
+            torch.stack([model.two_hot_inv(_member_logits(model, x, m, True)) for m in range(2)])
+            .min(0)
+            .values
+        )
         td = batch.reward + model.discount(batch.task).view(1, -1, 1) * q
     model.train()
     z = model.encode(batch.obs[0], batch.task)
@@ -77,9 +82,19 @@ def naive_update(learner: Learner, batch: Batch) -> None:
     reward_loss, value_loss = 0, 0
     for t in range(H):
         x = torch.cat([model._with_task(zs[t], batch.task), batch.action[t]], -1)
-        reward_loss = reward_loss + soft_ce(model.reward(zs[t], batch.action[t], batch.task), batch.reward[t], 101, -10, 10).mean() * cfg.rho**t
+        reward_loss = (
+            reward_loss
+            + soft_ce(
+                model.reward(zs[t], batch.action[t], batch.task), batch.reward[t], 101, -10, 10
+            ).mean()
+            * cfg.rho**t
+        )
         for m in range(2):
-            value_loss = value_loss + soft_ce(_member_logits(model, x, m, False), td[t], 101, -10, 10).mean() * cfg.rho**t
+            value_loss = (
+                value_loss
+                + soft_ce(_member_logits(model, x, m, False), td[t], 101, -10, 10).mean()
+                * cfg.rho**t
+            )
     total = 20 * consistency / H + 0.1 * reward_loss / H + 0.1 * value_loss / (2 * H)
     total.backward()
     params = learner._world_params()
@@ -88,10 +103,14 @@ def naive_update(learner: Learner, batch: Batch) -> None:
     learner.world_optim.zero_grad(set_to_none=True)
     action, info = model.pi(zs.detach(), batch.task)
     x = torch.cat([model._with_task(zs.detach(), batch.task), action], -1)
-    qs = torch.stack([model.two_hot_inv(_member_logits(model, x, m, False)) for m in range(2)]).mean(0)
+    qs = torch.stack(
+        [model.two_hot_inv(_member_logits(model, x, m, False)) for m in range(2)]
+    ).mean(0)
     learner.scale.update(qs[0])
     rho = cfg.rho ** torch.arange(H + 1, dtype=torch.float32)
-    pi_loss = (-(cfg.entropy_coef * info["scaled_entropy"] + learner.scale(qs)).mean(dim=(1, 2)) * rho).mean()
+    pi_loss = (
+        -(cfg.entropy_coef * info["scaled_entropy"] + learner.scale(qs)).mean(dim=(1, 2)) * rho
+    ).mean()
     pi_loss.backward()
     torch.nn.utils.clip_grad_norm_(model._pi.parameters(), 20)
     learner.pi_optim.step()
@@ -105,7 +124,9 @@ def updates_per_s(fn, updates: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--updates", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -116,8 +137,10 @@ def main() -> None:
         ours = Learner(WorldModel(model_config(1)), LossConfig(d_coef=0.45))
         torch.manual_seed(0)
         naive = Learner(WorldModel(model_config(1)))
-        ours_ups = updates_per_s(lambda: ours.update(batch), args.updates)
-        naive_ups = updates_per_s(lambda: naive_update(naive, batch), args.updates)
+        ours_ups = updates_per_s(lambda learner=ours, b=batch: learner.update(b), args.updates)
+        naive_ups = updates_per_s(
+            lambda learner=naive, b=batch: naive_update(learner, b), args.updates
+        )
         rows.append({
             "batch_size": batch_size, "threads": 1,
             "ours_updates_per_s": round(ours_ups, 2), "naive_eager_updates_per_s": round(naive_ups, 2),
@@ -134,7 +157,10 @@ def main() -> None:
         teacher = load_world_model(teacher_path)
         batch = random_batch(256)
         step_s = 1 / rows[0]["ours_updates_per_s"]
-        direct = median_seconds(lambda: teacher_rewards(teacher, batch.obs[0], batch.action[0], batch.task), args.updates)
+        direct = median_seconds(
+            lambda: teacher_rewards(teacher, batch.obs[0], batch.action[0], batch.task),
+            args.updates,
+        )
         overhead = {
             "cached_labels_fraction_of_step": 0.0,
             "teacher_forward_s_batch_256": round(direct, 5),
