@@ -27,7 +27,13 @@ REFERENCE_MS_PER_ACTION = 391.0
 
 def reference_style_plan(model: WorldModel, cfg: PlannerConfig, obs, task, prev_mean, gen):
     """One env's MPPI step with the world model's plain heads, as the reference computes it."""
-    H, S, P, E, A = cfg.horizon, cfg.num_samples, cfg.num_pi_trajs, cfg.num_elites, model.cfg.action_dim
+    H, S, P, E, A = (
+        cfg.horizon,
+        cfg.num_samples,
+        cfg.num_pi_trajs,
+        cfg.num_elites,
+        model.cfg.action_dim,
+    )
     mask = model.action_masks[task]
     z = model.encode(obs, task)
     actions = torch.empty(H, S, A)
@@ -56,7 +62,9 @@ def reference_style_plan(model: WorldModel, cfg: PlannerConfig, obs, task, prev_
         score = torch.exp(cfg.temperature * (elite_value - elite_value.max()))
         score = score / score.sum()
         mean = (score.view(1, -1, 1) * elites).sum(1) / (score.sum() + 1e-9)
-        std = ((score.view(1, -1, 1) * (elites - mean.unsqueeze(1)) ** 2).sum(1) / (score.sum() + 1e-9)).sqrt()
+        std = (
+            (score.view(1, -1, 1) * (elites - mean.unsqueeze(1)) ** 2).sum(1) / (score.sum() + 1e-9)
+        ).sqrt()
         mean, std = mean * mask, std.clamp(cfg.min_std, cfg.max_std) * mask
     choice = torch.multinomial(score, 1, generator=gen)
     return elites[0, choice].squeeze(0), mean
@@ -90,12 +98,18 @@ def baseline_ms(model, cfg: PlannerConfig, threads: int, repeats: int) -> float:
     obs, prev = torch.randn(1, model.cfg.obs_dim), torch.zeros(cfg.horizon, model.cfg.action_dim)
     task = torch.tensor([1])
     with torch.no_grad():
-        return 1000 * median_seconds(lambda: reference_style_plan(model, cfg, obs, task, prev, gen), repeats)
+        return 1000 * median_seconds(
+            lambda: reference_style_plan(model, cfg, obs, task, prev, gen), repeats
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, default=SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     model = load_world_model(args.checkpoint)

@@ -22,10 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_CHECKPOINTS, median_seconds, write_result  # noqa: E402
 
 from tdmpc_ray.data.episode_store import Batch  # noqa: E402
-from tdmpc_ray.model import WorldModel, model_config  # noqa: E402
+from tdmpc_ray.model import (  # noqa: E402
+    WorldModel,
+    model_config,
+    predicted_reward,  # noqa: E402
+)
 from tdmpc_ray.model.math import soft_ce  # noqa: E402
 from tdmpc_ray.train.losses import LossConfig  # noqa: E402
-from tdmpc_ray.train.teacher import teacher_rewards  # noqa: E402
 from tdmpc_ray.train.update import Learner  # noqa: E402
 
 REFERENCE_UPDATES_PER_S = {256: 3.1, 1024: 0.9}
@@ -158,7 +161,7 @@ def main() -> None:
         batch = random_batch(256)
         step_s = 1 / rows[0]["ours_updates_per_s"]
         direct = median_seconds(
-            lambda: teacher_rewards(teacher, batch.obs[0], batch.action[0], batch.task),
+            lambda: predicted_reward(teacher, batch.obs[0], batch.action[0], batch.task),
             args.updates,
         )
         overhead = {

@@ -84,9 +84,16 @@ class _TaskHeads:
         self.model, self.act, self.hidden = model, act, cfg.mlp_dim
         emb = model.task_embedding(task) if cfg.multitask else None
         latent = cfg.latent_dim
-        dyn0, rew0, pi0, q0 = model._dynamics[0], model._reward[0], model._pi[0], model._Qs.params[0]
+        dyn0, rew0, pi0, q0 = (
+            model._dynamics[0],
+            model._reward[0],
+            model._pi[0],
+            model._Qs.params[0],
+        )
         weight = torch.cat([dyn0.weight, rew0.weight])
-        self.w_dr_z, self.w_dr_a, b_dr = _split_first(weight, torch.cat([dyn0.bias, rew0.bias]), emb, latent)
+        self.w_dr_z, self.w_dr_a, b_dr = _split_first(
+            weight, torch.cat([dyn0.bias, rew0.bias]), emb, latent
+        )
         self.b_dr = b_dr.unsqueeze(1)
         self.ln_dr = [torch.cat([dyn0.ln.weight, rew0.ln.weight]),
                       torch.cat([dyn0.ln.bias, rew0.ln.bias])]  # fmt: skip
@@ -94,7 +101,9 @@ class _TaskHeads:
         self.b_pi = b_pi.unsqueeze(1)
         self.w_q_z, self.w_q_a, b_q = _split_first(q0.weight, q0.bias, emb, latent)
         self.b_q = b_q.unsqueeze(2)
-        self.mask = model.action_masks[task if cfg.multitask else torch.zeros_like(task)].unsqueeze(1)
+        self.mask = model.action_masks[task if cfg.multitask else torch.zeros_like(task)].unsqueeze(
+            1
+        )
         self.discount = model.discount(task).view(-1, 1, 1)
 
     def _hidden(self, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:

@@ -16,5 +16,7 @@ def shared_checkpoint(name: str) -> Path:
     """A file of ../shared/checkpoints, or skip the test with the reason."""
     path = SHARED_CHECKPOINTS / name
     if not path.is_file():
-        pytest.skip(f"shared checkpoint {path} is absent (../shared/checkpoints not beside the repo)")
+        pytest.skip(
+            f"shared checkpoint {path} is absent (../shared/checkpoints not beside the repo)"
+        )
     return path

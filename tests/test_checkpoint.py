@@ -17,7 +17,11 @@ from tdmpc_ray.model import (
 )
 from tests.helpers import shared_checkpoint
 
-PUBLISHED = ["mt30_1M_steps_045dist_fp16.pt", "mt30_1M_steps_045dist_mixed.pt", "mt30_1M_steps_045dist_int8.pt"]
+PUBLISHED = [
+    "mt30_1M_steps_045dist_fp16.pt",
+    "mt30_1M_steps_045dist_mixed.pt",
+    "mt30_1M_steps_045dist_int8.pt",
+]
 
 
 def _outputs(model: WorldModel) -> torch.Tensor:
@@ -26,7 +30,9 @@ def _outputs(model: WorldModel) -> torch.Tensor:
     a = torch.rand(30, 6, generator=gen) * 2 - 1
     with torch.no_grad():
         z = model.encode(obs, task)
-        return torch.cat([z, model.reward(z, a, task), model.Q(z, a, task, "all").flatten(0, 1).view(30, -1)], -1)
+        return torch.cat(
+            [z, model.reward(z, a, task), model.Q(z, a, task, "all").flatten(0, 1).view(30, -1)], -1
+        )
 
 
 def _new_layout(model: WorldModel) -> dict:
@@ -72,7 +78,9 @@ def test_new_layout_and_own_format_round_trip(tmp_path):
     torch.save(_new_layout(model), tmp_path / "new.pt")
     save_checkpoint(model, tmp_path / "ours.pt", metadata={"note": "test"})
     for name in ("new.pt", "ours.pt"):
-        torch.testing.assert_close(_outputs(load_world_model(tmp_path / name)), _outputs(model), atol=0, rtol=0)
+        torch.testing.assert_close(
+            _outputs(load_world_model(tmp_path / name)), _outputs(model), atol=0, rtol=0
+        )
     raw = torch.load(tmp_path / "ours.pt", weights_only=True)
     assert raw["config"]["model_size"] == 1 and raw["metadata"]["note"] == "test"
     assert "versions" in raw["metadata"] and "git_commit" in raw["metadata"]
@@ -108,7 +116,7 @@ def test_truncated_and_corrupted_files_fail_with_one_line(tmp_path):
     data = shared_checkpoint(PUBLISHED[0]).read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     corrupted = bytearray(data)
-    corrupted[: 64] = b"\0" * 64
+    corrupted[:64] = b"\0" * 64
     (tmp_path / "corrupted.pt").write_bytes(bytes(corrupted))
     for name in ("truncated.pt", "corrupted.pt"):
         with pytest.raises(CheckpointError) as err:

@@ -33,19 +33,27 @@ def test_task_heads_equal_world_model_heads(task_set, act):
     B, N = 3, 5
     task = torch.tensor([0, 16, 29]) if model.cfg.multitask else torch.zeros(B, dtype=torch.long)
     z = model.encode(torch.randn(B, 24), task).unsqueeze(1).expand(B, N, -1)
-    a = (torch.rand(B, N, 6) * 2 - 1) * model.action_masks[task if model.cfg.multitask else 0].view(-1, 1, 6)
+    a = (torch.rand(B, N, 6) * 2 - 1) * model.action_masks[task if model.cfg.multitask else 0].view(
+        -1, 1, 6
+    )
     eps = torch.randn(B, N, 6)
     rows = task.view(B, 1).expand(B, N)
     with torch.no_grad():
         heads = _TaskHeads(model, task, act)
         z_next, reward = heads.next_and_reward(z, a)
         torch.testing.assert_close(z_next, model.next(z, a, rows), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(reward, model.two_hot_inv(model.reward(z, a, rows)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            reward, model.two_hot_inv(model.reward(z, a, rows)), atol=1e-5, rtol=1e-5
+        )
         shared_start, _ = heads.next_and_reward(z[:, :1], a)
         torch.testing.assert_close(shared_start, z_next, atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(heads.pi(z, eps), model.pi(z, rows, eps=eps)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            heads.pi(z, eps), model.pi(z, rows, eps=eps)[0], atol=1e-5, rtol=1e-5
+        )
         members = torch.tensor([1, 0])
-        torch.testing.assert_close(heads.q_avg(z, a, members), model.Q(z, a, rows, "avg"), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(
+            heads.q_avg(z, a, members), model.Q(z, a, rows, "avg"), atol=1e-4, rtol=1e-5
+        )
 
 
 def test_actions_are_bounded_masked_and_batched(student):
@@ -85,7 +93,9 @@ def test_policy_prior_mode_returns_the_prior_mean(student):
     obs, task = torch.randn(3, 24), torch.tensor([2, 12, 25])
     planner = Planner(student, PlannerConfig(mpc=False), num_envs=3)
     expected = student.pi(student.encode(obs, task), task)[1]["mean"]
-    torch.testing.assert_close(planner.act(obs, task, eval_mode=True), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        planner.act(obs, task, eval_mode=True), expected, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_planned_trajectory_beats_random_trajectories_on_the_planning_objective(student):

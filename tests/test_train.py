@@ -15,10 +15,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tdmpc_ray.data.episode_store import Batch, EpisodeStore
-from tdmpc_ray.model import WorldModel, model_config
+from tdmpc_ray.model import WorldModel, model_config, predicted_reward
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.losses import LossConfig
-from tdmpc_ray.train.teacher import get_teacher, teacher_rewards
+from tdmpc_ray.train.teacher import get_teacher
 from tdmpc_ray.train.update import Learner
 from tests.helpers import shared_checkpoint
 
@@ -137,7 +137,7 @@ def test_teacher_actor_is_shared_and_coalesces_concurrent_requests(ray_session):
     model = load_world_model(checkpoint)
     for (obs, action, task), answer in zip(rows, answers, strict=True):
         torch.testing.assert_close(
-            answer, teacher_rewards(model, obs, action, task), atol=1e-5, rtol=1e-5
+            answer, predicted_reward(model, obs, action, task), atol=1e-5, rtol=1e-5
         )
 
 

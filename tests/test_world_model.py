@@ -51,7 +51,9 @@ def test_encode_next_reward_match_reference(student, reference):
     with torch.no_grad():
         z = student.encode(r["obs"], r["task"])
         torch.testing.assert_close(z, r["z"], atol=ATOL, rtol=RTOL)
-        torch.testing.assert_close(student.next(z, r["action"], r["task"]), r["next_z"], atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(
+            student.next(z, r["action"], r["task"]), r["next_z"], atol=ATOL, rtol=RTOL
+        )
         logits = student.reward(z, r["action"], r["task"])
         torch.testing.assert_close(logits, r["reward_logits"], atol=ATOL, rtol=RTOL)
         torch.testing.assert_close(M.two_hot_inv(logits), r["reward"], atol=ATOL, rtol=RTOL)
@@ -66,8 +68,14 @@ def test_q_heads_match_reference(student, reference):
         torch.testing.assert_close(
             student.Q(z, a, task, "all", target=True), r["q_target_all"], atol=ATOL, rtol=RTOL
         )
-        for kind, key, target in (("avg", "q_avg", False), ("min", "q_min", False), ("avg", "q_target_avg", True)):
-            torch.testing.assert_close(student.Q(z, a, task, kind, target=target), r[key], atol=2e-4, rtol=1e-6)
+        for kind, key, target in (
+            ("avg", "q_avg", False),
+            ("min", "q_min", False),
+            ("avg", "q_target_avg", True),
+        ):
+            torch.testing.assert_close(
+                student.Q(z, a, task, kind, target=target), r[key], atol=2e-4, rtol=1e-6
+            )
 
 
 def test_policy_prior_matches_reference_for_given_noise(student, reference):
@@ -149,6 +157,8 @@ def test_soft_update_moves_target_toward_online():
 def test_detached_q_gives_values_without_weight_gradients():
     model = M.WorldModel(M.model_config(1))
     z = torch.rand(4, 128, requires_grad=True)
-    model.Q(z, torch.rand(4, 6), torch.zeros(4, dtype=torch.long), "avg", detach=True).sum().backward()
+    model.Q(
+        z, torch.rand(4, 6), torch.zeros(4, dtype=torch.long), "avg", detach=True
+    ).sum().backward()
     assert z.grad is not None
     assert all(p.grad is None for p in model._Qs.parameters())

@@ -1,12 +1,13 @@
 """`tdmpc-ray data <sub-verb>`: build and look at Parquet episode data sets.
 
-Each sub-verb is one `_add_*` function in `_SUBVERBS`; `generate` (dm_control rollouts) and
-`label` (teacher rewards) join the tuple when their parts exist.
+Each sub-verb is one `_add_*` function in `_SUBVERBS`. Handlers import their module when run, so
+`tdmpc-ray --help` imports neither Ray nor dm_control.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from tdmpc_ray.data.layout import EPISODES_PER_FILE
 
@@ -23,6 +24,39 @@ def _inspect(args: argparse.Namespace) -> int:
     from tdmpc_ray.data.dataset_info import dataset_info, format_inspect
 
     print(format_inspect(dataset_info(args.path)))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    os.environ.setdefault("MUJOCO_GL", "disable")
+    from tdmpc_ray.config import build_config
+    from tdmpc_ray.data.generate import GenerateConfig, generate
+    from tdmpc_ray.planning import PlannerConfig
+
+    if args.planner and not args.mpc:
+        raise ValueError("--planner settings need --mpc")
+    cfg = GenerateConfig(
+        tasks=args.tasks,
+        episodes_per_task=args.episodes_per_task,
+        policy=args.policy,
+        noise=args.noise,
+        mpc=args.mpc,
+        planner=build_config(PlannerConfig, overrides=args.planner or []),
+        seed=args.seed,
+        num_actors=args.num_actors,
+        envs_per_actor=args.envs_per_actor,
+        max_steps=args.max_steps,
+        episodes_per_file=args.episodes_per_file,
+    )
+    print(generate(cfg, args.dst).format())
+    return 0
+
+
+def _label(args: argparse.Namespace) -> int:
+    from tdmpc_ray.data.label import label
+
+    summary = label(args.data, args.teacher, args.out, args.batch_episodes, args.num_actors)
+    print(summary.format())
     return 0
 
 
@@ -56,7 +90,83 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_inspect)
 
 
-_SUBVERBS = (_add_convert, _add_inspect)
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="roll out a random or checkpoint policy in MT30 tasks on Ray into Parquet parts",
+        description="Roll out a policy in MT30 dm_control tasks on Ray actors and write the "
+        "episodes in the Parquet episode layout (as the public MT30 data: obs[0] is the reset "
+        "observation, action[0]/reward[0] are NaN). The same seed gives the same episodes.",
+    )
+    p.add_argument("dst", metavar="DST", help="output directory (must hold no part files)")
+    p.add_argument("--tasks", default="mt30", help="mt30, or comma-separated task names")
+    p.add_argument("--episodes-per-task", type=int, required=True, metavar="N")
+    p.add_argument(
+        "--policy",
+        default="random",
+        metavar="random|CHECKPOINT",
+        help="uniform random actions, or a world-model checkpoint's policy prior (default random)",
+    )
+    p.add_argument(
+        "--noise",
+        type=float,
+        metavar="SIGMA",
+        help="std of Gaussian noise on a checkpoint policy's actions (default 0.1)",
+    )
+    p.add_argument("--mpc", action="store_true", help="act with the checkpoint's MPPI planner")
+    p.add_argument(
+        "--planner",
+        action="append",
+        metavar="KEY=VALUE",
+        help="PlannerConfig override with --mpc, e.g. --planner iterations=2 (repeatable)",
+    )
+    p.add_argument("--num-actors", type=int, default=1, metavar="K", help="rollout actors")
+    p.add_argument(
+        "--envs-per-actor",
+        type=int,
+        default=10,
+        help="episodes one actor steps together (default %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        metavar="M",
+        help="testing: cut episodes after M agent steps (T = M + 1 rows)",
+    )
+    p.add_argument(
+        "--episodes-per-file",
+        type=int,
+        default=EPISODES_PER_FILE,
+        help="episodes per part file (default %(default)s)",
+    )
+    p.set_defaults(handler=_generate)
+
+
+def _add_label(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "label",
+        help="add a teacher's rewards as the teacher_reward column (Ray Data, GPU if present)",
+        description="Compute the teacher's reward for every (obs[s-1], action[s]) pair of a "
+        "data set on a pool of Ray Data actors and store it as the teacher_reward column, with "
+        "the teacher's checkpoint hash in each part's footer (training uses the labels only "
+        "with that teacher). Labelling again replaces the column.",
+    )
+    p.add_argument("data", metavar="DATA", help="data set directory or one part file")
+    p.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint")
+    p.add_argument("--out", metavar="DST", help="write labelled parts here (default: in place)")
+    p.add_argument(
+        "--batch-episodes",
+        type=int,
+        default=64,
+        metavar="N",
+        help="episodes per teacher forward pass (default %(default)s)",
+    )
+    p.add_argument("--num-actors", type=int, default=1, metavar="K", help="labelling actors")
+    p.set_defaults(handler=_label)
+
+
+_SUBVERBS = (_add_convert, _add_generate, _add_label, _add_inspect)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ from tdmpc_ray.model.checkpoint import (
 )
 from tdmpc_ray.model.config import MODEL_SIZES, ModelConfig, model_config
 from tdmpc_ray.model.math import two_hot, two_hot_inv
-from tdmpc_ray.model.world_model import WorldModel
+from tdmpc_ray.model.world_model import WorldModel, predicted_reward
 
 __all__ = [
     "MODEL_SIZES",
@@ -18,6 +18,7 @@ __all__ = [
     "checkpoint_hash",
     "load_world_model",
     "model_config",
+    "predicted_reward",
     "save_checkpoint",
     "two_hot",
     "two_hot_inv",

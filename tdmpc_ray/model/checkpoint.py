@@ -48,7 +48,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*(TypedStorage|quantized tensor creation).*")
+            warnings.filterwarnings(
+                "ignore", message=".*(TypedStorage|quantized tensor creation).*"
+            )
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

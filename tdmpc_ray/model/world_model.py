@@ -166,3 +166,12 @@ class WorldModel(nn.Module):
     def soft_update_target_Q(self, tau: float) -> None:
         """Polyak-average the target Qs toward the online Qs."""
         self._target_Qs.lerp_from(self._Qs, tau)
+
+
+@torch.no_grad()
+def predicted_reward(model: WorldModel, obs: torch.Tensor, action: torch.Tensor, task: TaskLike):
+    """The model's decoded reward for taking `action` from observation `obs`: [N, 1].
+
+    What a teacher serves for distillation, from its actor or as cached labels.
+    """
+    return model.two_hot_inv(model.reward(model.encode(obs, task), action, task))

@@ -10,15 +10,9 @@ import ray
 import torch
 
 from tdmpc_ray.model.checkpoint import checkpoint_hash, load_world_model
-from tdmpc_ray.model.world_model import WorldModel
+from tdmpc_ray.model.world_model import predicted_reward
 
 NAMESPACE = "tdmpc_ray"
-
-
-@torch.no_grad()
-def teacher_rewards(model: WorldModel, obs: torch.Tensor, action: torch.Tensor, task: torch.Tensor):
-    """The teacher's decoded reward for (obs, action, task) rows: [N, 1]."""
-    return model.two_hot_inv(model.reward(model.encode(obs, task), action, task))
 
 
 @dataclass
@@ -93,7 +87,7 @@ class TeacherActor:
 
     def _forward(self, requests: list[_Request]) -> torch.Tensor:
         cat = lambda name: torch.cat([getattr(r, name) for r in requests]).to(self.device)  # noqa: E731
-        out = teacher_rewards(self.model, cat("obs"), cat("action"), cat("task").long())
+        out = predicted_reward(self.model, cat("obs"), cat("action"), cat("task").long())
         self.passes += 1
         self.rows += len(out)
         return out.cpu()
