@@ -11,32 +11,24 @@ import importlib
 import sys
 
 _VERB_MODULES = (
-    "tdmpc_ray.model.commands",
     "tdmpc_ray.evaluate.commands",
     "tdmpc_ray.data.commands",
     "tdmpc_ray.train.commands",
     "tdmpc_ray.quantize.commands",
     "tdmpc_ray.sweep.commands",
     "tdmpc_ray.dashboard.commands",
-    "tdmpc_ray.quickstart",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every verb that is installed."""
+    """The full argument parser with every verb."""
     parser = argparse.ArgumentParser(
         prog="tdmpc-ray",
         description="Train, distil, evaluate and quantize TD-MPC2 world models on Ray.",
     )
     subparsers = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
     for name in _VERB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 
