@@ -35,7 +35,6 @@ class TeacherRewards:
         self.actor = None
         if cfg.distilling and not use_labels:
             self.actor = get_teacher(cfg.teacher, cfg.task_set)
-        self.active = cfg.distilling
         self.wait_s = 0.0
 
     def request(self, batch: Batch):
@@ -51,12 +50,8 @@ class TeacherRewards:
 
     def attach(self, batch: Batch, pending) -> Batch:
         """`batch` with teacher rewards [H, B, 1] (labels, or the answer to `pending`)."""
-        if not self.active or pending is None:
-            return (
-                batch
-                if self.active or batch.teacher_reward is None
-                else batch._replace(teacher_reward=None)
-            )
+        if pending is None:
+            return batch
         start = time.perf_counter()
         reward = ray.get(pending).to(batch.reward.device).view(-1, *batch.reward.shape[1:])
         self.wait_s += time.perf_counter() - start
