@@ -23,8 +23,10 @@ from typing import Any
 import yaml
 
 from tdmpc_ray.config import build_config
-from tdmpc_ray.train.config import TrainConfig
+from tdmpc_ray.train.config import TrainConfig, absolute
 
+PATH_KEYS = ("data", "teacher")
+"""Settings holding local paths, made absolute at launch (trials run in their own directories)."""
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SPEC_KEYS = (
     "name",
@@ -107,6 +109,12 @@ def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> Swee
             raw["base"][key] = value
     space = raw.get("space") or {}
     _check_space(path, space)
+    for key in PATH_KEYS:
+        if raw["base"].get(key) is not None:
+            raw["base"][key] = absolute(str(raw["base"][key]))
+        if key in space:
+            kind, values = next(iter(space[key].items()))
+            space[key] = {kind: [absolute(str(v)) for v in values]}
     spec = SweepSpec(**{**raw, "space": space})
     if spec.scheduler is not None and spec.scheduler.get("type") != "asha":
         raise ValueError(f"{path}: scheduler type must be asha")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from tdmpc_ray.train.losses import LossConfig
 from tdmpc_ray.train.update import OptimConfig
@@ -98,6 +100,11 @@ class TrainConfig:
             or f"{self.task_set}-{self.model_size}M-{recipe}-b{self.batch_size}-s{self.seed}"
         )
 
+    def resolved(self) -> TrainConfig:
+        """A copy with local `data` and `teacher` paths made absolute, so Ray workers, actors and
+        Tune trials (which run in other directories) find them."""
+        return dataclasses.replace(self, data=absolute(self.data), teacher=absolute(self.teacher))
+
     def check(self) -> None:
         """Fail with one line on values that cannot train."""
         if not self.data:
@@ -118,3 +125,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.d_coef < 0 or self.eval_freq < 0:
             raise ValueError("d_coef and eval_freq must be non-negative")
+
+
+def absolute(path: str | None) -> str | None:
+    """`path` made absolute unless it is empty, None or a URI (`scheme://...`)."""
+    if not path or "://" in path:
+        return path
+    return str(Path(path).resolve())

@@ -45,6 +45,7 @@ def build_trainer(
     Eval-step checkpoints go to Ray Train's asynchronous validation, unless `callbacks` are given
     (a sweep's trial evaluates through its Tune callback instead)."""
     cfg.check()
+    cfg = cfg.resolved()
     info = dataset_info(cfg.data)
     if info.meta.task_set != cfg.task_set:
         raise ValueError(
