@@ -41,6 +41,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read as a world model; the message names file and problem."""
 
 
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint file on the CPU without running code; clear error if unreadable."""
     path = Path(path)
@@ -53,14 +58,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             )
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"{path}: refused to load (it holds more than tensors): {first}"
+            f"{path}: refused to load (it holds more than tensors): {_first_line(err)}"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated?): {first}"
+            f"{path}: not a readable PyTorch checkpoint (truncated?): {_first_line(err)}"
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
