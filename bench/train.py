@@ -41,7 +41,7 @@ def random_batch(batch_size: int, horizon: int = 3, seed: int = 0) -> Batch:
         action=torch.rand(horizon, batch_size, 6, generator=gen) * 2 - 1,
         reward=torch.rand(horizon, batch_size, 1, generator=gen),
         task=torch.randint(0, 30, (batch_size,), generator=gen),
-        teacher_reward=torch.rand(horizon, batch_size, 1, generator=gen),
+        teacher={"reward": torch.rand(horizon, batch_size, 1, generator=gen)},
     )
 
 

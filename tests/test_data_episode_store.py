@@ -36,7 +36,7 @@ def write_parts(dst: Path, episodes: int, steps: int, per_part: int, teacher: bo
             obs=fields["obs"],
             action=fields["action"],
             reward=fields["reward"],
-            teacher_reward=-fields["reward"] if teacher else None,
+            teacher={"reward": -fields["reward"]} if teacher else None,
         )
         write_part(dst / part_name(index), table, meta)
     return dst
@@ -50,7 +50,7 @@ def test_windows_have_tdmpc2_shapes_and_pairing(tmp_path):
 
     assert batch.obs.shape == (H + 1, B, 24) and batch.action.shape == (H, B, 6)
     assert batch.reward.shape == (H, B, 1) and batch.task.shape == (B,)
-    assert batch.task.dtype == torch.int64 and batch.teacher_reward is None
+    assert batch.task.dtype == torch.int64 and batch.teacher == {}
     tag = batch.obs[..., 0]
     episode, start = tag[0] // 1000, tag[0] % 1000
     assert torch.equal(tag, tag[0] + torch.arange(H + 1).unsqueeze(1))  # consecutive steps
@@ -82,8 +82,8 @@ def test_teacher_reward_passes_through_with_reward(tmp_path):
 
     batch = store.sample(64, 2, torch.Generator().manual_seed(0))
 
-    assert store.has_teacher_reward
-    assert torch.equal(batch.teacher_reward, -batch.reward)
+    assert store.teacher_terms == ("reward",)
+    assert torch.equal(batch.teacher["reward"], -batch.reward)
 
 
 def test_rotating_store_streams_every_episode_through_bounded_slots(tmp_path):

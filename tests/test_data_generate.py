@@ -24,8 +24,8 @@ from tdmpc_ray.data.dataset_info import dataset_info
 from tdmpc_ray.data.episode_store import EpisodeStore
 from tdmpc_ray.data.generate import GenerateConfig, episode_specs, generate
 from tdmpc_ray.data.label import label
-from tdmpc_ray.data.layout import table_arrays
-from tdmpc_ray.model import checkpoint_hash, load_world_model, predicted_reward
+from tdmpc_ray.data.layout import TEACHER_COLUMNS, table_arrays
+from tdmpc_ray.model import checkpoint_hash, load_world_model, teacher_outputs
 from tdmpc_ray.tasks.dmcontrol import make_env
 from tdmpc_ray.tasks.task_sets import MT30, get_task_set, task_dims
 from tdmpc_ray.train.teacher import get_teacher
@@ -152,14 +152,22 @@ def test_mpc_with_noise_runs_and_keeps_the_layout(ray_session, tmp_path) -> None
     assert dataset_info(tmp_path).meta.source.startswith("generate:mpc noise=0.3 seed=0 ")
 
 
-def _teacher_on_rows(model, data: dict[str, np.ndarray]) -> tuple[np.ndarray, tuple]:
-    """The teacher's reward for (obs[s-1], action[s], task) of every episode, [E, T-1], and
-    those (obs, action, task) rows."""
+def _teacher_on_rows(model, data: dict[str, np.ndarray]) -> tuple[dict, tuple]:
+    """The teacher's cacheable outputs for (obs[s-1], action[s], task) of every episode, by
+    label column, [E, T-1, width], and those (obs, action, task) rows."""
     E, T, _ = data["obs"].shape
     obs = torch.from_numpy(data["obs"][:, :-1].reshape(-1, 24).copy())
     action = torch.from_numpy(data["action"][:, 1:].reshape(-1, 6).copy())
     task = torch.from_numpy(data["task"]).long().repeat_interleave(T - 1)
-    return predicted_reward(model, obs, action, task).view(E, T - 1).numpy(), (obs, action, task)
+    out = teacher_outputs(model, obs, action, task, tuple(TEACHER_COLUMNS))
+    direct = {TEACHER_COLUMNS[t]: v.view(E, T - 1, -1).numpy() for t, v in out.items()}
+    return direct, (obs, action, task)
+
+
+def _labels(data: dict[str, np.ndarray], column: str) -> np.ndarray:
+    """Steps 1.. of a label column as [E, T-1, width]."""
+    E, T = data["reward"].shape
+    return data[column].reshape(E, T, -1)[:, 1:]
 
 
 @pytest.fixture(scope="module")
@@ -174,19 +182,22 @@ def labelled(prior_data, tmp_path_factory) -> tuple[Path, str]:
     return out, printed.getvalue()
 
 
-def test_label_adds_the_teachers_reward_for_obs_s_minus_1_and_action_s(prior_data, labelled):
+def test_label_adds_the_teachers_outputs_for_obs_s_minus_1_and_action_s(prior_data, labelled):
     checkpoint = shared_checkpoint(FP16)
     out, printed = labelled
     assert "labelled 1 part(s)" in printed and f"paths: {out}" in printed
     data, source = _read(out), _read(prior_data)
     for name in ("episode_id", "task", "obs", "action", "reward"):
         np.testing.assert_array_equal(data[name], source[name])
-    labels = data["teacher_reward"]
-    assert np.isnan(labels[:, 0]).all() and np.isfinite(labels[:, 1:]).all()
     direct, rows = _teacher_on_rows(load_world_model(checkpoint), data)
-    np.testing.assert_allclose(labels[:, 1:], direct, rtol=1e-5, atol=1e-6)
-    from_actor = ray.get(get_teacher(str(checkpoint)).reward.remote(*rows))
-    np.testing.assert_allclose(labels[:, 1:], from_actor.view(direct.shape).numpy(), atol=1e-5)
+    terms = tuple(TEACHER_COLUMNS)
+    from_actor = ray.get(get_teacher(str(checkpoint)).outputs.remote(*rows, terms))
+    assert sorted(from_actor) == sorted(terms)
+    for term, column in TEACHER_COLUMNS.items():
+        assert np.isnan(data[column][:, 0]).all() and np.isfinite(_labels(data, column)).all()
+        np.testing.assert_allclose(_labels(data, column), direct[column], rtol=1e-5, atol=1e-5)
+        answer = from_actor[term].view(direct[column].shape).numpy()
+        np.testing.assert_allclose(_labels(data, column), answer, atol=1e-5)
     info = dataset_info(out)
     assert info.meta.teacher_checkpoint == checkpoint_hash(checkpoint)
     assert info.meta.source == dataset_info(prior_data).meta.source
@@ -197,11 +208,13 @@ def test_store_windows_pair_teacher_reward_like_reward(labelled) -> None:
 
     batch = store.sample(64, 3, torch.Generator().manual_seed(0))
 
-    assert batch.teacher_reward.shape == batch.reward.shape
+    assert batch.teacher["reward"].shape == batch.reward.shape
+    assert batch.teacher["policy"].shape == batch.action.shape
     model = load_world_model(shared_checkpoint(FP16))
     for k in range(3):
-        want = predicted_reward(model, batch.obs[k], batch.action[k], batch.task)
-        torch.testing.assert_close(batch.teacher_reward[k], want, rtol=1e-5, atol=1e-5)
+        want = teacher_outputs(model, batch.obs[k], batch.action[k], batch.task, tuple(TEACHER_COLUMNS))
+        for term in TEACHER_COLUMNS:
+            torch.testing.assert_close(batch.teacher[term][k], want[term], rtol=1e-5, atol=1e-5)
 
 
 def test_relabelling_in_place_replaces_the_column(labelled, tmp_path) -> None:
@@ -215,10 +228,9 @@ def test_relabelling_in_place_replaces_the_column(labelled, tmp_path) -> None:
     assert dataset_info(data_dir).meta.teacher_checkpoint == checkpoint_hash(second)
     data = _read(data_dir)
     direct, _ = _teacher_on_rows(load_world_model(second), data)
-    np.testing.assert_allclose(data["teacher_reward"][:, 1:], direct, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(
-        data["teacher_reward"][:, 1:], _read(labelled[0])["teacher_reward"][:, 1:]
-    )
+    for column in TEACHER_COLUMNS.values():
+        np.testing.assert_allclose(_labels(data, column), direct[column], rtol=1e-5, atol=1e-5)
+        assert not np.allclose(_labels(data, column), _labels(_read(labelled[0]), column))
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ def _table(episodes: int = 5, teacher: bool = False):
         obs=fields["obs"],
         action=fields["action"],
         reward=fields["reward"],
-        teacher_reward=2 * fields["reward"] if teacher else None,
+        teacher={"reward": 2 * fields["reward"]} if teacher else None,
     ), fields  # fmt: skip
 
 

@@ -3,6 +3,8 @@ Ray Tune, with asynchronous evaluation scores reaching Tune."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -65,3 +67,57 @@ def test_quick_sweep_runs_scratch_and_distilled_trials(ray_session, tmp_path):
     assert len(trial_dirs) == 2
     rows = [json.loads(line) for line in (trial_dirs[0] / "result.json").read_text().splitlines()]
     assert any("score/cartpole-balance" in row for row in rows)
+
+
+def test_recipes_grid_with_seeds_and_pool_scores_over_seeds(tmp_path):
+    spec_path = tmp_path / "study.yaml"
+    spec_path.write_text(
+        "base: {data: d, teacher: t.pt}\n"
+        "recipes:\n  scratch: {d_coef: 0.0}\n"
+        "  latent: {d_coef: 0.45, latent_d_coef: 1.0, latent_bridge: pca}\n"
+        "space:\n  seed: {grid: [1, 2]}\n"
+    )
+    spec = load_spec(spec_path)
+    configs = spec.trial_configs()
+    assert [(c.recipe(), c.seed) for c in configs] == [
+        ("scratch", 1), ("scratch", 2), ("distill-d0.45-latent-pca1", 1), ("distill-d0.45-latent-pca1", 2),
+    ]  # fmt: skip
+    assert spec.searched_keys() == ["recipe", "seed"]
+    from tdmpc_ray.sweep.runner import format_groups, group_over_seeds
+
+    trials = [{"recipe": r, "seed": s, "normalized_score": v}
+              for r, s, v in [("a", 1, 10.0), ("a", 2, 14.0), ("b", 1, 20.0), ("b", 2, None)]]  # fmt: skip
+    groups = group_over_seeds({"space": ["recipe", "seed"], "trials": trials})
+    assert groups[0] == {"recipe": "b", "n": 1, "mean": 20.0, "std": None, "min": 20.0, "max": 20.0}
+    assert groups[1]["mean"] == 12.0 and abs(groups[1]["std"] - 8**0.5) < 1e-12
+    assert "mean" in format_groups({"space": ["recipe", "seed"], "groups": groups})
+    spec_path.write_text("recipes:\n  bad: {d_kof: 1}\n")
+    with pytest.raises(ValueError, match="recipe 'bad': 'd_kof' is not a training setting"):
+        load_spec(spec_path)
+
+
+def test_a_recipe_sweep_trains_each_recipe_with_its_terms(ray_session, tmp_path):
+    from tdmpc_ray.data.generate import GenerateConfig, generate
+    from tdmpc_ray.sweep.runner import run_sweep
+
+    data = tmp_path / "data"
+    generate(GenerateConfig(tasks="cartpole-balance", episodes_per_task=2, max_steps=24), data,
+             progress=False)  # fmt: skip
+    overrides = {
+        "data": str(data), "steps": "4", "batch_size": "16", "checkpoint_every": "4",
+        "log_every": "2", "eval_freq": "0", "storage_path": str(tmp_path / "sweeps"), "pca_samples": "64",
+        "max_concurrent_trials": "1",
+    }  # fmt: skip
+    spec = load_spec(REPO / "tune" / "study.yaml", overrides)
+    recipes = {k: spec.recipes[k] for k in ("reward+latent-pca", "all-terms")}
+    spec = dataclasses.replace(spec, recipes=recipes, space={"seed": {"grid": [1]}})
+    summary = run_sweep(spec)
+    assert sorted(t["recipe"] for t in summary["trials"]) == ["all-terms", "reward+latent-pca"]
+    assert all(t["status"] == "TERMINATED" and t["step"] == 4 for t in summary["trials"])
+    experiment = Path(summary["experiment"])
+    with open(experiment / "curves.csv", newline="") as f:
+        curves = list(csv.DictReader(f))
+    assert list(curves[0]) == ["trial", "recipe", "seed", "step", "metric", "value"]
+    metrics = {row["metric"] for row in curves}
+    assert {"latent_distill_loss", "value_distill_loss", "policy_distill_loss"} <= metrics
+    assert json.loads((experiment / "summary.json").read_text())["groups"]

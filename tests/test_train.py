@@ -60,7 +60,7 @@ def test_losses_fall_on_a_fixed_batch(tiny_data):
 
 def test_d_coef_zero_is_the_from_scratch_update_and_distillation_changes_it(tiny_data):
     batch = _batch(tiny_data)
-    labelled = batch._replace(teacher_reward=torch.randn_like(batch.reward))
+    labelled = batch._replace(teacher={"reward": torch.randn_like(batch.reward)})
 
     def params_after(b: Batch, d_coef: float) -> torch.Tensor:
         learner = Learner(_model(), LossConfig(d_coef=d_coef))
@@ -72,7 +72,7 @@ def test_d_coef_zero_is_the_from_scratch_update_and_distillation_changes_it(tiny
     scratch = params_after(batch, 0.0)
     torch.testing.assert_close(params_after(labelled, 0.0), scratch, atol=0, rtol=0)
     assert not torch.equal(params_after(labelled, 0.4), scratch)
-    with pytest.raises(ValueError, match="needs teacher rewards"):
+    with pytest.raises(ValueError, match="distils the teacher's reward"):
         params_after(batch, 0.4)
 
 
@@ -91,7 +91,7 @@ def _rank_update(rank: int, world: int, init_file: str, batch: Batch, out: str) 
     share = batch.obs.shape[1] // world
     part = slice(rank * share, (rank + 1) * share)
     local = Batch(
-        batch.obs[:, part], batch.action[:, part], batch.reward[:, part], batch.task[part], None
+        batch.obs[:, part], batch.action[:, part], batch.reward[:, part], batch.task[part], {}
     )
     learner = Learner(_near_deterministic(_model(dropout=0.0)))
     learner.update(local)
@@ -129,7 +129,7 @@ def test_teacher_actor_is_shared_and_coalesces_concurrent_requests(ray_session):
     rows = [(torch.randn(64, 24, generator=gen), torch.rand(64, 6, generator=gen) * 2 - 1,
              torch.randint(0, 30, (64,), generator=gen)) for _ in range(32)]  # fmt: skip
     before = ray.get(teacher.info.remote())["passes"]
-    answers = ray.get([teacher.reward.remote(*r) for r in rows])
+    answers = ray.get([teacher.outputs.remote(*r) for r in rows])
     info = ray.get(teacher.info.remote())
     assert info["passes"] - before <= len(rows) // 2
     from tdmpc_ray.model import load_world_model
@@ -137,7 +137,7 @@ def test_teacher_actor_is_shared_and_coalesces_concurrent_requests(ray_session):
     model = load_world_model(checkpoint)
     for (obs, action, task), answer in zip(rows, answers, strict=True):
         torch.testing.assert_close(
-            answer, predicted_reward(model, obs, action, task), atol=1e-5, rtol=1e-5
+            answer["reward"], predicted_reward(model, obs, action, task), atol=1e-5, rtol=1e-5
         )
 
 
@@ -164,6 +164,32 @@ def test_distillation_run_with_teacher_actor_and_async_evaluation(tiny_data, tmp
     assert any(score is not None for score, _ in summary.get("scores", []))
     run = tmp_path / "runs" / "distill"
     assert (run / "run.json").is_file() and (run / "summary.json").is_file()
+
+
+def test_richer_terms_read_cached_labels_and_ask_the_actor_for_latents(tiny_data, tmp_path):
+    from tdmpc_ray.data.label import label
+
+    teacher = str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt"))
+    labelled = tmp_path / "labelled"
+    label(tiny_data, teacher, labelled, progress=False)
+    cfg = TrainConfig(
+        data=str(labelled), teacher=teacher, steps=6, batch_size=16, cpus_per_worker=0.5,
+        checkpoint_every=6, log_every=3, out=str(tmp_path / "runs"), name="richer",
+        enc_dim=128, mlp_dim=160, latent_dim=64, latent_d_coef=1.0, latent_bridge="pca",
+        pca_samples=128, value_d_coef=0.1, policy_d_coef=1.0,
+    )  # fmt: skip
+    summary = _fit(cfg)
+    for name in ("distill_loss", "latent_distill_loss", "value_distill_loss", "policy_distill_loss"):
+        assert summary["metrics"][name] >= 0, name
+    import json
+
+    record = json.loads((tmp_path / "runs" / "richer" / "run.json").read_text())
+    assert record["teacher_source"] == {
+        "reward": "labels", "latent": "actor", "value": "labels", "policy": "labels",
+    }  # fmt: skip
+    from tdmpc_ray.model import load_world_model
+
+    assert load_world_model(summary["student"]).cfg.latent_dim == 64
 
 
 def _train_worker_pids(session_dir: str) -> list[int]:

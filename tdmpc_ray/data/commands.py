@@ -146,11 +146,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _add_label(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "label",
-        help="add a teacher's rewards as the teacher_reward column (Ray Data, GPU if present)",
-        description="Compute the teacher's reward for every (obs[s-1], action[s]) pair of a "
-        "data set on a pool of Ray Data actors and store it as the teacher_reward column, with "
-        "the teacher's checkpoint hash in each part's footer (training uses the labels only "
-        "with that teacher). Labelling again replaces the column.",
+        help="add a teacher's reward, value and policy labels (Ray Data, GPU if present)",
+        description="Compute the teacher's reward, mean Q value and policy mean action for "
+        "every (obs[s-1], action[s]) pair of a data set on a pool of Ray Data actors and store "
+        "them as the teacher_reward, teacher_value and teacher_policy columns, with the "
+        "teacher's checkpoint hash in each part's footer (training uses the labels only with "
+        "that teacher; next-state latents are never cached). Labelling again replaces them.",
     )
     p.add_argument("data", metavar="DATA", help="data set directory or one part file")
     p.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint")

@@ -40,12 +40,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from tdmpc_ray.data.layout import list_parts, table_arrays
+from tdmpc_ray.data.layout import TEACHER_COLUMNS, list_parts, table_arrays
 
 GPU_HEADROOM = 2.5
-STEP_FIELDS = ("obs", "action", "reward", "teacher_reward")
+STEP_FIELDS = ("obs", "action", "reward", *TEACHER_COLUMNS.values())
 EPISODE_FIELDS = ("episode_id", "task")
-_COLUMNS = ("episode_id", "task", "obs", "action", "reward", "teacher_reward")
+_COLUMNS = (*EPISODE_FIELDS, *STEP_FIELDS)
 
 Arrays = dict[str, np.ndarray]
 TablePasses = Callable[[int], Iterable[pa.Table]]
@@ -62,8 +62,15 @@ class Batch(NamedTuple):
     """[H, B, 1] float32"""
     task: torch.Tensor
     """[B] int64"""
-    teacher_reward: torch.Tensor | None
-    """[H, B, 1] float32 when the data set has teacher labels"""
+    teacher: dict[str, torch.Tensor]
+    """Teacher outputs by term (`teacher_outputs`): [S, B, width] for the first S <= H steps,
+    paired like `reward` (obs[t+k], action[t+1+k]); the data set's labels, or the actor's."""
+
+
+def batch_to(batch: Batch, device: torch.device | str) -> Batch:
+    """`batch` with every tensor on `device` (asynchronously from pinned memory)."""
+    move = lambda x: x.to(device, non_blocking=True)  # noqa: E731
+    return Batch(*(move(x) for x in batch[:4]), {k: move(v) for k, v in batch.teacher.items()})
 
 
 def _as_table(batch: Any) -> pa.Table:
@@ -295,8 +302,9 @@ class EpisodeStore:
         return self.fields["reward"].shape[1]
 
     @property
-    def has_teacher_reward(self) -> bool:
-        return "teacher_reward" in self.fields
+    def teacher_terms(self) -> tuple[str, ...]:
+        """Teacher terms with labels in the data (see `data.layout.TEACHER_COLUMNS`)."""
+        return tuple(term for term, column in TEACHER_COLUMNS.items() if column in self.fields)
 
     @property
     def nbytes(self) -> int:
@@ -339,11 +347,11 @@ class EpisodeStore:
             action=gather("action", after),
             reward=gather("reward", after),
             task=self.fields["task"].index_select(0, episode),
-            teacher_reward=gather("teacher_reward", after) if self.has_teacher_reward else None,
+            teacher={t: gather(TEACHER_COLUMNS[t], after) for t in self.teacher_terms},
         )
         if batch.task.device == self.device:
             return batch
-        return Batch(*(None if x is None else x.to(self.device, non_blocking=True) for x in batch))
+        return batch_to(batch, self.device)
 
     def rotate(self) -> None:
         """Replace the oldest resident episodes with the next prefetched block of the stream."""

@@ -1,17 +1,18 @@
-"""`tdmpc-ray data label`: add the teacher's rewards to a Parquet episode data set, so
+"""`tdmpc-ray data label`: add a teacher's outputs (reward, value and policy mean: the
+deterministic, small ones, `layout.TEACHER_COLUMNS`) to a Parquet episode data set, so
 distillation can read them instead of asking a teacher actor during training.
 
-Alignment: the label at step s >= 1 is the teacher's decoded reward for (obs[s-1], action[s],
-task), the pair whose environment reward is reward[s]; step 0 is NaN like reward. So the
-episode store's windows (obs[t..t+H], action[t+1..t+H], reward and teacher_reward [t+1..t+H])
-give teacher_reward[k] for (obs[t+k], action[t+1+k]), exactly what the `TeacherActor` answers
-for that window during training. Both use `predicted_reward`, one code path for the math.
+Alignment: the label at step s >= 1 is the teacher's output for (obs[s-1], action[s], task), the
+pair whose environment reward is reward[s]; step 0 is NaN like reward. So the episode store's
+windows (obs[t..t+H], action[t+1..t+H], reward and labels [t+1..t+H]) give label[k] for
+(obs[t+k], action[t+1+k]), exactly what the `TeacherActor` answers for that window during
+training. Both use `teacher_outputs`, one code path for the math.
 
 Pipeline: `ray.data.read_parquet` -> `map_batches(TeacherLabeler)` on a pool of actors (each
 holding the teacher, on a GPU when the cluster has one) -> the driver gathers each part's rows
 (in order) and writes the part with the new column and the teacher's checkpoint hash in its
-footer: atomically replacing the part in place, or into `out`. Labelling again with another
-teacher replaces the column. An interrupted in-place run leaves every part whole, some with
+footer: atomically replacing the part in place, or into `out`. Labelling again replaces the
+label columns. An interrupted in-place run leaves every part whole, some with
 the new labels: run it again to finish (existing labels are ignored on read). The data set and
 the teacher checkpoint must be on a file system every Ray node sees.
 """
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 from tdmpc_ray.data.dataset_info import format_bytes
 from tdmpc_ray.data.layout import (
+    TEACHER_COLUMNS,
     EpisodeMeta,
     PartInfo,
     episodes_to_table,
@@ -44,7 +46,7 @@ from tdmpc_ray.data.layout import (
     table_arrays,
     write_part,
 )
-from tdmpc_ray.model import checkpoint_hash, load_world_model, predicted_reward
+from tdmpc_ray.model import checkpoint_hash, load_world_model, teacher_outputs
 from tdmpc_ray.model.world_model import WorldModel
 from tdmpc_ray.provenance import provenance
 
@@ -53,22 +55,30 @@ _READ_COLUMNS = ["episode_id", "task", "obs", "action", "reward", "path"]
 
 
 def episode_labels(
-    model: WorldModel, obs: np.ndarray, action: np.ndarray, task: np.ndarray
-) -> np.ndarray:
-    """Teacher rewards [E, T] float32 for episodes obs [E,T,D], action [E,T,A], task [E]: step
-    s >= 1 is the reward for (obs[s-1], action[s], task), step 0 is NaN."""
+    model: WorldModel,
+    obs: np.ndarray,
+    action: np.ndarray,
+    task: np.ndarray,
+    terms: tuple[str, ...] = tuple(TEACHER_COLUMNS),
+) -> dict[str, np.ndarray]:
+    """Teacher labels by term, [E, T] (policy [E, T, A]) float32, for episodes obs [E,T,D],
+    action [E,T,A], task [E]: step s >= 1 is the output for (obs[s-1], action[s], task), step 0
+    is NaN."""
     E, T, D = obs.shape
     device = next(model.parameters()).device
     rows = torch.tensor(obs[:, :-1], device=device).view(-1, D)
     actions = torch.tensor(action[:, 1:], device=device).view(-1, action.shape[2])
     tasks = torch.tensor(task, device=device).long().repeat_interleave(T - 1)
-    labels = np.full((E, T), np.nan, dtype=np.float32)
-    labels[:, 1:] = predicted_reward(model, rows, actions, tasks).view(E, T - 1).cpu().numpy()
+    labels = {}
+    for term, value in teacher_outputs(model, rows, actions, tasks, terms).items():
+        out = np.full((E, T, value.shape[-1]), np.nan, dtype=np.float32)
+        out[:, 1:] = value.view(E, T - 1, -1).cpu().numpy()
+        labels[term] = out if term == "policy" else out[..., 0]
     return labels
 
 
 class TeacherLabeler:
-    """Ray Data actor: the teacher on this actor's device, adding `teacher_reward` to batches of
+    """Ray Data actor: the teacher on this actor's device, adding its label columns to batches of
     episodes (pyarrow tables in the episode layout)."""
 
     def __init__(self, checkpoint: str, task_set: str) -> None:
@@ -78,8 +88,11 @@ class TeacherLabeler:
     def __call__(self, batch: pa.Table) -> pa.Table:
         arrays = table_arrays(batch)
         labels = episode_labels(self.model, arrays["obs"], arrays["action"], arrays["task"])
-        column = pa.FixedSizeListArray.from_arrays(pa.array(labels.reshape(-1)), labels.shape[1])
-        return batch.append_column("teacher_reward", column)
+        for term, values in labels.items():
+            flat = values.reshape(len(values), -1)
+            column = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+            batch = batch.append_column(TEACHER_COLUMNS[term], column)
+        return batch
 
 
 @dataclass
@@ -193,7 +206,7 @@ class _LabelledPartWriter:
             obs=arrays["obs"],
             action=arrays["action"],
             reward=arrays["reward"],
-            teacher_reward=arrays["teacher_reward"],
+            teacher={term: arrays[column] for term, column in TEACHER_COLUMNS.items()},
         )
         info = {**(part.provenance or {}), "label": self.label_info}
         path = self.dst / name
@@ -236,7 +249,7 @@ def label(
     num_actors: int = 1,
     progress: bool = True,
 ) -> LabelSummary:
-    """Add the `teacher_reward` column computed by `teacher` to every part of `data`, in place
+    """Add the label columns computed by `teacher` (reward, value, policy) to every part of `data`, in place
     or into `out`. Bad arguments, data or checkpoints fail with one line before any actor
     starts; with `out`, a failed run removes the parts it wrote."""
     started = time.perf_counter()

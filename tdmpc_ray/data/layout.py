@@ -2,10 +2,12 @@
 
 Columns: `episode_id` int64, `task` int32, `obs` fixed_size_list<float32>[T*obs_dim],
 `action` fixed_size_list<float32>[T*action_dim] (step 0 NaN), `reward`
-fixed_size_list<float32>[T] (step 0 NaN), optional `teacher_reward` fixed_size_list<float32>[T].
+fixed_size_list<float32>[T] (step 0 NaN), and optional teacher labels (`TEACHER_COLUMNS`):
+`teacher_reward` and `teacher_value` fixed_size_list<float32>[T], `teacher_policy`
+fixed_size_list<float32>[T*action_dim] (step 0 NaN).
 Step t of `action`/`reward` is the action that led to observation t and the reward it earned,
-exactly as in TD-MPC2's public data set, so step 0 has none; `teacher_reward` step t is the
-teacher's reward for that same pair (obs t-1, action t). Parts hold `EPISODES_PER_FILE`
+exactly as in TD-MPC2's public data set, so step 0 has none; teacher label step t is the
+teacher's output for that same pair (obs t-1, action t). Parts hold `EPISODES_PER_FILE`
 episodes by default (about 62 MB of float32 for MT30).
 
 The file's key-value metadata holds one JSON document under the key `tdmpc_ray`: the layout
@@ -38,7 +40,10 @@ FORMAT_VERSION = 1
 METADATA_KEY = b"tdmpc_ray"
 ROW_GROUP_EPISODES = 128
 EPISODES_PER_FILE = 1000
-STEP_COLUMNS = ("obs", "action", "reward", "teacher_reward")
+TEACHER_COLUMNS = {"reward": "teacher_reward", "value": "teacher_value", "policy": "teacher_policy"}
+"""Teacher term -> its label column: the deterministic, small teacher outputs worth caching (a
+next-state latent is 20-57x an observation, so it is always served by the teacher actor)."""
+STEP_COLUMNS = ("obs", "action", "reward", *TEACHER_COLUMNS.values())
 _FLOAT_LEAVES = [f"{name}.list.element" for name in STEP_COLUMNS]
 
 
@@ -53,7 +58,7 @@ class EpisodeMeta:
     episode_length: int
     source: str
     teacher_checkpoint: str | None = None
-    """Hash of the teacher checkpoint that produced `teacher_reward`; None without labels."""
+    """Hash of the teacher checkpoint that produced the teacher labels; None without labels."""
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "tasks": list(self.tasks)}
@@ -96,8 +101,9 @@ def list_parts(path: str | os.PathLike) -> list[Path]:
     return parts
 
 
-def episode_schema(meta: EpisodeMeta, teacher: bool = False) -> pa.Schema:
-    """Arrow schema of a part file with `meta`'s dims (without the footer metadata)."""
+def episode_schema(meta: EpisodeMeta, teacher: tuple[str, ...] = ()) -> pa.Schema:
+    """Arrow schema of a part file with `meta`'s dims and the labels of `teacher` terms (without
+    the footer metadata)."""
     T = meta.episode_length
     fields = [
         pa.field("episode_id", pa.int64(), nullable=False),
@@ -106,9 +112,16 @@ def episode_schema(meta: EpisodeMeta, teacher: bool = False) -> pa.Schema:
         pa.field("action", pa.list_(pa.float32(), T * meta.action_dim), nullable=False),
         pa.field("reward", pa.list_(pa.float32(), T), nullable=False),
     ]
-    if teacher:
-        fields.append(pa.field("teacher_reward", pa.list_(pa.float32(), T), nullable=False))
+    for term in TEACHER_COLUMNS:
+        if term in teacher:
+            size = T * meta.action_dim if term == "policy" else T
+            fields.append(pa.field(TEACHER_COLUMNS[term], pa.list_(pa.float32(), size), nullable=False))
     return pa.schema(fields)
+
+
+def teacher_terms(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The teacher terms whose label columns are among column `names`."""
+    return tuple(term for term, column in TEACHER_COLUMNS.items() if column in names)
 
 
 def _fixed_list(array: np.ndarray) -> pa.FixedSizeListArray:
@@ -124,9 +137,11 @@ def episodes_to_table(
     obs: np.ndarray,
     action: np.ndarray,
     reward: np.ndarray,
-    teacher_reward: np.ndarray | None = None,
+    teacher: Mapping[str, np.ndarray] | None = None,
 ) -> pa.Table:
-    """Arrow table of E episodes from arrays [E], [E], [E,T,obs], [E,T,act], [E,T], [E,T]."""
+    """Arrow table of E episodes from arrays [E], [E], [E,T,obs], [E,T,act], [E,T] and teacher
+    labels by term ([E,T], policy [E,T,act])."""
+    teacher = teacher or {}
     columns = [
         pa.array(episode_id, pa.int64()),
         pa.array(task, pa.int32()),
@@ -134,9 +149,9 @@ def episodes_to_table(
         _fixed_list(action),
         _fixed_list(reward),
     ]
-    if teacher_reward is not None:
-        columns.append(_fixed_list(teacher_reward))
-    schema = episode_schema(meta, teacher=teacher_reward is not None)
+    terms = tuple(term for term in TEACHER_COLUMNS if term in teacher)
+    columns += [_fixed_list(teacher[term]) for term in terms]
+    schema = episode_schema(meta, teacher=terms)
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -145,11 +160,11 @@ def write_part(
 ) -> int:
     """Write `table` as one part file atomically, with `meta` and return statistics in its
     footer; returns the file size in bytes."""
-    teacher = "teacher_reward" in table.column_names
+    teacher = teacher_terms(table.column_names)
     if table.schema != episode_schema(meta, teacher):
         raise ValueError(f"{path}: table schema does not match the episode layout of {meta}")
     if teacher and meta.teacher_checkpoint is None:
-        raise ValueError(f"{path}: teacher_reward needs the teacher checkpoint hash in meta")
+        raise ValueError(f"{path}: teacher labels need the teacher checkpoint hash in meta")
     arrays = table_arrays(table)
     stats = stats_by_task(arrays["task"], np.nansum(arrays["reward"], axis=1))
     footer = {
@@ -217,22 +232,18 @@ def fixed_list_to_numpy(column: pa.Array | pa.ChunkedArray, step_size: int) -> n
 
 def table_arrays(table: pa.Table | pa.RecordBatch) -> dict[str, np.ndarray]:
     """Numpy views of an episode table: `task` [E], `obs` [E,T,obs_dim], `action`
-    [E,T,action_dim], `reward` [E,T] and, when present, `episode_id` [E], `teacher_reward`
-    [E,T]. Dims are read from the list sizes (T from `reward`), so Ray Data batches that lost
+    [E,T,action_dim], `reward` [E,T] and, when present, `episode_id` [E] and the teacher label
+    columns ([E,T], `teacher_policy` [E,T,action_dim]). Dims are read from the list sizes (T from `reward`), so Ray Data batches that lost
     the footer metadata work too."""
     reward = fixed_list_to_numpy(table.column("reward"), 1)
     T = reward.shape[1]
     out = {"task": table.column("task").to_numpy(), "reward": reward}
-    for name in ("obs", "action"):
-        column = table.column(name)
-        dim = _list_size(column) // T
-        out[name] = fixed_list_to_numpy(column, dim)
-    for name in ("episode_id", "teacher_reward"):
+    for name in ("obs", "action", *TEACHER_COLUMNS.values()):
         if name in table.column_names:
             column = table.column(name)
-            out[name] = (
-                column.to_numpy() if name == "episode_id" else fixed_list_to_numpy(column, 1)
-            )
+            out[name] = fixed_list_to_numpy(column, _list_size(column) // T)
+    if "episode_id" in table.column_names:
+        out["episode_id"] = table.column("episode_id").to_numpy()
     return out
 
 

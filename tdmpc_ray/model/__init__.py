@@ -8,10 +8,16 @@ from tdmpc_ray.model.checkpoint import (
 )
 from tdmpc_ray.model.config import MODEL_SIZES, ModelConfig, model_config
 from tdmpc_ray.model.math import two_hot, two_hot_inv
-from tdmpc_ray.model.world_model import WorldModel, predicted_reward
+from tdmpc_ray.model.world_model import (
+    TEACHER_TERMS,
+    WorldModel,
+    predicted_reward,
+    teacher_outputs,
+)
 
 __all__ = [
     "MODEL_SIZES",
+    "TEACHER_TERMS",
     "CheckpointError",
     "ModelConfig",
     "WorldModel",
@@ -20,6 +26,7 @@ __all__ = [
     "model_config",
     "predicted_reward",
     "save_checkpoint",
+    "teacher_outputs",
     "two_hot",
     "two_hot_inv",
 ]

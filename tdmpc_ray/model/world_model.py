@@ -168,10 +168,41 @@ class WorldModel(nn.Module):
         self._target_Qs.lerp_from(self._Qs, tau)
 
 
-@torch.no_grad()
-def predicted_reward(model: WorldModel, obs: torch.Tensor, action: torch.Tensor, task: TaskLike):
-    """The model's decoded reward for taking `action` from observation `obs`: [N, 1].
+TEACHER_TERMS = ("reward", "latent", "value", "policy")
+"""What a teacher can serve per (obs, action) row for distillation."""
 
-    What a teacher serves for distillation, from its actor or as cached labels.
+
+@torch.no_grad()
+def teacher_outputs(
+    model: WorldModel,
+    obs: torch.Tensor,
+    action: torch.Tensor,
+    task: TaskLike,
+    terms: tuple[str, ...] = ("reward",),
+) -> dict[str, torch.Tensor]:
+    """What a teacher serves for distillation, from its actor or as cached labels, for rows
+    obs [N, D], action [N, A], task [N]; every output is deterministic.
+
+    `reward` [N, 1]: decoded reward of (obs, action); `latent` [N, L]: next latent after taking
+    `action`; `value` [N, 1]: mean of every Q member's decoded value of (obs, action);
+    `policy` [N, A]: the policy prior's squashed mean action at obs (0 on padded action dims).
     """
-    return model.two_hot_inv(model.reward(model.encode(obs, task), action, task))
+    unknown = set(terms) - set(TEACHER_TERMS)
+    if unknown:
+        raise ValueError(f"unknown teacher terms {sorted(unknown)}; known: {TEACHER_TERMS}")
+    z = model.encode(obs, task)
+    out = {}
+    if "reward" in terms:
+        out["reward"] = model.two_hot_inv(model.reward(z, action, task))
+    if "latent" in terms:
+        out["latent"] = model.next(z, action, task)
+    if "value" in terms:
+        out["value"] = model.two_hot_inv(model.Q(z, action, task, "all")).mean(0)
+    if "policy" in terms:
+        out["policy"] = model.pi(z, task, eps=torch.zeros_like(action))[1]["mean"]
+    return out
+
+
+def predicted_reward(model: WorldModel, obs: torch.Tensor, action: torch.Tensor, task: TaskLike):
+    """The model's decoded reward for taking `action` from observation `obs`: [N, 1]."""
+    return teacher_outputs(model, obs, action, task)["reward"]

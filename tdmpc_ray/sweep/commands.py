@@ -7,13 +7,15 @@ import argparse
 
 def _sweep(args: argparse.Namespace) -> int:
     from tdmpc_ray.config import parse_overrides
-    from tdmpc_ray.sweep.runner import format_table, run_sweep
+    from tdmpc_ray.sweep.runner import format_groups, format_table, run_sweep
     from tdmpc_ray.sweep.spec import load_spec
 
     spec = load_spec(args.spec, parse_overrides(args.overrides))
     summary = run_sweep(spec, resume=args.resume)
     print(f"\nsweep {spec.name}: {len(summary['trials'])} trials -> {summary['experiment']}\n")
     print(format_table(summary))
+    if summary["groups"]:
+        print(f"\nover seeds:\n{format_groups(summary)}")
     best = summary["best"]
     print(f"\nbest student: {best['student']} (normalized score {best['normalized_score']:.2f})" if best
           else "\nno trial has an evaluation score (set eval_freq to evaluate)")  # fmt: skip

@@ -4,6 +4,7 @@ Tune (and so schedulers and the dashboard) as soon as they are ready."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import logging
 import math
@@ -15,6 +16,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from tdmpc_ray.atomic import atomic_path, write_json
 from tdmpc_ray.config import build_config
 from tdmpc_ray.sweep.spec import SweepSpec
 from tdmpc_ray.train.config import TrainConfig
@@ -73,8 +75,12 @@ class EvaluateAndReport(TuneReportCallback):
                 }
 
 
-def run_trial(config: dict) -> None:
-    """Tune function: one training run of the recipe in `config` (TrainConfig fields)."""
+def run_trial(config: dict, recipes: dict[str, dict] | None = None) -> None:
+    """Tune function: one training run of `config` (TrainConfig fields, and the name of one of
+    the spec's `recipes` when it has them)."""
+    config = dict(config)
+    if recipes:
+        config.update(recipes[config.pop("recipe")])
     cfg = build_config(TrainConfig, None, config)
     cfg = dataclasses.replace(
         cfg, out=f"{cfg.out}/{tune.get_context().get_trial_name()}", name="train"
@@ -86,6 +92,8 @@ def run_trial(config: dict) -> None:
 def _param_space(spec: SweepSpec, experiment: str) -> dict:
     """Tune's search space: the base settings, the searched ones, and where trials store runs."""
     space = {**spec.base, "out": experiment}
+    if spec.recipes:
+        space["recipe"] = tune.grid_search(list(spec.recipes))
     for key, dist in spec.space.items():
         kind, values = next(iter(dist.items()))
         space[key] = {
@@ -129,7 +137,9 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict:
     storage = (
         spec.storage_path if "://" in spec.storage_path else str(Path(spec.storage_path).resolve())
     )
-    trainable = tune.with_resources(run_trial, {"CPU": spec.trial_cpus})
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, recipes=spec.recipes), {"CPU": spec.trial_cpus}
+    )
     experiment = f"{storage.rstrip('/')}/{spec.name}"
     if resume and tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
@@ -152,12 +162,43 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict:
         )
     grid = tuner.fit()
     del teachers
-    return summarize(grid, spec, experiment)
+    summary = summarize(grid, spec, experiment)
+    if "://" not in experiment:
+        write_json(Path(experiment) / "summary.json", summary)
+        write_curves(Path(experiment) / "curves.csv", grid, summary["space"])
+    return summary
+
+
+CURVE_METRICS = ("total_loss", "consistency_loss", "reward_loss", "value_loss", "pi_loss",
+                 "distill_loss", "latent_distill_loss", "value_distill_loss",
+                 "policy_distill_loss", "updates_per_s")  # fmt: skip
+
+
+def write_curves(path: Path, grid, keys: list[str]) -> None:
+    """Learning curves of every trial as a long CSV (trial, searched keys, step, metric, value):
+    the training metrics at each report and `normalized_score` at the step it evaluated."""
+    records = []
+    for result in grid:
+        trial = [Path(result.path).name, *((result.config or {}).get(k) for k in keys)]
+        history = result.metrics_dataframe
+        scored = set()
+        for row in [] if history is None else history.to_dict("records"):
+            for metric in CURVE_METRICS:
+                if isinstance(row.get(metric), (int, float)) and math.isfinite(row[metric]):
+                    records.append([*trial, int(row["step"]), metric, f"{row[metric]:.6g}"])
+            step = row.get("eval_step")
+            if isinstance(step, (int, float)) and math.isfinite(step) and step not in scored:
+                scored.add(step)
+                records.append([*trial, int(step), "normalized_score", f"{row['normalized_score']:.6g}"])
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trial", *keys, "step", "metric", "value"])
+        writer.writerows(records)
 
 
 def summarize(grid, spec: SweepSpec, experiment: str) -> dict:
     """Trials (config, status, step, score, speed) sorted by score, and the best student."""
-    keys = sorted(spec.space)
+    keys = spec.searched_keys()
     trials = []
     for result in grid:
         metrics = result.metrics or {}
@@ -175,13 +216,45 @@ def summarize(grid, spec: SweepSpec, experiment: str) -> dict:
         key=lambda t: -1 if t["normalized_score"] is None else t["normalized_score"], reverse=True
     )
     best = trials[0] if trials and trials[0]["normalized_score"] is not None else None
-    return {"experiment": experiment, "trials": trials, "best": best, "space": keys}
+    summary = {"experiment": experiment, "trials": trials, "best": best, "space": keys}
+    return {**summary, "groups": group_over_seeds(summary)}
+
+
+def group_over_seeds(summary: dict) -> list[dict]:
+    """Scores of trials that differ only in `seed`, pooled: n, mean, sample std, min, max (empty
+    when seed is not searched). Best mean first."""
+    keys = [k for k in summary["space"] if k != "seed"]
+    if "seed" not in summary["space"]:
+        return []
+    pooled: dict[tuple, list[float]] = {}
+    for t in summary["trials"]:
+        scores = pooled.setdefault(tuple(str(t.get(k)) for k in keys), [])
+        if t["normalized_score"] is not None:
+            scores.append(t["normalized_score"])
+    groups = []
+    for values, scores in pooled.items():
+        n = len(scores)
+        mean = sum(scores) / n if n else None
+        std = (sum((s - mean) ** 2 for s in scores) / (n - 1)) ** 0.5 if n > 1 else None
+        groups.append({**dict(zip(keys, values, strict=True)), "n": n, "mean": mean, "std": std,
+                       "min": min(scores, default=None), "max": max(scores, default=None)})  # fmt: skip
+    return sorted(groups, key=lambda g: -math.inf if g["mean"] is None else g["mean"], reverse=True)
 
 
 def format_table(summary: dict) -> str:
     """The trials as a fixed-width table, best first."""
     columns = ["trial", *summary["space"], "status", "step", "normalized_score", "updates_per_s"]
-    rows = [[_cell(t.get(c)) for c in columns] for t in summary["trials"]]
+    return _fixed_width(columns, summary["trials"])
+
+
+def format_groups(summary: dict) -> str:
+    """Scores pooled over seeds (`group_over_seeds`) as a fixed-width table."""
+    columns = [k for k in summary["space"] if k != "seed"] + ["n", "mean", "std", "min", "max"]
+    return _fixed_width(columns, summary["groups"])
+
+
+def _fixed_width(columns: list[str], records: list[dict]) -> str:
+    rows = [[_cell(r.get(c)) for c in columns] for r in records]
     widths = (
         [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
         if rows

@@ -7,6 +7,9 @@ base: {data: ..., teacher: ..., steps: 200000}     # TrainConfig fields shared b
 space:                                               # searched TrainConfig fields
   d_coef: {grid: [0.0, 0.4]}                         # grid | choice | uniform | loguniform | randint
   lr: {loguniform: [1.0e-4, 1.0e-3]}
+recipes:                                             # optional: named bundles of settings,
+  scratch: {d_coef: 0.0}                             # gridded like one more space key `recipe`
+  reward+latent: {d_coef: 0.45, latent_d_coef: 1.0, latent_bridge: pca}
 num_samples: 1                                       # repeats of the grid (random spaces redrawn)
 scheduler: {type: asha, grace_period: 2, max_t: 10} # optional, on normalized_score at eval steps
 trial_cpus: 0.5                                      # the Tune function's own CPU share
@@ -33,6 +36,7 @@ SPEC_KEYS = (
     "description",
     "base",
     "space",
+    "recipes",
     "num_samples",
     "scheduler",
     "trial_cpus",
@@ -49,6 +53,8 @@ class SweepSpec:
     description: str = ""
     base: dict[str, Any] = field(default_factory=dict)
     space: dict[str, dict[str, list]] = field(default_factory=dict)
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Named bundles of settings that change together; each trial runs one (`recipe`)."""
     num_samples: int = 1
     scheduler: dict[str, Any] | None = None
     trial_cpus: float = 0.5
@@ -59,12 +65,16 @@ class SweepSpec:
     def trial_configs(self) -> list[TrainConfig]:
         """One TrainConfig per grid point (random spaces at their lower bound): validates keys
         and types of every field before any trial starts."""
-        grids = [dict()]
+        grids = [{**settings} for settings in self.recipes.values()] or [dict()]
         for key, dist in self.space.items():
             kind, values = next(iter(dist.items()))
             options = values if kind in ("grid", "choice") else values[:1]
             grids = [{**g, key: v} for g in grids for v in options]
         return [build_config(TrainConfig, None, {**self.base, **g}) for g in grids]
+
+    def searched_keys(self) -> list[str]:
+        """What tells trials apart: `recipe` (when recipes are given) and the space's keys."""
+        return (["recipe"] if self.recipes else []) + sorted(self.space)
 
 
 def _check_space(path: Path, space: dict) -> None:
@@ -85,6 +95,25 @@ def _check_space(path: Path, space: dict) -> None:
             raise ValueError(
                 f"{path}: space {key!r}: {kind} needs a list ({'2 bounds' if kind not in ('grid', 'choice') else 'values'})"
             )
+
+
+def _check_recipes(path: Path, recipes: dict, space: dict) -> dict[str, dict]:
+    """Recipes as {name: {TrainConfig field: value}} with local paths made absolute."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(recipes, dict):
+        raise ValueError(f"{path}: recipes must map names to settings")
+    for name, settings in recipes.items():
+        if not isinstance(settings, dict):
+            raise ValueError(f"{path}: recipe {name!r} must be a mapping of training settings")
+        for key in settings:
+            if key not in fields or key in space:
+                why = "is also searched in space" if key in space else "is not a training setting"
+                raise ValueError(f"{path}: recipe {name!r}: {key!r} {why}")
+    return {
+        str(name): {k: absolute(str(v)) if k in PATH_KEYS and v is not None else v
+                    for k, v in settings.items()}
+        for name, settings in recipes.items()
+    }  # fmt: skip
 
 
 def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> SweepSpec:
@@ -109,6 +138,7 @@ def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> Swee
             raw["base"][key] = value
     space = raw.get("space") or {}
     _check_space(path, space)
+    raw["recipes"] = _check_recipes(path, raw.get("recipes") or {}, space)
     for key in PATH_KEYS:
         if raw["base"].get(key) is not None:
             raw["base"][key] = absolute(str(raw["base"][key]))

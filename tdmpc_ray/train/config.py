@@ -6,6 +6,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from tdmpc_ray.model.config import ModelConfig, model_config
+from tdmpc_ray.model.world_model import WorldModel
+from tdmpc_ray.train.distill import BRIDGES
 from tdmpc_ray.train.losses import LossConfig
 from tdmpc_ray.train.update import OptimConfig
 
@@ -21,6 +26,11 @@ class TrainConfig:
     task_set: str = "mt30"
     model_size: int = 1
     """Student size preset (M parameters): 1, 5, 19, 48 or 317."""
+    enc_dim: int | None = None
+    """Custom student width/size overrides of the preset (None keeps the preset's)."""
+    mlp_dim: int | None = None
+    latent_dim: int | None = None
+    num_q: int | None = None
     steps: int = 200_000
     """Gradient updates (the paper: 200K for its tables, 1M for its best student)."""
     batch_size: int = 256
@@ -29,6 +39,16 @@ class TrainConfig:
     d_coef: float = 0.45
     """Reward distillation coefficient (the paper's published students: 0.45); ignored without a
     teacher."""
+    latent_d_coef: float = LossConfig.latent_d_coef
+    """Next-state latent distillation (off by default; the paper's latent variants)."""
+    latent_bridge: str = LossConfig.latent_bridge
+    """`linear` (learned student -> teacher projection) or `pca` (fixed, fitted on the teacher)."""
+    pca_samples: int = 4096
+    """Teacher latents sampled from the data to fit the `pca` bridge."""
+    value_d_coef: float = LossConfig.value_d_coef
+    """Value distillation: student vs teacher mean Q, decoded (off by default)."""
+    policy_d_coef: float = LossConfig.policy_d_coef
+    """Policy distillation: student vs teacher mean action of the policy prior (off by default)."""
     distill_all_steps: bool = LossConfig.distill_all_steps
     consistency_coef: float = LossConfig.consistency_coef
     reward_coef: float = LossConfig.reward_coef
@@ -71,14 +91,24 @@ class TrainConfig:
 
     @property
     def distilling(self) -> bool:
-        return self.teacher is not None and self.d_coef > 0
+        """Whether any distillation term is on (a teacher and a positive coefficient)."""
+        return self.teacher is not None and bool(self.losses().teacher_terms())
 
     def losses(self) -> LossConfig:
+        """Loss coefficients; every distillation coefficient is 0 without a teacher."""
+        on = 1.0 if self.teacher is not None else 0.0
         return LossConfig(
             consistency_coef=self.consistency_coef, reward_coef=self.reward_coef,
             value_coef=self.value_coef, rho=self.rho, entropy_coef=self.entropy_coef,
-            d_coef=self.d_coef if self.distilling else 0.0, distill_all_steps=self.distill_all_steps,
+            d_coef=on * self.d_coef, latent_d_coef=on * self.latent_d_coef,
+            latent_bridge=self.latent_bridge, value_d_coef=on * self.value_d_coef,
+            policy_d_coef=on * self.policy_d_coef, distill_all_steps=self.distill_all_steps,
         )  # fmt: skip
+
+    def model(self) -> ModelConfig:
+        """The student's architecture: the size preset with any custom dims."""
+        dims = {k: getattr(self, k) for k in ("enc_dim", "mlp_dim", "latent_dim", "num_q")}
+        return model_config(self.model_size, self.task_set, **{k: v for k, v in dims.items() if v})
 
     def optim(self) -> OptimConfig:
         return OptimConfig(
@@ -93,12 +123,26 @@ class TrainConfig:
         return {"tasks": self.eval_tasks, "episodes": self.eval_episodes, "actors": self.eval_actors,
                 "mpc": self.eval_mpc, "max_steps": self.eval_max_steps, "seed": self.seed, "cpus": self.eval_cpus}  # fmt: skip
 
+    def recipe(self) -> str:
+        """Short name of the distillation recipe: `scratch`, or the terms with their coefficients."""
+        if not self.distilling:
+            return "scratch"
+        losses = self.losses()
+        parts = [f"d{losses.d_coef:g}"] if losses.d_coef else []
+        if losses.latent_d_coef:
+            parts.append(f"latent-{self.latent_bridge}{losses.latent_d_coef:g}")
+        if losses.value_d_coef:
+            parts.append(f"value{losses.value_d_coef:g}")
+        if losses.policy_d_coef:
+            parts.append(f"policy{losses.policy_d_coef:g}")
+        return "distill-" + "-".join(parts)
+
     def run_name(self) -> str:
-        recipe = f"distill-d{self.d_coef:g}" if self.distilling else "scratch"
-        return (
-            self.name
-            or f"{self.task_set}-{self.model_size}M-{recipe}-b{self.batch_size}-s{self.seed}"
-        )
+        recipe = self.recipe()
+        size = f"{self.model_size}M"
+        if any((self.enc_dim, self.mlp_dim, self.latent_dim, self.num_q)):
+            size = f"{parameter_count(self.model()) / 1e6:.2f}M"
+        return self.name or f"{self.task_set}-{size}-{recipe}-b{self.batch_size}-s{self.seed}"
 
     def resolved(self) -> TrainConfig:
         """A copy with local `data` and `teacher` paths made absolute, so Ray workers, actors and
@@ -123,8 +167,18 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.d_coef < 0 or self.eval_freq < 0:
-            raise ValueError("d_coef and eval_freq must be non-negative")
+        coefs = ("d_coef", "latent_d_coef", "value_d_coef", "policy_d_coef", "eval_freq")
+        for name in coefs:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.latent_bridge not in BRIDGES:
+            raise ValueError(f"latent_bridge must be one of {BRIDGES}, not {self.latent_bridge!r}")
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """Parameters of a world model with `cfg` (counted without allocating them)."""
+    with torch.device("meta"):
+        return WorldModel(cfg).total_params
 
 
 def absolute(path: str | None) -> str | None:

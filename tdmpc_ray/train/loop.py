@@ -16,9 +16,9 @@ import torch.distributed as dist
 
 from tdmpc_ray.data.episode_store import Batch, EpisodeStore
 from tdmpc_ray.model.checkpoint import save_checkpoint
-from tdmpc_ray.model.config import model_config
 from tdmpc_ray.model.world_model import WorldModel
 from tdmpc_ray.train.config import TrainConfig
+from tdmpc_ray.train.distill import LatentBridge
 from tdmpc_ray.train.teacher import get_teacher
 from tdmpc_ray.train.update import Learner
 
@@ -26,40 +26,41 @@ STATE_FILE = "learner.pt"
 STUDENT_FILE = "student.pt"
 
 
-class TeacherRewards:
-    """Teacher rewards for sampled windows: from cached labels in the data, or from the shared
-    teacher actor, asked when a batch is sampled so the answer is ready by the next update."""
+class TeacherTargets:
+    """Teacher outputs for sampled windows: the data's cached labels for the terms it holds,
+    the shared teacher actor for the others (asked when a batch is sampled, so the answer is
+    ready by the next update)."""
 
-    def __init__(self, cfg: TrainConfig, use_labels: bool):
+    def __init__(self, cfg: TrainConfig, cached_terms: tuple[str, ...]):
+        terms = cfg.losses().teacher_terms()
+        self.cached = tuple(t for t in terms if t in cached_terms)
+        self.asked = tuple(t for t in terms if t not in cached_terms)
         self.all_steps = cfg.distill_all_steps
-        self.actor = None
-        if cfg.distilling and not use_labels:
-            self.actor = get_teacher(cfg.teacher, cfg.task_set)
+        self.actor = get_teacher(cfg.teacher, cfg.task_set) if self.asked else None
         self.wait_s = 0.0
 
     def request(self, batch: Batch):
-        """Start the teacher query for `batch` (None when labels or no teacher are used)."""
+        """Start the teacher query for `batch` (None when nothing is asked of the actor)."""
         if self.actor is None:
             return None
         steps = batch.action.shape[0] if self.all_steps else 1
         obs, action = batch.obs[:steps], batch.action[:steps]
         task = batch.task.repeat(steps)
-        return self.actor.reward.remote(
-            obs.flatten(0, 1).cpu(), action.flatten(0, 1).cpu(), task.cpu()
+        return self.actor.outputs.remote(
+            obs.flatten(0, 1).cpu(), action.flatten(0, 1).cpu(), task.cpu(), self.asked
         )
 
     def attach(self, batch: Batch, pending) -> Batch:
-        """`batch` with teacher rewards [H, B, 1] (labels, or the answer to `pending`)."""
-        if pending is None:
-            return batch
-        start = time.perf_counter()
-        reward = ray.get(pending).to(batch.reward.device).view(-1, *batch.reward.shape[1:])
-        self.wait_s += time.perf_counter() - start
-        if reward.shape[0] < batch.reward.shape[0]:
-            reward = torch.cat(
-                [reward, torch.full_like(batch.reward[reward.shape[0] :], float("nan"))]
-            )
-        return batch._replace(teacher_reward=reward)
+        """`batch` with exactly the recipe's teacher terms: labels, and the answer to `pending`."""
+        teacher = {term: batch.teacher[term] for term in self.cached}
+        if pending is not None:
+            start = time.perf_counter()
+            answer = ray.get(pending)
+            self.wait_s += time.perf_counter() - start
+            size = batch.task.shape[0]
+            for term, value in answer.items():
+                teacher[term] = value.to(batch.reward.device).view(-1, size, value.shape[-1])
+        return batch._replace(teacher=teacher)
 
 
 def _save(learner: Learner, generators: list, directory: Path, cfg: TrainConfig) -> None:
@@ -84,16 +85,28 @@ def _all_generator_states(generator: torch.Generator) -> list[torch.Tensor]:
     return states
 
 
+def _bridge(cfg: TrainConfig, model: WorldModel, config: dict) -> LatentBridge | None:
+    """The latent-distillation bridge the recipe needs (None without a latent term)."""
+    if not cfg.losses().latent_d_coef:
+        return None
+    return LatentBridge(
+        cfg.latent_bridge, model.cfg.latent_dim, config["teacher_latent_dim"], config.get("pca")
+    )
+
+
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point; `config` holds `train` (TrainConfig fields), `use_labels`, and
+    """Ray Train entry point; `config` holds `train` (TrainConfig fields), `cached_terms` (teacher
+    terms read from the data's labels), `teacher_latent_dim` and `pca` (for a latent term) and
     `validate` (hand eval-step checkpoints to the trainer's asynchronous validation)."""
     cfg = TrainConfig(**config["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
-    model = WorldModel(model_config(cfg.model_size, cfg.task_set)).to(device)
-    learner = Learner(model, cfg.losses(), cfg.optim())
+    model = WorldModel(cfg.model())
+    bridge = _bridge(cfg, model, config)
+    model = model.to(device)
+    learner = Learner(model, cfg.losses(), cfg.optim(), None if bridge is None else bridge.to(device))
     torch.manual_seed(cfg.seed * 7919 + rank)
     generator = torch.Generator().manual_seed(cfg.seed * 104729 + rank)
     checkpoint = ray.train.get_checkpoint()
@@ -108,7 +121,7 @@ def train_loop_per_worker(config: dict) -> None:
         ray.train.get_dataset_shard("train"), device=device,
         max_resident_episodes=cfg.max_resident_episodes, seed=cfg.seed + rank,
     )  # fmt: skip
-    teacher = TeacherRewards(cfg, config["use_labels"])
+    teacher = TeacherTargets(cfg, tuple(config["cached_terms"]))
     wandb_run = _start_wandb(cfg) if cfg.wandb and rank == 0 else None
     local_batch = cfg.batch_size // world
     batch = store.sample(local_batch, cfg.horizon, generator)

@@ -1,4 +1,5 @@
-"""TD-MPC2's offline multi-task losses and the paper's reward distillation, as plain functions."""
+"""TD-MPC2's offline multi-task losses and the distillation terms (the paper's reward term, and
+next-state latent, value and policy terms), as plain functions."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from tdmpc_ray.data.episode_store import Batch
 from tdmpc_ray.model.math import soft_ce
 from tdmpc_ray.model.world_model import WorldModel
+from tdmpc_ray.train.distill import LatentBridge
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,22 @@ class LossConfig:
     entropy_coef: float = 1e-4
     d_coef: float = 0.0
     """Reward distillation coefficient (the paper's best: 0.4-0.45); 0 trains from scratch."""
+    latent_d_coef: float = 0.0
+    """Next-state latent distillation through `latent_bridge` (the paper's latent variants)."""
+    latent_bridge: str = "linear"
+    """`linear` (learned student -> teacher projection) or `pca` (fixed teacher -> student)."""
+    value_d_coef: float = 0.0
+    """Value distillation: the student's mean Q vs the teacher's mean Q (decoded), MSE."""
+    policy_d_coef: float = 0.0
+    """Policy distillation: MSE of the student's and the teacher's squashed mean actions."""
     distill_all_steps: bool = False
-    """Distil rewards at every horizon step (rho-weighted) instead of only the first."""
+    """Distil at every horizon step (rho-weighted) instead of only the first."""
+
+    def teacher_terms(self) -> tuple[str, ...]:
+        """The teacher outputs these coefficients need (`model.TEACHER_TERMS` order)."""
+        coefs = {"reward": self.d_coef, "latent": self.latent_d_coef,
+                 "value": self.value_d_coef, "policy": self.policy_d_coef}  # fmt: skip
+        return tuple(term for term, coef in coefs.items() if coef > 0)
 
 
 @torch.no_grad()
@@ -41,13 +57,15 @@ def _rho_weights(cfg: LossConfig, steps: int, device) -> torch.Tensor:
 
 
 def world_model_loss(
-    model: WorldModel, batch: Batch, cfg: LossConfig
+    model: WorldModel, batch: Batch, cfg: LossConfig, bridge: LatentBridge | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Total world-model loss, the rolled-out latents [H+1, B, L] (for the policy) and metrics.
 
     Consistency (MSE of rolled-out vs encoded next latents), reward and value (soft cross-entropy
-    on two-hot targets) are averaged over the horizon with rho**t weights, as TD-MPC2; with
-    d_coef > 0 the paper's reward distillation term MSE(student reward, teacher reward) is added.
+    on two-hot targets) are averaged over the horizon with rho**t weights, as TD-MPC2. Each
+    distillation term with a positive coefficient is added: reward (the paper's MSE of decoded
+    rewards), latent (rolled-out next latent vs the teacher's through `bridge`) and value (mean
+    of the Q members' decoded values vs the teacher's); a zero coefficient leaves it out entirely.
     """
     H = batch.action.shape[0]
     task, num_bins, vmin, vmax = batch.task, model.cfg.num_bins, model.cfg.vmin, model.cfg.vmax
@@ -71,52 +89,83 @@ def world_model_loss(
     consistency = consistency / H
     reward_loss = (reward_ce * rho).sum() / H
     value_loss = (value_ce.mean(dim=(2, 3)) * rho).sum() / (H * qs.shape[0])
-    total = (
-        cfg.consistency_coef * consistency
-        + cfg.reward_coef * reward_loss
-        + cfg.value_coef * value_loss
-    )
     metrics = {
         "consistency_loss": consistency,
         "reward_loss": reward_loss,
         "value_loss": value_loss,
     }
+    total = (
+        cfg.consistency_coef * consistency
+        + cfg.reward_coef * reward_loss
+        + cfg.value_coef * value_loss
+    )
+    terms = {}
     if cfg.d_coef > 0:
-        distill = distill_loss(model.two_hot_inv(reward_logits), batch.teacher_reward, cfg)
-        total = total + cfg.d_coef * distill
-        metrics["distill_loss"] = distill
+        terms["distill_loss"] = (
+            cfg.d_coef,
+            distill_loss(model.two_hot_inv(reward_logits), _teacher(batch, "reward"), cfg),
+        )
+    if cfg.latent_d_coef > 0:
+        if bridge is None:
+            raise ValueError("latent_d_coef > 0 needs a LatentBridge")
+        student, teacher = bridge(zs[1:], _teacher(batch, "latent"))
+        terms["latent_distill_loss"] = (cfg.latent_d_coef, distill_loss(student, teacher, cfg))
+    if cfg.value_d_coef > 0:
+        student = model.two_hot_inv(qs).mean(0)
+        terms["value_distill_loss"] = (
+            cfg.value_d_coef,
+            distill_loss(student, _teacher(batch, "value"), cfg),
+        )
+    for name, (coef, loss) in terms.items():
+        total = total + coef * loss
+        metrics[name] = loss
     metrics["total_loss"] = total
     return total, zs, metrics
 
 
-def distill_loss(
-    student_reward: torch.Tensor, teacher_reward: torch.Tensor | None, cfg: LossConfig
-):
-    """The paper's reward distillation: MSE between student and teacher scalar rewards.
+def _teacher(batch: Batch, term: str) -> torch.Tensor:
+    if term not in batch.teacher:
+        raise ValueError(
+            f"this recipe distils the teacher's {term} but the batch has none "
+            "(a teacher actor, or data labelled for this term, is needed)"
+        )
+    return batch.teacher[term]
 
-    Only the first step of the window (the (obs, action) pair both models see) by default;
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """MSE between student and teacher outputs [S, B, width] (S steps of the window).
+
+    Only the first step (the (obs, action) pair both models see) by default, as the paper;
     with `distill_all_steps`, every step of the student's latent rollout, rho-weighted.
     """
-    if teacher_reward is None:
-        raise ValueError(
-            "d_coef > 0 needs teacher rewards (a teacher or cached teacher_reward labels)"
-        )
-    if not cfg.distill_all_steps:
-        return F.mse_loss(student_reward[0], teacher_reward[0])
-    rho = _rho_weights(cfg, student_reward.shape[0], student_reward.device)
-    per_step = ((student_reward - teacher_reward) ** 2).mean(dim=(1, 2))
-    return (per_step * rho).sum() / student_reward.shape[0]
+    steps = student.shape[0] if cfg.distill_all_steps else 1
+    if teacher.shape[0] < steps:
+        raise ValueError(f"distilling {steps} steps needs as many teacher steps, got {teacher.shape[0]}")
+    per_step = ((student[:steps] - teacher[:steps]) ** 2).mean(dim=(1, 2))
+    return (per_step * _rho_weights(cfg, steps, student.device)).sum() / steps
 
 
-def policy_loss(model: WorldModel, zs: torch.Tensor, task: torch.Tensor, scale, cfg: LossConfig):
-    """TD-MPC2's policy-prior loss on detached latents: -(entropy bonus + scaled Q), rho-weighted.
+def policy_loss(
+    model: WorldModel,
+    zs: torch.Tensor,
+    batch: Batch,
+    scale,
+    cfg: LossConfig,
+) -> tuple[torch.Tensor, dict]:
+    """TD-MPC2's policy-prior loss on detached latents: -(entropy bonus + scaled Q), rho-weighted,
+    plus the policy distillation term (student vs teacher mean action) when `policy_d_coef` > 0.
 
     `scale` is the running Q scale; it is updated from the first step's Q values here.
     """
-    action, info = model.pi(zs, task)
-    qs = model.Q(zs, action, task, "avg", detach=True)
+    action, info = model.pi(zs, batch.task)
+    qs = model.Q(zs, action, batch.task, "avg", detach=True)
     scale.update(qs[0])
     qs = scale(qs)
     rho = _rho_weights(cfg, zs.shape[0], zs.device)
     loss = (-(cfg.entropy_coef * info["scaled_entropy"] + qs).mean(dim=(1, 2)) * rho).mean()
-    return loss, {"pi_loss": loss, "pi_entropy": info["entropy"].mean(), "pi_scale": scale.value[0]}
+    metrics = {"pi_entropy": info["entropy"].mean(), "pi_scale": scale.value[0]}
+    if cfg.policy_d_coef > 0:
+        distill = distill_loss(info["mean"][:-1], _teacher(batch, "policy"), cfg)
+        loss = loss + cfg.policy_d_coef * distill
+        metrics["policy_distill_loss"] = distill
+    return loss, {"pi_loss": loss, **metrics}

@@ -1,5 +1,5 @@
 """The frozen teacher: one named Ray actor per teacher checkpoint, shared by every training worker
-and every Tune trial, that answers reward queries in coalesced forward passes."""
+and every Tune trial, that answers distillation queries in coalesced forward passes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import ray
 import torch
 
 from tdmpc_ray.model.checkpoint import checkpoint_hash, load_world_model
-from tdmpc_ray.model.world_model import predicted_reward
+from tdmpc_ray.model.world_model import teacher_outputs
 
 NAMESPACE = "tdmpc_ray"
 
@@ -20,12 +20,13 @@ class _Request:
     obs: torch.Tensor
     action: torch.Tensor
     task: torch.Tensor
+    terms: tuple[str, ...]
     done: asyncio.Future
 
 
 @ray.remote
 class TeacherActor:
-    """A frozen world model serving `reward(obs, action, task)` to many clients.
+    """A frozen world model serving `outputs(obs, action, task, terms)` to many clients.
 
     Requests that arrive while a forward pass runs, or within `gather_s` of the first waiting one,
     are answered together by one pass (up to `max_batch` rows), so N workers asking at once cost
@@ -52,14 +53,19 @@ class TeacherActor:
         self.passes = 0
         self.rows = 0
 
-    async def reward(
-        self, obs: torch.Tensor, action: torch.Tensor, task: torch.Tensor
-    ) -> torch.Tensor:
-        """Teacher rewards [N, 1] for rows obs [N, D], action [N, A], task [N] (on the CPU)."""
+    async def outputs(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        task: torch.Tensor,
+        terms: tuple[str, ...] = ("reward",),
+    ) -> dict[str, torch.Tensor]:
+        """`teacher_outputs` (by term, [N, width] on the CPU) for rows obs [N, D], action [N, A],
+        task [N]."""
         if self.worker is None:
             self.worker = asyncio.get_running_loop().create_task(self._serve())
         done = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Request(obs, action, task, done))
+        await self.queue.put(_Request(obs, action, task, tuple(terms), done))
         return await done
 
     async def _serve(self) -> None:
@@ -82,20 +88,26 @@ class TeacherActor:
                 for r in requests:
                     r.done.set_exception(err)
                 continue
-            for r, value in zip(requests, out.split([len(r.task) for r in requests]), strict=True):
-                r.done.set_result(value)
+            sizes = [len(r.task) for r in requests]
+            parts = {term: value.split(sizes) for term, value in out.items()}
+            for i, r in enumerate(requests):
+                r.done.set_result({term: parts[term][i] for term in r.terms})
 
-    def _forward(self, requests: list[_Request]) -> torch.Tensor:
+    def _forward(self, requests: list[_Request]) -> dict[str, torch.Tensor]:
+        """One pass over every waiting request's rows, for the union of their terms."""
         cat = lambda name: torch.cat([getattr(r, name) for r in requests]).to(self.device)  # noqa: E731
-        out = predicted_reward(self.model, cat("obs"), cat("action"), cat("task").long())
+        terms = tuple(dict.fromkeys(term for r in requests for term in r.terms))
+        out = teacher_outputs(self.model, cat("obs"), cat("action"), cat("task").long(), terms)
         self.passes += 1
-        self.rows += len(out)
-        return out.cpu()
+        self.rows += sum(len(r.task) for r in requests)
+        return {term: value.cpu() for term, value in out.items()}
 
     def info(self) -> dict:
-        """Checkpoint hash, device and how many passes/rows were served (coalescing shows here)."""
+        """Checkpoint hash, latent size, device and how many passes/rows were served (coalescing
+        shows here)."""
         return {
             "hash": self.hash,
+            "latent_dim": self.model.cfg.latent_dim,
             "device": str(self.device),
             "passes": self.passes,
             "rows": self.rows,

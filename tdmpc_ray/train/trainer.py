@@ -10,6 +10,7 @@ from pathlib import Path
 
 import ray
 import ray.data
+import torch
 from ray.train import (
     CheckpointConfig,
     FailureConfig,
@@ -21,19 +22,39 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from tdmpc_ray.atomic import write_json
-from tdmpc_ray.data.dataset_info import dataset_info
+from tdmpc_ray.data.dataset_info import DatasetInfo, dataset_info
+from tdmpc_ray.data.episode_store import EpisodeStore
+from tdmpc_ray.data.layout import teacher_terms
 from tdmpc_ray.model.checkpoint import checkpoint_hash
 from tdmpc_ray.provenance import provenance
 from tdmpc_ray.train.config import TrainConfig
+from tdmpc_ray.train.distill import fit_pca
 from tdmpc_ray.train.loop import STUDENT_FILE, train_loop_per_worker, validate_checkpoint
 from tdmpc_ray.train.teacher import get_teacher
 
 
-def _uses_labels(cfg: TrainConfig, labelled_by: str | None) -> bool:
-    """Whether the data's cached teacher_reward column comes from this run's teacher."""
-    return (
-        cfg.distilling and labelled_by is not None and labelled_by == checkpoint_hash(cfg.teacher)
-    )
+def cached_terms(cfg: TrainConfig, info: DatasetInfo) -> tuple[str, ...]:
+    """The recipe's teacher terms the data holds labels for, from this run's teacher."""
+    if not cfg.distilling or info.meta.teacher_checkpoint != checkpoint_hash(cfg.teacher):
+        return ()
+    labelled = set.intersection(*(set(teacher_terms(p.schema.names)) for p in info.parts))
+    return tuple(t for t in cfg.losses().teacher_terms() if t in labelled)
+
+
+def _latent_bridge_inputs(cfg: TrainConfig, info: DatasetInfo, teacher) -> dict:
+    """The teacher's latent size and, for the `pca` bridge, the projection fitted on teacher
+    latents of `pca_samples` windows sampled from the data (seeded: one projection per run)."""
+    if not cfg.losses().latent_d_coef:
+        return {}
+    out = {"teacher_latent_dim": ray.get(teacher.info.remote())["latent_dim"]}
+    if cfg.latent_bridge == "pca":
+        store = EpisodeStore.load([p.path for p in info.parts], max_resident_episodes=min(info.episodes, 512), seed=cfg.seed)  # fmt: skip
+        batch = store.sample(cfg.pca_samples, 1, torch.Generator().manual_seed(cfg.seed))
+        store.close()
+        latents = ray.get(teacher.outputs.remote(batch.obs[0], batch.action[0], batch.task, ("latent",)))
+        student_dim = cfg.model().latent_dim
+        out["pca"] = fit_pca(latents["latent"], student_dim)
+    return out
 
 
 def build_trainer(
@@ -53,12 +74,13 @@ def build_trainer(
         )
     if cfg.teacher is not None and not Path(cfg.teacher).is_file():
         raise FileNotFoundError(f"{cfg.teacher}: no such teacher checkpoint")
-    use_labels = _uses_labels(cfg, info.meta.teacher_checkpoint)
+    cached = cached_terms(cfg, info)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
-    teacher = get_teacher(cfg.teacher, cfg.task_set) if cfg.distilling and not use_labels else None
+    asked = set(cfg.losses().teacher_terms()) - set(cached)
+    teacher = get_teacher(cfg.teacher, cfg.task_set) if asked else None
     dataset = ray.data.read_parquet(
-        [str(p.path) for p in info.parts], ray_remote_args={"num_cpus": cfg.read_cpus}
+        [str(p.path) for p in info.parts], num_cpus=cfg.read_cpus
     )
     validation = None
     if cfg.eval_freq and callbacks is None:
@@ -70,8 +92,9 @@ def build_trainer(
         train_loop_per_worker,
         train_loop_config={
             "train": asdict(cfg),
-            "use_labels": use_labels,
+            "cached_terms": cached,
             "validate": validation is not None,
+            **_latent_bridge_inputs(cfg, info, teacher),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
@@ -95,7 +118,7 @@ def build_trainer(
             "task_set": info.meta.task_set,
             "teacher_labels": info.meta.teacher_checkpoint,
         },
-        "teacher_source": ("labels" if use_labels else "actor") if cfg.distilling else None,
+        "teacher_source": {t: "labels" if t in cached else "actor" for t in cfg.losses().teacher_terms()},
         **provenance(),
     }
     return trainer, record, teacher

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from tdmpc_ray.model.world_model import WorldModel
+from tdmpc_ray.train.distill import LatentBridge
 from tdmpc_ray.train.losses import Batch, LossConfig, policy_loss, world_model_loss
 from tdmpc_ray.train.scale import RunningScale
 
@@ -29,14 +30,17 @@ class OptimConfig:
 class Learner:
     """The trainable state of TD-MPC2 and its update step.
 
-    Two Adam optimisers as TD-MPC2: one for the world model (encoder at a reduced rate) and one
-    for the policy prior. When torch.distributed is initialised, gradients and the Q-scale
+    Two Adam optimisers as TD-MPC2: one for the world model (encoder at a reduced rate, and the
+    latent-distillation bridge when it learns) and one for the policy prior. When torch.distributed is initialised, gradients and the Q-scale
     statistics are averaged across ranks before each step, so every rank stays identical.
     """
 
     model: WorldModel
     losses: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    bridge: LatentBridge | None = None
+    """Latent-distillation bridge (needed when `losses.latent_d_coef` > 0); trained, not saved
+    with the student."""
 
     def __post_init__(self):
         m, o = self.model, self.optim
@@ -48,6 +52,8 @@ class Learner:
         ]
         if m.cfg.multitask:
             world.append({"params": m._task_emb.parameters()})
+        if self.bridge is not None and any(True for _ in self.bridge.parameters()):
+            world.append({"params": self.bridge.parameters()})
         self.world_optim = torch.optim.Adam(world, lr=o.lr)
         self.pi_optim = torch.optim.Adam(m._pi.parameters(), lr=o.lr, eps=1e-5)
         self.scale = _SyncedScale(o.tau, next(m.parameters()).device)
@@ -59,14 +65,12 @@ class Learner:
     def update(self, batch: Batch) -> dict[str, float]:
         """One update on `batch` (this rank's share of the global batch); returns scalar metrics."""
         self.model.train()
-        total, zs, metrics = world_model_loss(self.model, batch, self.losses)
+        total, zs, metrics = world_model_loss(self.model, batch, self.losses, self.bridge)
         total.backward()
         metrics["grad_norm"] = _step(
             self.world_optim, self._world_params(), self.optim.grad_clip_norm
         )
-        pi_total, pi_metrics = policy_loss(
-            self.model, zs.detach(), batch.task, self.scale, self.losses
-        )
+        pi_total, pi_metrics = policy_loss(self.model, zs.detach(), batch, self.scale, self.losses)
         pi_total.backward()
         pi_metrics["pi_grad_norm"] = _step(
             self.pi_optim, list(self.model._pi.parameters()), self.optim.grad_clip_norm
@@ -80,9 +84,10 @@ class Learner:
         }
 
     def state_dict(self) -> dict:
-        """Everything needed to resume exactly: model, both optimisers, Q scale and step."""
+        """Everything needed to resume exactly: model, bridge, both optimisers, Q scale, step."""
         return {
             "model": self.model.state_dict(),
+            "bridge": None if self.bridge is None else self.bridge.state_dict(),
             "world_optim": self.world_optim.state_dict(),
             "pi_optim": self.pi_optim.state_dict(),
             "scale": self.scale.state_dict(),
@@ -91,6 +96,8 @@ class Learner:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        if self.bridge is not None:
+            self.bridge.load_state_dict(state["bridge"])
         self.world_optim.load_state_dict(state["world_optim"])
         self.pi_optim.load_state_dict(state["pi_optim"])
         self.scale.load_state_dict(state["scale"])

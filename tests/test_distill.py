@@ -1,0 +1,144 @@
+"""Distillation terms (reward, next-state latent through a linear or PCA bridge, value, policy):
+zero when the student is the teacher, falling on a fixed batch, and out of the graph at coefficient 0."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tdmpc_ray.data.episode_store import Batch
+from tdmpc_ray.model import (
+    TEACHER_TERMS,
+    WorldModel,
+    load_world_model,
+    model_config,
+    teacher_outputs,
+)
+from tdmpc_ray.train.distill import LatentBridge, fit_pca
+from tdmpc_ray.train.losses import LossConfig, policy_loss, world_model_loss
+from tdmpc_ray.train.scale import RunningScale
+from tdmpc_ray.train.update import Learner
+from tests.helpers import shared_checkpoint
+
+FP16 = "mt30_1M_steps_045dist_fp16.pt"
+COEF = {"reward": "d_coef", "latent": "latent_d_coef", "value": "value_d_coef", "policy": "policy_d_coef"}
+METRIC = {"reward": "distill_loss", "latent": "latent_distill_loss",
+          "value": "value_distill_loss", "policy": "policy_distill_loss"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def teacher() -> WorldModel:
+    return load_world_model(shared_checkpoint(FP16)).requires_grad_(False)
+
+
+def _batch(teacher: WorldModel | None, size: int = 64, horizon: int = 3, seed: int = 0) -> Batch:
+    """Random windows (real task ids, masked action dims zero) with the teacher's outputs for
+    every step, or NaN in their shapes without a teacher."""
+    gen = torch.Generator().manual_seed(seed)
+    task = torch.randint(0, 30, (size,), generator=gen)
+    cfg = model_config(1, "mt30")
+    mask = WorldModel(cfg)._action_masks[task]
+    batch = Batch(
+        obs=torch.randn(horizon + 1, size, 24, generator=gen),
+        action=(torch.rand(horizon, size, 6, generator=gen) * 2 - 1) * mask,
+        reward=torch.rand(horizon, size, 1, generator=gen),
+        task=task,
+        teacher={},
+    )
+    if teacher is None:
+        widths = {"reward": 1, "latent": cfg.latent_dim, "value": 1, "policy": 6}
+        nan = {t: torch.full((horizon, size, w), math.nan) for t, w in widths.items()}
+        return batch._replace(teacher=nan)
+    steps = [teacher_outputs(teacher, batch.obs[k], batch.action[k], task, TEACHER_TERMS)
+             for k in range(horizon)]  # fmt: skip
+    return batch._replace(teacher={t: torch.stack([s[t] for s in steps]) for t in TEACHER_TERMS})
+
+
+def _metrics(model: WorldModel, batch: Batch, cfg: LossConfig, bridge=None) -> dict:
+    total, zs, metrics = world_model_loss(model, batch, cfg, bridge)
+    pi_total, pi_metrics = policy_loss(model, zs.detach(), batch, RunningScale(0.01), cfg)
+    return {**metrics, **pi_metrics, "total": total, "pi_total": pi_total}
+
+
+def _identity_bridge(dim: int) -> LatentBridge:
+    bridge = LatentBridge("linear", dim, dim)
+    with torch.no_grad():
+        bridge.project.weight.copy_(torch.eye(dim))
+        bridge.project.bias.zero_()
+    return bridge
+
+
+@pytest.mark.parametrize("term", TEACHER_TERMS)
+def test_each_term_is_zero_when_the_student_is_the_teacher(teacher, term):
+    student = load_world_model(shared_checkpoint(FP16))
+    bridge = _identity_bridge(student.cfg.latent_dim) if term == "latent" else None
+
+    metrics = _metrics(student, _batch(teacher), LossConfig(**{COEF[term]: 1.0}), bridge)
+
+    assert metrics[METRIC[term]].item() < 1e-10
+    assert [m for m in METRIC.values() if m in metrics] == [METRIC[term]]
+
+
+@pytest.mark.parametrize(("term", "bridge"), [("reward", None), ("latent", "linear"),
+                                              ("latent", "pca"), ("value", None), ("policy", None)])  # fmt: skip
+def test_each_term_falls_on_a_fixed_batch(teacher, term, bridge):
+    batch = _batch(teacher)
+    torch.manual_seed(0)
+    student = WorldModel(model_config(1, "mt30", enc_dim=128, mlp_dim=160, latent_dim=64))
+    latent_bridge = None
+    if bridge == "linear":
+        latent_bridge = LatentBridge("linear", 64, teacher.cfg.latent_dim)
+    elif bridge == "pca":
+        pca = fit_pca(batch.teacher["latent"].flatten(0, 1), 64)
+        latent_bridge = LatentBridge("pca", 64, teacher.cfg.latent_dim, pca)
+    learner = Learner(student, LossConfig(**{COEF[term]: 1.0}), bridge=latent_bridge)
+
+    first = learner.update(batch)[METRIC[term]]
+    for _ in range(30):
+        last = learner.update(batch)[METRIC[term]]
+
+    assert last < 0.9 * first, (first, last)
+
+
+def test_a_zero_coefficient_leaves_its_term_out_of_the_graph():
+    torch.manual_seed(0)
+    student = WorldModel(model_config(1, "mt30"))
+    bridge = LatentBridge("linear", 128, 128)
+    nan_teacher = _batch(None)
+
+    off = _metrics(student, nan_teacher, LossConfig(), bridge)
+    off["total"].backward()
+
+    assert math.isfinite(off["total"].item()) and math.isfinite(off["pi_total"].item())
+    assert not set(METRIC.values()) & set(off)
+    assert all(p.grad is None for p in bridge.parameters())
+    for term in TEACHER_TERMS:  # the same NaN targets poison the loss once the term is on
+        on = _metrics(student, nan_teacher, LossConfig(**{COEF[term]: 1.0}), bridge)
+        assert math.isnan(on["pi_total" if term == "policy" else "total"].item()), term
+
+
+def test_missing_teacher_outputs_and_bridges_fail_with_one_line(teacher):
+    student = WorldModel(model_config(1, "mt30"))
+    batch = _batch(teacher)
+    with pytest.raises(ValueError, match="distils the teacher's value"):
+        world_model_loss(student, batch._replace(teacher={}), LossConfig(value_d_coef=1.0))
+    with pytest.raises(ValueError, match="needs a LatentBridge"):
+        world_model_loss(student, batch, LossConfig(latent_d_coef=1.0))
+    with pytest.raises(ValueError, match="pca bridge needs"):
+        LatentBridge("pca", 64, 128)
+    with pytest.raises(ValueError, match="do not map"):
+        LatentBridge("pca", 64, 128, fit_pca(torch.randn(200, 128), 32))
+
+
+def test_pca_bridge_keeps_the_teachers_main_directions():
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(128, 8, generator=gen))[0]
+    latents = torch.randn(500, 8, generator=gen) @ basis.T + 3.0
+
+    mean, components = fit_pca(latents, 8)
+
+    torch.testing.assert_close(components.T @ components, torch.eye(8), atol=1e-5, rtol=0)
+    reconstructed = (latents - mean) @ components @ components.T + mean
+    torch.testing.assert_close(reconstructed, latents, atol=1e-4, rtol=0)
