@@ -11,6 +11,7 @@ import importlib
 import sys
 
 _VERB_MODULES = (
+    "tdmpc_ray.quickstart",
     "tdmpc_ray.evaluate.commands",
     "tdmpc_ray.data.commands",
     "tdmpc_ray.train.commands",
