@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
 
 _PACKAGES = ("tdmpc-ray", "torch", "ray", "dm-control", "mujoco", "numpy", "pyarrow")
+COMMIT_ENV = "TDMPC_RAY_GIT_COMMIT"
+"""Recorded as the commit where the code has no .git (a Ray job's working_dir): set it at submit."""
 
 
 def git_commit(path: Path | None = None) -> str | None:
-    """Commit of the checkout holding this package (with `-dirty` when it has changes), if any."""
+    """Commit of the checkout holding this package (with `-dirty` when it has changes); without a
+    checkout, the `TDMPC_RAY_GIT_COMMIT` environment variable, if set."""
     root = path or Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
@@ -24,7 +28,7 @@ def git_commit(path: Path | None = None) -> str | None:
             capture_output=True, text=True, timeout=5, check=True,
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get(COMMIT_ENV) or None
     return f"{commit}-dirty" if dirty else commit
 
 

@@ -341,3 +341,13 @@ def test_submitted_job_trains_a_student(head):
     from tdmpc_ray.model import load_world_model
 
     assert load_world_model(run / "student.pt").cfg.model_size == 1
+
+
+def test_commit_comes_from_the_environment_where_the_code_has_no_checkout(tmp_path, monkeypatch):
+    from tdmpc_ray.provenance import COMMIT_ENV, git_commit
+
+    assert git_commit(REPO) not in (None, "")
+    monkeypatch.delenv(COMMIT_ENV, raising=False)
+    assert git_commit(tmp_path) is None
+    monkeypatch.setenv(COMMIT_ENV, "abc123")
+    assert git_commit(tmp_path) == "abc123"

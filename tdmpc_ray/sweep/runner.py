@@ -85,7 +85,7 @@ def run_trial(config: dict, recipes: dict[str, dict] | None = None) -> None:
     cfg = dataclasses.replace(
         cfg, out=f"{cfg.out}/{tune.get_context().get_trial_name()}", name="train"
     )
-    trainer, _record, _teacher = build_trainer(cfg, callbacks=[EvaluateAndReport(cfg)])
+    trainer, _record, _teacher = build_trainer(cfg, [EvaluateAndReport(cfg)], validate=False)
     trainer.fit()
 
 
@@ -124,8 +124,8 @@ def _concurrency(spec: SweepSpec) -> int:
 
 def _shared_teachers(spec: SweepSpec) -> list:
     """One teacher actor per distinct teacher of the sweep, held for its whole run."""
-    teachers = {(c.teacher, c.task_set) for c in spec.trial_configs() if c.distilling}
-    return [get_teacher(path, task_set) for path, task_set in sorted(teachers)]
+    teachers = {(c.teacher, c.task_set): c.teacher_gpus for c in spec.trial_configs() if c.distilling}
+    return [get_teacher(path, task_set, gpus) for (path, task_set), gpus in sorted(teachers.items())]
 
 
 def run_sweep(spec: SweepSpec, resume: bool = False) -> dict:

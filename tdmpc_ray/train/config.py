@@ -23,6 +23,9 @@ class TrainConfig:
     """Folder of Parquet episodes (`tdmpc-ray data convert|generate`)."""
     teacher: str | None = None
     """Teacher checkpoint; unset trains from scratch (the paper's baseline)."""
+    teacher_gpus: float | None = None
+    """GPUs for the shared teacher actor; None: one when the cluster has a GPU at start (set 1
+    on an autoscaling cluster whose GPU workers start from zero)."""
     task_set: str = "mt30"
     model_size: int = 1
     """Student size preset (M parameters): 1, 5, 19, 48 or 317."""

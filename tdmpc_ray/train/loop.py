@@ -36,7 +36,7 @@ class TeacherTargets:
         self.cached = tuple(t for t in terms if t in cached_terms)
         self.asked = tuple(t for t in terms if t not in cached_terms)
         self.all_steps = cfg.distill_all_steps
-        self.actor = get_teacher(cfg.teacher, cfg.task_set) if self.asked else None
+        self.actor = get_teacher(cfg.teacher, cfg.task_set, cfg.teacher_gpus) if self.asked else None
         self.wait_s = 0.0
 
     def request(self, batch: Batch):

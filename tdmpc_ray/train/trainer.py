@@ -11,11 +11,13 @@ from pathlib import Path
 import ray
 import ray.data
 import torch
+from ray.experimental import tqdm_ray
 from ray.train import (
     CheckpointConfig,
     FailureConfig,
     RunConfig,
     ScalingConfig,
+    UserCallback,
     ValidationConfig,
     ValidationTaskConfig,
 )
@@ -58,13 +60,13 @@ def _latent_bridge_inputs(cfg: TrainConfig, info: DatasetInfo, teacher) -> dict:
 
 
 def build_trainer(
-    cfg: TrainConfig, callbacks: list | None = None
+    cfg: TrainConfig, callbacks: list | None = None, validate: bool = True
 ) -> tuple[TorchTrainer, dict, object]:
     """A TorchTrainer for `cfg`, the run record (config, data facts, provenance) and the teacher
     actor's handle (None without one): keep it while training, the actor lives while it does.
 
-    Eval-step checkpoints go to Ray Train's asynchronous validation, unless `callbacks` are given
-    (a sweep's trial evaluates through its Tune callback instead)."""
+    Eval-step checkpoints go to Ray Train's asynchronous validation when `validate` (a sweep's
+    trial evaluates through its Tune callback instead)."""
     cfg.check()
     cfg = cfg.resolved()
     info = dataset_info(cfg.data)
@@ -78,12 +80,12 @@ def build_trainer(
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
     asked = set(cfg.losses().teacher_terms()) - set(cached)
-    teacher = get_teacher(cfg.teacher, cfg.task_set) if asked else None
+    teacher = get_teacher(cfg.teacher, cfg.task_set, cfg.teacher_gpus) if asked else None
     dataset = ray.data.read_parquet(
         [str(p.path) for p in info.parts], num_cpus=cfg.read_cpus
     )
     validation = None
-    if cfg.eval_freq and callbacks is None:
+    if cfg.eval_freq and validate:
         validation = ValidationConfig(
             validate_checkpoint, ValidationTaskConfig(fn_kwargs=cfg.eval_kwargs())
         )
@@ -124,9 +126,28 @@ def build_trainer(
     return trainer, record, teacher
 
 
-def train(cfg: TrainConfig) -> dict:
+class StepProgress(UserCallback):
+    """A progress bar of training steps on the driver's console (it runs in the Train
+    controller, so it draws with Ray's `tqdm_ray`)."""
+
+    def __init__(self, steps: int, desc: str):
+        self.steps, self.desc = steps, desc
+        self.bar, self.done = None, 0
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if self.bar is None:
+            self.bar = tqdm_ray.tqdm(total=self.steps, desc=self.desc, unit="step")
+        step = int(metrics[0].get("step", self.done))
+        self.bar.update(step - self.done)
+        self.done = step
+        if step >= self.steps:
+            self.bar.close()
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train to completion (resuming after failures) and return a summary with output paths."""
-    trainer, record, _teacher = build_trainer(cfg)
+    callbacks = [StepProgress(cfg.steps, cfg.run_name())] if progress else None
+    trainer, record, _teacher = build_trainer(cfg, callbacks)
     run_dir = Path(cfg.out) / cfg.run_name() if "://" not in cfg.out else None
     if run_dir is not None:
         write_json(run_dir / "run.json", record)
