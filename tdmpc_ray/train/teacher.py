@@ -62,16 +62,18 @@ class TeacherActor:
     ) -> dict[str, torch.Tensor]:
         """`teacher_outputs` (by term, [N, width] on the CPU) for rows obs [N, D], action [N, A],
         task [N]."""
+        done = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(_Request(obs, action, task, tuple(terms), done))
         if self.worker is None:
             self.worker = asyncio.get_running_loop().create_task(self._serve())
-        done = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Request(obs, action, task, tuple(terms), done))
         return await done
 
     async def _serve(self) -> None:
+        """Answer queued requests in coalesced passes until the queue is empty, then stop (the
+        next request starts it again), so no task is left pending when the actor exits."""
         loop = asyncio.get_running_loop()
-        while True:
-            requests = [await self.queue.get()]
+        while not self.queue.empty():
+            requests = [self.queue.get_nowait()]
             rows = len(requests[0].task)
             deadline = loop.time() + self.gather_s
             while rows < self.max_batch:
@@ -92,6 +94,7 @@ class TeacherActor:
             parts = {term: value.split(sizes) for term, value in out.items()}
             for i, r in enumerate(requests):
                 r.done.set_result({term: parts[term][i] for term in r.terms})
+        self.worker = None
 
     def _forward(self, requests: list[_Request]) -> dict[str, torch.Tensor]:
         """One pass over every waiting request's rows, for the union of their terms."""
