@@ -96,7 +96,7 @@ def run(cfg: QuickstartConfig) -> dict:
 
     _stage(2, stages, f"train a 1M teacher from scratch ({cfg.teacher_steps} steps)", started)
     common = {"data": str(data), "batch_size": cfg.batch_size, "seed": cfg.seed,
-              "log_every": 10, "out": str(out / "runs")}  # fmt: skip
+              "log_every": 50, "out": str(out / "runs")}  # fmt: skip
     teacher = train(TrainConfig(**common, steps=cfg.teacher_steps, name="teacher",
                                 checkpoint_every=cfg.teacher_steps))["student"]  # fmt: skip
 
