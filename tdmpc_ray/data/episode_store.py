@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from tdmpc_ray.data.layout import TEACHER_COLUMNS, list_parts, table_arrays
+from tdmpc_ray.data.layout import TEACHER_COLUMNS, list_parts, table_arrays, teacher_terms
 
 GPU_HEADROOM = 2.5
 STEP_FIELDS = ("obs", "action", "reward", *TEACHER_COLUMNS.values())
@@ -304,7 +304,7 @@ class EpisodeStore:
     @property
     def teacher_terms(self) -> tuple[str, ...]:
         """Teacher terms with labels in the data (see `data.layout.TEACHER_COLUMNS`)."""
-        return tuple(term for term, column in TEACHER_COLUMNS.items() if column in self.fields)
+        return teacher_terms(tuple(self.fields))
 
     @property
     def nbytes(self) -> int:
