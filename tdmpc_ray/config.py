@@ -72,22 +72,28 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping in YAML file `path` (empty file: {}); fails with one line naming the file and
+    `what` it should be."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of keys, not {type(loaded).__name__}")
+    return loaded
+
+
 def build_config(
     cls: type[T], yaml_path: str | Path | None = None, overrides: list[str] | dict | None = None
 ) -> T:
     """An instance of dataclass `cls` from YAML defaults overridden by `key=value` pairs."""
     values: dict[str, Any] = {}
     if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such config file")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys")
-        values.update(loaded)
+        values.update(read_yaml_mapping(yaml_path, "config file"))
     values.update(parse_overrides(overrides) if isinstance(overrides, list) else overrides or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}

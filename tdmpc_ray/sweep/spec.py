@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from tdmpc_ray.config import build_config
+from tdmpc_ray.config import build_config, read_yaml_mapping
 from tdmpc_ray.train.config import TrainConfig, absolute
 
 PATH_KEYS = ("data", "teacher")
@@ -120,12 +120,7 @@ def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> Swee
     """Read a spec file; `overrides` set spec keys (name, storage_path, num_samples, ...) or, for
     any other key, the trials' base training settings (e.g. data=DIR steps=100)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such sweep spec")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    raw = read_yaml_mapping(path, "sweep spec")
     unknown = sorted(set(raw) - set(SPEC_KEYS))
     if unknown:
         raise ValueError(f"{path}: unknown spec key {unknown[0]!r}; known: {', '.join(SPEC_KEYS)}")
