@@ -188,8 +188,7 @@ def _check_sources(sources: Sequence[str | os.PathLike], task_set: TaskSet) -> l
 
 def _parts_to_write(plans: Sequence[PartPlan], dst: Path, task_set: TaskSet) -> list[PartPlan]:
     """Plans whose part is not yet in `dst`; raises if `dst` holds parts of another plan."""
-    for stale in dst.glob(".part-*.parquet.*.tmp"):
-        stale.unlink(missing_ok=True)
+    _remove_temporaries(dst)
     planned = {p.name for p in plans}
     foreign = sorted(p.name for p in dst.glob("part-*.parquet") if p.name not in planned)
     if foreign:
@@ -207,6 +206,12 @@ def _parts_to_write(plans: Sequence[PartPlan], dst: Path, task_set: TaskSet) -> 
                 f"{task_set.name} {plan.source_tag}; use an empty directory"
             )
     return todo
+
+
+def _remove_temporaries(dst: Path) -> None:
+    """Delete half-written parts: a worker interrupted while writing can leave its temporary."""
+    for stale in dst.glob(".part-*.parquet.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _abort(pending: Sequence[ray.ObjectRef]) -> None:
@@ -244,6 +249,7 @@ def _run_parts(
                     bar.update()
         finally:
             _abort(list(pending))
+            _remove_temporaries(dst)
     if failed:
         source, error = failed
         for plan in plans:
