@@ -1,106 +1,50 @@
-"""Planning speed: ms per action of full MPPI for B=1 and B=30 environments, 1 and all threads.
+"""Planning speed on one CPU core: ms per action of full MPPI (TD-MPC2's defaults) for the public
+TD-MPC2 reference against ours, eager and compiled, for 1 and 30 environments, timed in the
+same run.
 
-Baseline in the same run: the same MPPI written the way the public TD-MPC2 reference runs it,
-one environment at a time through the world model's plain heads (concatenated task embedding,
-separate dynamics and reward layers). The reference itself measured 391 ms per action on one
-core of this machine kind (../shared/REFERENCE-NOTES.md).
+The reference plans one environment per call (its agent acts for one), so its time per action
+is its time per plan; ours plans a batch of environments per call, so ours is the time per call
+over the number of environments. Every measurement is a subprocess pinned to one core
+(`taskset -c CORE`, 1 torch thread), the settings take turns in `--rounds` alternating rounds,
+and each time is the median over all rounds' calls. Ours plans with the published 1M student
+(cast to fp32); the reference with its fresh 1M model (the cost does not depend on the weights).
 
-    python bench/planning.py [--repeats 3] [--checkpoint PATH]
+    python bench/planning.py --reference ~/tdmpc2 --reference-python /tmp/refvenv/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
+import tempfile
 from pathlib import Path
 
-import torch
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from common import SHARED_CHECKPOINTS  # noqa: E402
+from train import _commit, _run  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_CHECKPOINTS, matmul_peak_gflops, median_seconds, write_result  # noqa: E402
-
-from tdmpc_ray.model import WorldModel, load_world_model  # noqa: E402
-from tdmpc_ray.planning import Planner, PlannerConfig  # noqa: E402
-
-REFERENCE_MS_PER_ACTION = 391.0
-
-
-def reference_style_plan(model: WorldModel, cfg: PlannerConfig, obs, task, prev_mean, gen):
-    """One env's MPPI step with the world model's plain heads, as the reference computes it."""
-    H, S, P, E, A = (
-        cfg.horizon,
-        cfg.num_samples,
-        cfg.num_pi_trajs,
-        cfg.num_elites,
-        model.cfg.action_dim,
-    )
-    mask = model.action_masks[task]
-    z = model.encode(obs, task)
-    actions = torch.empty(H, S, A)
-    zp = z.repeat(P, 1)
-    for t in range(H):
-        actions[t, :P] = model.pi(zp, task, eps=torch.randn(P, A, generator=gen))[0]
-        if t < H - 1:
-            zp = model.next(zp, actions[t, :P], task)
-    z = z.repeat(S, 1)
-    mean = torch.zeros(H, A)
-    mean[:-1] = prev_mean[1:]
-    std = torch.full((H, A), cfg.max_std)
-    for _ in range(cfg.iterations):
-        noise = torch.randn(H, S - P, A, generator=gen)
-        actions[:, P:] = (mean.unsqueeze(1) + std.unsqueeze(1) * noise).clamp(-1, 1)
-        actions = actions * mask
-        value, discount, zt = 0.0, 1.0, z
-        for t in range(H):
-            value = value + discount * model.two_hot_inv(model.reward(zt, actions[t], task))
-            zt = model.next(zt, actions[t], task)
-            discount = discount * model.discount(task)
-        pi_action = model.pi(zt, task, eps=torch.randn(S, A, generator=gen))[0]
-        value = (value + discount * model.Q(zt, pi_action, task, "avg")).squeeze(1).nan_to_num(0)
-        elite_value, idx = torch.topk(value, E)
-        elites = actions[:, idx]
-        score = torch.exp(cfg.temperature * (elite_value - elite_value.max()))
-        score = score / score.sum()
-        mean = (score.view(1, -1, 1) * elites).sum(1) / (score.sum() + 1e-9)
-        std = (
-            (score.view(1, -1, 1) * (elites - mean.unsqueeze(1)) ** 2).sum(1) / (score.sum() + 1e-9)
-        ).sqrt()
-        mean, std = mean * mask, std.clamp(cfg.min_std, cfg.max_std) * mask
-    choice = torch.multinomial(score, 1, generator=gen)
-    return elites[0, choice].squeeze(0), mean
+SETTINGS = {"reference": (1, False), "eager_1": (1, False), "compiled_1": (1, True),
+            "eager_30": (30, False), "compiled_30": (30, True)}  # fmt: skip
+"""Setting -> (environments per call, compiled)."""
 
 
-def flops_per_action(model: WorldModel, cfg: PlannerConfig) -> int:
-    """Multiply-add FLOPs (2 per MAC) of one MPPI step of the reference algorithm, per env."""
-    m = model.cfg
-    L, A, T, h, bins = m.latent_dim, m.action_dim, m.task_dim, m.mlp_dim, m.num_bins
-    dynamics = (L + T + A) * h + h * h + h * L
-    reward = (L + T + A) * h + h * h + h * bins
-    pi = (L + T) * h + h * h + h * 2 * A
-    q_two = 2 * ((L + T + A) * h + h * h + h * bins)
-    encode = (m.obs_dim + T) * m.enc_dim + m.enc_dim * L
-    pi_trajs = cfg.num_pi_trajs * (cfg.horizon * pi + (cfg.horizon - 1) * dynamics)
-    per_sample = cfg.horizon * (dynamics + reward) + pi + q_two
-    return 2 * (encode + pi_trajs + cfg.iterations * cfg.num_samples * per_sample)
+def worker(checkpoint: Path, envs: int, calls: int, compile: bool) -> dict:
+    """Times of `calls` plans for `envs` environments (after warm-up) on one thread."""
+    import torch
+    from reference import call_times
 
+    from tdmpc_ray.model import load_world_model
+    from tdmpc_ray.planning import Planner, PlannerConfig
 
-def ours_ms(model, cfg: PlannerConfig, envs: int, threads: int, repeats: int) -> float:
-    torch.set_num_threads(threads)
-    planner = Planner(model, cfg, num_envs=envs, seed=0)
-    obs, task = torch.randn(envs, model.cfg.obs_dim), torch.arange(envs) % len(model.cfg.tasks)
-    planner.act(obs, task)
-    return 1000 * median_seconds(lambda: planner.act(obs, task), repeats) / envs
-
-
-def baseline_ms(model, cfg: PlannerConfig, threads: int, repeats: int) -> float:
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
+    model = load_world_model(checkpoint)
+    planner = Planner(model, PlannerConfig(compile=compile), num_envs=envs, seed=0)
     gen = torch.Generator().manual_seed(0)
-    obs, prev = torch.randn(1, model.cfg.obs_dim), torch.zeros(cfg.horizon, model.cfg.action_dim)
-    task = torch.tensor([1])
-    with torch.no_grad():
-        return 1000 * median_seconds(
-            lambda: reference_style_plan(model, cfg, obs, task, prev, gen), repeats
-        )
+    obs, task = torch.randn(envs, model.cfg.obs_dim, generator=gen), torch.arange(envs) % 30
+    return {"seconds": call_times(lambda: planner.act(obs, task), calls, warmup=2)}
 
 
 def main() -> None:
@@ -108,40 +52,60 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
+        "--reference", type=Path, help="checkout of nicklashansen/tdmpc2 (required)"
+    )
+    parser.add_argument(
+        "--reference-python", default=sys.executable, help="python of the reference's venv"
+    )
+    parser.add_argument(
         "--checkpoint", type=Path, default=SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
     )
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=5, help="timed plans per setting and round")
+    parser.add_argument("--core", type=int, default=1)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--envs", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    model = load_world_model(args.checkpoint)
-    all_threads = torch.get_num_threads()
-    flops = flops_per_action(model, PlannerConfig())
-    rows = []
-    for threads in sorted({1, all_threads}):
-        peak = matmul_peak_gflops(threads)
-        base = baseline_ms(model, PlannerConfig(), threads, args.repeats)
-        for envs in (1, 30):
-            for compiled in (False, True):
-                ms = ours_ms(model, PlannerConfig(compile=compiled), envs, threads, args.repeats)
-                gflops = flops / (ms / 1000) / 1e9
-                rows.append({
-                    "envs": envs, "threads": threads, "compile": compiled,
-                    "ms_per_action": round(ms, 1),
-                    "baseline_ms_per_action": round(base, 1),
-                    "speedup_vs_baseline": round(base / ms, 2),
-                    "ratio_to_reference_391ms": round(ms / REFERENCE_MS_PER_ACTION, 3),
-                    "achieved_gflops": round(gflops, 1),
-                    "gemm_peak_gflops": round(peak, 1),
-                    "fraction_of_gemm_peak": round(gflops / peak, 3),
-                })  # fmt: skip
-                print(rows[-1], flush=True)
+    if args.worker:
+        print(json.dumps(worker(args.checkpoint, args.envs, args.calls, args.compile)))
+        return
+    if args.reference is None:
+        parser.error("--reference <checkout of nicklashansen/tdmpc2> is required")
+    from common import write_result
+    from reference import cpu_copy
+
+    copy = cpu_copy(args.reference, Path(tempfile.mkdtemp(prefix="tdmpc2-cpu-")))
+    ours = [sys.executable, str(Path(__file__).resolve()), "--worker", "--calls", str(args.calls),
+            "--checkpoint", str(args.checkpoint)]  # fmt: skip
+    reference = [args.reference_python, str(BENCH / "reference.py"), "plan", "--copy", str(copy),
+                 "--calls", str(args.calls)]  # fmt: skip
+    seconds = {name: [] for name in SETTINGS}
+    for round_index in range(args.rounds):
+        for name, (envs, compiled) in SETTINGS.items():
+            cmd = (
+                reference
+                if name == "reference"
+                else [*ours, "--envs", str(envs), *(["--compile"] * compiled)]
+            )
+            seconds[name] += [s / envs for s in _run(cmd, args.core)["seconds"]]
+            print(
+                f"round {round_index} {name}: {1000 * statistics.median(seconds[name]):.0f} ms/action",
+                flush=True,
+            )
+    ms = {name: 1000 * statistics.median(values) for name, values in seconds.items()}
+    rows = [{"setting": name, "envs": envs, "compile": compiled, "ms_per_action": round(ms[name], 1),
+             "ratio_to_reference": round(ms[name] / ms["reference"], 3)}
+            for name, (envs, compiled) in SETTINGS.items()]  # fmt: skip
+    for row in rows:
+        print(row)
     write_result("planning", {
-        "what": "ms per action of full MPPI (TD-MPC2 defaults), 1M MT30 student cast to fp32",
-        "checkpoint": args.checkpoint.name,
-        "planner": PlannerConfig().__dict__,
-        "flops_per_action": flops,
-        "reference_ms_per_action_one_core": REFERENCE_MS_PER_ACTION,
-        "targets": {"B=30": "<= 0.5x reference", "B=1": "<= 0.8x reference"},
-        "rows": rows,
+        "what": "ms per action of full MPPI (TD-MPC2 defaults), 1 core, 1 thread: the public reference "
+                "(eager, one env per plan) vs ours (published 1M student, batched envs), alternating rounds in one run",
+        "command": "python bench/planning.py --reference <tdmpc2 checkout> --reference-python <its venv>",
+        "reference_commit": _commit(args.reference), "checkpoint": args.checkpoint.name,
+        "rounds": args.rounds, "calls_per_round": args.calls, "rows": rows,
+        "goals": {"compiled_30": "<= 0.5x the reference per action"},
     })  # fmt: skip
 
 

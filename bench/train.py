@@ -1,181 +1,161 @@
-"""Training speed: updates/s of the 1M student at batch 256 and 1024 on one core, ours against a
-naive eager update in the same run, and the teacher's overhead per step (cached labels vs the
-shared teacher actor).
+"""Training speed on one CPU core: the public TD-MPC2 reference's update against ours, eager and
+compiled, at batch 256 and 1024, timed in the same run.
 
-The naive update is TD-MPC2's algorithm written the plain way: the Q ensemble evaluated member by
-member and the losses accumulated in Python loops over horizon steps and members, as the public
-reference does (3.1 updates/s at batch 256 and 0.9 at 1024 on one core of this machine kind).
+Every measurement is a subprocess pinned to one core (`taskset -c CORE`, 1 torch thread) that
+times `--calls` updates after warm-up (compilation happens there); the settings take turns in
+`--rounds` alternating rounds, and each reported time is the median over all rounds' calls, so
+load drifts hit every setting alike. Ours is the paper's recipe (reward distillation, d_coef
+0.45, labels in the batch); the reference trains from scratch (it has no distillation term).
+A profile of one eager and one compiled update (top ops by self time) says where time goes.
 
-    python bench/train.py [--updates 10]
+    python bench/train.py --reference ~/tdmpc2 --reference-python /tmp/refvenv/bin/python
+
+(the reference's venv: see bench/reference.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_CHECKPOINTS, median_seconds, write_result  # noqa: E402
-
-from tdmpc_ray.data.episode_store import Batch  # noqa: E402
-from tdmpc_ray.model import (  # noqa: E402
-    WorldModel,
-    model_config,
-    predicted_reward,  # noqa: E402
-)
-from tdmpc_ray.model.math import soft_ce  # noqa: E402
-from tdmpc_ray.train.losses import LossConfig  # noqa: E402
-from tdmpc_ray.train.update import Learner  # noqa: E402
-
-REFERENCE_UPDATES_PER_S = {256: 3.1, 1024: 0.9}
+BENCH = Path(__file__).resolve().parent
+SETTINGS = ("reference", "eager", "compiled")
 
 
-def random_batch(batch_size: int, horizon: int = 3, seed: int = 0) -> Batch:
-    gen = torch.Generator().manual_seed(seed)
-    return Batch(
-        obs=torch.randn(horizon + 1, batch_size, 24, generator=gen),
-        action=torch.rand(horizon, batch_size, 6, generator=gen) * 2 - 1,
-        reward=torch.rand(horizon, batch_size, 1, generator=gen),
-        task=torch.randint(0, 30, (batch_size,), generator=gen),
-        teacher={"reward": torch.rand(horizon, batch_size, 1, generator=gen)},
+def worker(batch_size: int, calls: int, compile: bool, profile: bool) -> dict:
+    """Times of `calls` updates of our 1M student (after warm-up) on one thread; with `profile`,
+    the top ops of one more update instead."""
+    import torch
+
+    from tdmpc_ray.data.episode_store import Batch
+    from tdmpc_ray.model import WorldModel, model_config
+    from tdmpc_ray.train.losses import LossConfig
+    from tdmpc_ray.train.update import Learner, OptimConfig, read_metrics
+
+    sys.path.insert(0, str(BENCH))
+    from reference import call_times
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    task = torch.randint(0, 30, (batch_size,), generator=gen)
+    torch.manual_seed(0)
+    model = WorldModel(model_config(1))
+    batch = Batch(
+        obs=torch.randn(4, batch_size, 24, generator=gen),
+        action=(torch.rand(3, batch_size, 6, generator=gen) * 2 - 1) * model.action_masks[task],
+        reward=torch.rand(3, batch_size, 1, generator=gen),
+        task=task,
+        teacher={"reward": torch.rand(3, batch_size, 1, generator=gen)},
     )
+    learner = Learner(model, LossConfig(d_coef=0.45), OptimConfig(compile=compile))
+    step = lambda: read_metrics(learner.update(batch))  # noqa: E731
+    if not profile:
+        return {"seconds": call_times(step, calls, warmup=3)}
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    call_times(step, 1, warmup=3)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return {"top_ops": [{"op": e.key, "self_ms": round(e.self_cpu_time_total / 1000, 1),
+                         "share": round(e.self_cpu_time_total / total, 3), "calls": e.count}
+                        for e in events[:12]]}  # fmt: skip
 
 
-def _member_logits(model: WorldModel, x: torch.Tensor, member: int, target: bool) -> torch.Tensor:
-    """One Q member's logits through its own weights, as a per-module ensemble computes them."""
-    qs = model._target_Qs if target else model._Qs
-    h = x
-    for i, layer in enumerate(qs.params):
-        h = F.linear(h, layer.weight[member], layer.bias[member])
-        if layer.ln is not None:
-            if i == 0 and model.training:
-                h = F.dropout(h, model.cfg.dropout)
-            h = F.mish(
-                F.layer_norm(h, h.shape[-1:], layer.ln.weight[member], layer.ln.bias[member])
-            )
-    return h
+def _run(cmd: list[str], core: int) -> dict:
+    """Run a measurement subprocess pinned to `core` with 1 thread; its JSON output."""
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(["taskset", "-c", str(core), *cmd], capture_output=True, text=True,
+                          env={**env, **_passthrough()}, check=False)  # fmt: skip
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def naive_update(learner: Learner, batch: Batch) -> None:
-    """The reference's update structure: loops over steps and members, one member at a time."""
-    model, cfg = learner.model, learner.losses
-    H = batch.action.shape[0]
-    with torch.no_grad():
-        next_z = model.encode(batch.obs[1:], batch.task)
-        pi_a, _ = model.pi(next_z, batch.task)
-        x = torch.cat([model._with_task(next_z, batch.task), pi_a], -1)
-        q = (
-            torch.stack([model.two_hot_inv(_member_logits(model, x, m, True)) for m in range(2)])
-            .min(0)
-            .values
-        )
-        td = batch.reward + model.discount(batch.task).view(1, -1, 1) * q
-    model.train()
-    z = model.encode(batch.obs[0], batch.task)
-    zs, consistency = [z], 0
-    for t in range(H):
-        z = model.next(z, batch.action[t], batch.task)
-        consistency = consistency + F.mse_loss(z, next_z[t]) * cfg.rho**t
-        zs.append(z)
-    zs = torch.stack(zs)
-    reward_loss, value_loss = 0, 0
-    for t in range(H):
-        x = torch.cat([model._with_task(zs[t], batch.task), batch.action[t]], -1)
-        reward_loss = (
-            reward_loss
-            + soft_ce(
-                model.reward(zs[t], batch.action[t], batch.task), batch.reward[t], 101, -10, 10
-            ).mean()
-            * cfg.rho**t
-        )
-        for m in range(2):
-            value_loss = (
-                value_loss
-                + soft_ce(_member_logits(model, x, m, False), td[t], 101, -10, 10).mean()
-                * cfg.rho**t
-            )
-    total = 20 * consistency / H + 0.1 * reward_loss / H + 0.1 * value_loss / (2 * H)
-    total.backward()
-    params = learner._world_params()
-    torch.nn.utils.clip_grad_norm_(params, 20)
-    learner.world_optim.step()
-    learner.world_optim.zero_grad(set_to_none=True)
-    action, info = model.pi(zs.detach(), batch.task)
-    x = torch.cat([model._with_task(zs.detach(), batch.task), action], -1)
-    qs = torch.stack(
-        [model.two_hot_inv(_member_logits(model, x, m, False)) for m in range(2)]
-    ).mean(0)
-    learner.scale.update(qs[0])
-    rho = cfg.rho ** torch.arange(H + 1, dtype=torch.float32)
-    pi_loss = (
-        -(cfg.entropy_coef * info["scaled_entropy"] + learner.scale(qs)).mean(dim=(1, 2)) * rho
-    ).mean()
-    pi_loss.backward()
-    torch.nn.utils.clip_grad_norm_(model._pi.parameters(), 20)
-    learner.pi_optim.step()
-    learner.pi_optim.zero_grad(set_to_none=True)
-    model.soft_update_target_Q(0.01)
-    model.eval()
+def _passthrough() -> dict:
+    import os
 
-
-def updates_per_s(fn, updates: int) -> float:
-    return 1.0 / median_seconds(fn, updates, warmup=2)
+    return {
+        k: v for k, v in os.environ.items() if k in ("HOME", "TMPDIR", "TORCHINDUCTOR_CACHE_DIR")
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--updates", type=int, default=10)
+    parser.add_argument(
+        "--reference", type=Path, help="checkout of nicklashansen/tdmpc2 (required)"
+    )
+    parser.add_argument(
+        "--reference-python", default=sys.executable, help="python of the reference's venv"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=8, help="timed updates per setting and round")
+    parser.add_argument("--core", type=int, default=1)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=256, help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    if args.worker:
+        print(json.dumps(worker(args.batch, args.calls, args.compile, args.profile)))
+        return
+    if args.reference is None:
+        parser.error("--reference <checkout of nicklashansen/tdmpc2> is required")
+    sys.path.insert(0, str(BENCH))
+    from common import write_result
+    from reference import cpu_copy
+
+    copy = cpu_copy(args.reference, Path(tempfile.mkdtemp(prefix="tdmpc2-cpu-")))
+    ours = [sys.executable, str(Path(__file__).resolve()), "--worker", "--calls", str(args.calls)]
+    commands = {
+        "reference": lambda b: [args.reference_python, str(BENCH / "reference.py"), "update",
+                                "--copy", str(copy), "--batch", str(b), "--calls", str(args.calls)],
+        "eager": lambda b: [*ours, "--batch", str(b)],
+        "compiled": lambda b: [*ours, "--batch", str(b), "--compile"],
+    }  # fmt: skip
     rows = []
     for batch_size in (256, 1024):
-        batch = random_batch(batch_size)
-        torch.manual_seed(0)
-        ours = Learner(WorldModel(model_config(1)), LossConfig(d_coef=0.45))
-        torch.manual_seed(0)
-        naive = Learner(WorldModel(model_config(1)))
-        ours_ups = updates_per_s(lambda learner=ours, b=batch: learner.update(b), args.updates)
-        naive_ups = updates_per_s(
-            lambda learner=naive, b=batch: naive_update(learner, b), args.updates
-        )
+        seconds = {name: [] for name in SETTINGS}
+        for round_index in range(args.rounds):
+            for name in SETTINGS:
+                seconds[name] += _run(commands[name](batch_size), args.core)["seconds"]
+                print(f"b{batch_size} round {round_index} {name}: "
+                      f"{1000 * statistics.median(seconds[name]):.0f} ms", flush=True)  # fmt: skip
+        ms = {name: 1000 * statistics.median(values) for name, values in seconds.items()}
+        best = min(ms["eager"], ms["compiled"])
         rows.append({
-            "batch_size": batch_size, "threads": 1,
-            "ours_updates_per_s": round(ours_ups, 2), "naive_eager_updates_per_s": round(naive_ups, 2),
-            "speedup_vs_naive": round(ours_ups / naive_ups, 2),
-            "reference_updates_per_s": REFERENCE_UPDATES_PER_S[batch_size],
-            "ratio_to_reference": round(ours_ups / REFERENCE_UPDATES_PER_S[batch_size], 2),
+            "batch_size": batch_size, "threads": 1, "rounds": args.rounds, "calls_per_round": args.calls,
+            **{f"{name}_ms_per_update": round(value, 1) for name, value in ms.items()},
+            "speedup_eager_vs_reference": round(ms["reference"] / ms["eager"], 2),
+            "speedup_compiled_vs_reference": round(ms["reference"] / ms["compiled"], 2),
+            "speedup_compiled_vs_eager": round(ms["eager"] / ms["compiled"], 2),
+            "speedup_best_vs_reference": round(ms["reference"] / best, 2),
         })  # fmt: skip
         print(rows[-1], flush=True)
-    teacher_path = SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
-    overhead = {}
-    if teacher_path.is_file():
-        from tdmpc_ray.model import load_world_model
-
-        teacher = load_world_model(teacher_path)
-        batch = random_batch(256)
-        step_s = 1 / rows[0]["ours_updates_per_s"]
-        direct = median_seconds(
-            lambda: predicted_reward(teacher, batch.obs[0], batch.action[0], batch.task),
-            args.updates,
-        )
-        overhead = {
-            "cached_labels_fraction_of_step": 0.0,
-            "teacher_forward_s_batch_256": round(direct, 5),
-            "teacher_forward_fraction_of_step_if_waited": round(direct / step_s, 3),
-            "note": "with cached labels the teacher costs nothing per step; the actor is asked one step "
-            "ahead, so its forward overlaps the update and the wait is ~0 while forward < update",
-        }  # fmt: skip
+    profile = {name: _run([*ours, "--batch", "256", "--profile", *(["--compile"] if name == "compiled" else [])],
+                          args.core)["top_ops"] for name in ("eager", "compiled")}  # fmt: skip
     write_result("train", {
-        "what": "updates/s of TD-MPC2's update for the 1M MT30 student, 1 thread, ours (d_coef 0.45) vs naive eager",
-        "rows": rows, "teacher_overhead": overhead,
-        "targets": "ours >= 1.5x the reference (3.1 updates/s at 256, 0.9 at 1024)",
+        "what": "ms per update of TD-MPC2's update, 1M MT30 student, 1 core, 1 thread: the public "
+                "reference (eager, from scratch) vs ours (d_coef 0.45), eager and compiled, alternating rounds in one run",
+        "command": "python bench/train.py --reference <tdmpc2 checkout> --reference-python <its venv>",
+        "reference_commit": _commit(args.reference),
+        "rows": rows, "profile_batch_256": profile,
+        "goals": {"best_vs_reference": ">= 1.5 at 256 and 1024", "compiled_vs_eager": ">= 1.3"},
     })  # fmt: skip
+
+
+def _commit(checkout: Path) -> str | None:
+    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, check=False)  # fmt: skip
+    return done.stdout.strip() or None
 
 
 if __name__ == "__main__":

@@ -87,24 +87,94 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     return loaded
 
 
+def _nested(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def config_keys(cls: type) -> dict[str, tuple[str, ...]]:
+    """Every `key=value` key of dataclass `cls` and its path of field names: a field that is a
+    dataclass itself contributes its own keys, flat (`d_coef` -> `("loss", "d_coef")`), so
+    users name settings the same however the config is composed. Two fields with one key are
+    a programming error."""
+    hints = typing.get_type_hints(cls)
+    keys: dict[str, tuple[str, ...]] = {}
+    for f in dataclasses.fields(cls):
+        inner = config_keys(hints[f.name]) if _nested(hints[f.name]) else {f.name: ()}
+        for key, path in inner.items():
+            if key in keys:
+                raise TypeError(f"{cls.__name__}: key {key!r} is defined twice")
+            keys[key] = (f.name, *path)
+    return keys
+
+
+def _flatten(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with any nested section (`loss: {d_coef: 0.4}`, as `config_dict(..., flat=False)`
+    writes it) spread into flat keys."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if _nested(hints.get(key)) and isinstance(value, dict):
+            out.update(_flatten(hints[key], value))
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type[T], values: dict[str, Any], base: T | None = None) -> T:
+    """`cls` from flat `values` over `base` (or the defaults), nested dataclasses built from
+    their share of the keys over the outer default (so `TrainConfig`'s own defaults of a
+    nested config hold)."""
+    hints = typing.get_type_hints(cls)
+    keys = config_keys(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if _nested(hints[f.name]):
+            inner = {k: v for k, v in values.items() if keys[k][0] == f.name}
+            if inner:
+                default = getattr(base, f.name) if base is not None else _default(f)
+                kwargs[f.name] = _build(hints[f.name], inner, default)
+        elif f.name in values:
+            kwargs[f.name] = _coerce(f.name, values[f.name], hints[f.name])
+    if base is not None:
+        return dataclasses.replace(base, **kwargs)
+    return cls(**kwargs)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
 def build_config(
     cls: type[T], yaml_path: str | Path | None = None, overrides: list[str] | dict | None = None
 ) -> T:
-    """An instance of dataclass `cls` from YAML defaults overridden by `key=value` pairs."""
+    """An instance of dataclass `cls` from YAML defaults overridden by `key=value` pairs. Keys
+    are flat however `cls` nests other configs (see `config_keys`)."""
     values: dict[str, Any] = {}
     if yaml_path is not None:
-        values.update(read_yaml_mapping(yaml_path, "config file"))
-    values.update(parse_overrides(overrides) if isinstance(overrides, list) else overrides or {})
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
+        values.update(_flatten(cls, read_yaml_mapping(yaml_path, "config file")))
+    raw = parse_overrides(overrides) if isinstance(overrides, list) else overrides or {}
+    values.update(_flatten(cls, dict(raw)))
+    known = config_keys(cls)
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(
-            f"unknown config key {unknown[0]!r} for {cls.__name__}; known: {', '.join(sorted(fields))}"
+            f"unknown config key {unknown[0]!r} for {cls.__name__}; known: {', '.join(sorted(known))}"
         )
-    return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+    return _build(cls, values)
 
 
-def config_dict(cfg: object) -> dict:
-    """A plain dict of a dataclass config, for JSON/YAML records."""
-    return dataclasses.asdict(cfg)
+def config_dict(cfg: object, flat: bool = True) -> dict:
+    """A plain dict of a dataclass config, for JSON/YAML records: flat keys (what `build_config`
+    reads back), or nested like the dataclasses with `flat=False`."""
+    nested = dataclasses.asdict(cfg)
+    if not flat:
+        return nested
+    return {key: _get(nested, path) for key, path in config_keys(type(cfg)).items()}
+
+
+def _get(values: dict, path: tuple[str, ...]) -> Any:
+    for name in path:
+        values = values[name]
+    return values

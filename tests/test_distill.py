@@ -23,7 +23,12 @@ from tdmpc_ray.train.update import Learner
 from tests.helpers import shared_checkpoint
 
 FP16 = "mt30_1M_steps_045dist_fp16.pt"
-COEF = {"reward": "d_coef", "latent": "latent_d_coef", "value": "value_d_coef", "policy": "policy_d_coef"}
+COEF = {
+    "reward": "d_coef",
+    "latent": "latent_d_coef",
+    "value": "value_d_coef",
+    "policy": "policy_d_coef",
+}
 METRIC = {"reward": "distill_loss", "latent": "latent_distill_loss",
           "value": "value_distill_loss", "policy": "policy_distill_loss"}  # fmt: skip
 
@@ -142,3 +147,43 @@ def test_pca_bridge_keeps_the_teachers_main_directions():
     torch.testing.assert_close(components.T @ components, torch.eye(8), atol=1e-5, rtol=0)
     reconstructed = (latents - mean) @ components @ components.T + mean
     torch.testing.assert_close(reconstructed, latents, atol=1e-4, rtol=0)
+
+
+def test_every_place_reads_the_one_registry_of_terms():
+    from tdmpc_ray.config import build_config
+    from tdmpc_ray.data.layout import TEACHER_COLUMNS
+    from tdmpc_ray.model import TEACHER_OUTPUTS
+    from tdmpc_ray.sweep.runner import CURVE_METRICS
+    from tdmpc_ray.train.config import TrainConfig
+    from tdmpc_ray.train.losses import DISTILL_TERMS
+
+    assert list(DISTILL_TERMS) == list(COEF) and {t.coef for t in DISTILL_TERMS.values()} == set(
+        COEF.values()
+    )
+    assert {t.name: t.metric for t in DISTILL_TERMS.values()} == METRIC
+    assert {t.metric for t in DISTILL_TERMS.values()} <= set(CURVE_METRICS)
+    assert TEACHER_COLUMNS == {t.teacher: t.column for t in DISTILL_TERMS.values() if t.cached}
+    assert all(t.teacher in TEACHER_OUTPUTS for t in DISTILL_TERMS.values())
+    assert not DISTILL_TERMS["latent"].cached and DISTILL_TERMS["latent"].column is None
+    assert {t.attach for t in DISTILL_TERMS.values()} == {"world", "policy"}
+    every = {t.coef: 0.5 for t in DISTILL_TERMS.values()}
+    cfg = build_config(TrainConfig, None, {"data": "d", "teacher": "t.pt", **every})
+    assert cfg.losses().teacher_terms() == tuple(DISTILL_TERMS)
+    assert cfg.recipe() == "distill-d0.5-latent-linear0.5-value0.5-policy0.5"
+    assert build_config(TrainConfig, None, {"data": "d", **every}).losses().terms() == ()
+    for term in DISTILL_TERMS.values():
+        with pytest.raises(ValueError, match=f"^{term.coef} must be non-negative"):
+            build_config(TrainConfig, None, {"data": "d", term.coef: -1}).check()
+
+
+def test_the_value_term_compares_values_in_symlog_space(teacher):
+    from tdmpc_ray.model.math import symlog
+
+    batch = _batch(teacher)
+    student = WorldModel(model_config(1, "mt30", enc_dim=128, mlp_dim=160, latent_dim=64)).eval()
+    cfg = LossConfig(value_d_coef=1.0)
+    _, zs, metrics = world_model_loss(student, batch, cfg)
+    values = student.two_hot_inv(student.Q(zs[:-1], batch.action, batch.task, "all")).mean(0)
+    want = ((symlog(values[:1]) - symlog(batch.teacher["value"][:1])) ** 2).mean()
+    torch.testing.assert_close(metrics["value_distill_loss"], want)
+    assert batch.teacher["value"].abs().max() > 5, "the teacher's values are on the return scale"

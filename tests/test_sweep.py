@@ -24,7 +24,7 @@ def test_every_spec_in_tune_parses_into_valid_trials(path):
 
 def test_paper_table_1_spec_has_the_papers_d_coef_grid():
     spec = load_spec(REPO / "tune" / "dcoef.yaml")
-    assert [c.d_coef for c in spec.trial_configs()] == [0.0, 0.05, 0.25, 0.4, 0.55, 0.6, 0.9]
+    assert [c.loss.d_coef for c in spec.trial_configs()] == [0.0, 0.05, 0.25, 0.4, 0.55, 0.6, 0.9]
     assert {(c.steps, c.batch_size) for c in spec.trial_configs()} == {(200_000, 256)}
 
 

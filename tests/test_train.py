@@ -14,13 +14,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tdmpc_ray.config import build_config, config_dict
 from tdmpc_ray.data.episode_store import Batch, EpisodeStore
 from tdmpc_ray.model import WorldModel, model_config, predicted_reward
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.losses import LossConfig
 from tdmpc_ray.train.teacher import get_teacher
 from tdmpc_ray.train.update import Learner
-from tests.helpers import shared_checkpoint
+from tests.helpers import near_deterministic, shared_checkpoint
 
 TASKS = "cartpole-balance,walker-walk"
 
@@ -76,15 +77,6 @@ def test_d_coef_zero_is_the_from_scratch_update_and_distillation_changes_it(tiny
         params_after(batch, 0.4)
 
 
-def _near_deterministic(model: WorldModel) -> WorldModel:
-    """Policy std at its floor (e^-10), so sampled actions equal the mean to ~1e-5."""
-    with torch.no_grad():
-        half = model.cfg.action_dim
-        model._pi[-1].weight[half:].zero_()
-        model._pi[-1].bias[half:].fill_(-100.0)
-    return model
-
-
 def _rank_update(rank: int, world: int, init_file: str, batch: Batch, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -93,7 +85,7 @@ def _rank_update(rank: int, world: int, init_file: str, batch: Batch, out: str) 
     local = Batch(
         batch.obs[:, part], batch.action[:, part], batch.reward[:, part], batch.task[part], {}
     )
-    learner = Learner(_near_deterministic(_model(dropout=0.0)))
+    learner = Learner(near_deterministic(_model(dropout=0.0)))
     learner.update(local)
     if rank == 0:
         torch.save(learner.state_dict(), out)
@@ -104,7 +96,7 @@ def test_two_workers_update_like_one_worker_on_the_union_batch(tiny_data, tmp_pa
     batch = _batch(tiny_data, size=64)
     out = tmp_path / "rank0.pt"
     mp.spawn(_rank_update, args=(2, str(tmp_path / "pg"), batch, str(out)), nprocs=2, join=True)
-    single = Learner(_near_deterministic(_model(dropout=0.0)))
+    single = Learner(near_deterministic(_model(dropout=0.0)))
     single.update(batch)
     two = torch.load(out, weights_only=True)
     for key, value in single.state_dict()["model"].items():
@@ -172,14 +164,19 @@ def test_richer_terms_read_cached_labels_and_ask_the_actor_for_latents(tiny_data
     teacher = str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt"))
     labelled = tmp_path / "labelled"
     label(tiny_data, teacher, labelled, progress=False)
-    cfg = TrainConfig(
+    cfg = build_config(TrainConfig, None, dict(
         data=str(labelled), teacher=teacher, steps=6, batch_size=16, cpus_per_worker=0.5,
         checkpoint_every=6, log_every=3, out=str(tmp_path / "runs"), name="richer",
         enc_dim=128, mlp_dim=160, latent_dim=64, latent_d_coef=1.0, latent_bridge="pca",
         pca_samples=128, value_d_coef=0.1, policy_d_coef=1.0,
-    )  # fmt: skip
+    ))  # fmt: skip
     summary = _fit(cfg)
-    for name in ("distill_loss", "latent_distill_loss", "value_distill_loss", "policy_distill_loss"):
+    for name in (
+        "distill_loss",
+        "latent_distill_loss",
+        "value_distill_loss",
+        "policy_distill_loss",
+    ):
         assert summary["metrics"][name] >= 0, name
     import json
 
@@ -238,3 +235,96 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_data, tmp_path):
     assert killed, "no training worker was found to kill"
     assert summary["metrics"]["step"] == 300
     assert summary["metrics"]["resumed_from"] >= 50
+
+
+def test_flat_keys_set_the_composed_loss_and_optimiser_configs():
+    cfg = build_config(TrainConfig, None, ["data=d", "d_coef=0.4", "lr=1e-3", "value_d_coef=0.2",
+                                           "compile=true", "precision=bf16", "steps=10"])  # fmt: skip
+    assert (cfg.loss.d_coef, cfg.loss.value_d_coef, cfg.optim.lr, cfg.optim.compile) == (
+        0.4,
+        0.2,
+        1e-3,
+        True,
+    )
+    assert cfg.optim.precision == "bf16" and cfg.steps == 10
+    assert build_config(TrainConfig).loss.d_coef == 0.45, "TrainConfig's own default of d_coef"
+    assert build_config(TrainConfig, None, config_dict(cfg)) == cfg
+    assert build_config(TrainConfig, None, config_dict(cfg, flat=False)) == cfg
+    with pytest.raises(ValueError, match="^unknown config key 'd_cof' for TrainConfig; known: "):
+        build_config(TrainConfig, None, ["d_cof=0.4"])
+    with pytest.raises(ValueError, match="^lr: expected float"):
+        build_config(TrainConfig, None, ["lr=fast"])
+
+
+def test_the_teacher_is_hashed_once_by_the_driver_and_handed_down(tmp_path):
+    from tdmpc_ray.model import checkpoint_hash
+
+    teacher = shared_checkpoint("mt30_1M_steps_045dist_fp16.pt")
+    cfg = TrainConfig(data=str(tmp_path), teacher=str(teacher)).resolved()
+    assert cfg.teacher_sha256 == checkpoint_hash(teacher)
+    handed = TrainConfig(data=str(tmp_path), teacher=str(teacher), teacher_sha256="f" * 64)
+    assert handed.resolved().teacher_sha256 == "f" * 64
+    assert TrainConfig(data=str(tmp_path)).resolved().teacher_sha256 is None
+
+
+def test_teacher_replicas_share_the_queries_and_report_the_handed_down_hash(ray_session):
+    import ray
+
+    from tdmpc_ray.train.teacher import teacher_pool
+
+    checkpoint = str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt"))
+    pool = teacher_pool(checkpoint, "ab" * 32, num_gpus=0.0, replicas=2)
+    assert len({actor._actor_id for actor in pool.actors}) == 2
+    gen = torch.Generator().manual_seed(0)
+    obs, action = torch.randn(32, 24, generator=gen), torch.rand(32, 6, generator=gen) * 2 - 1
+    task = torch.randint(0, 30, (32,), generator=gen)
+    answers = ray.get([pool.outputs(obs, action, task, ("reward",)) for _ in range(4)])
+    info = pool.info()
+    assert [i["rows"] for i in info] == [64, 64]
+    assert {i["hash"] for i in info} == {"ab" * 32}
+    for answer in answers[1:]:
+        torch.testing.assert_close(answer["reward"], answers[0]["reward"])
+
+
+def test_a_bf16_teacher_answers_in_float32_close_to_fp32(ray_session):
+    import ray
+
+    from tdmpc_ray.train.teacher import teacher_pool
+
+    checkpoint = str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt"))
+    gen = torch.Generator().manual_seed(0)
+    obs, action = torch.randn(64, 24, generator=gen), torch.rand(64, 6, generator=gen) * 2 - 1
+    task = torch.randint(0, 30, (64,), generator=gen)
+    terms = ("reward", "value", "policy")
+    full, half = (ray.get(teacher_pool(checkpoint, "cd" * 32, num_gpus=0.0, precision=p)
+                          .outputs(obs, action, task, terms)) for p in ("fp32", "bf16"))  # fmt: skip
+    for term in terms:
+        assert half[term].dtype == torch.float32
+        torch.testing.assert_close(half[term], full[term], atol=0.05, rtol=0.05, msg=term)
+
+
+@pytest.mark.slow
+def test_a_317m_teacher_in_the_reference_layout_loads_and_serves_reward_labels_on_cpu(
+    ray_session, tmp_path
+):
+    import ray
+
+    from bench.common import write_random_checkpoint
+    from tdmpc_ray.model import checkpoint_hash
+    from tdmpc_ray.train.teacher import teacher_pool
+
+    path = write_random_checkpoint(tmp_path / "mt30-317M.pt", 317)
+    pool = teacher_pool(str(path), checkpoint_hash(path), num_gpus=0.0)
+    gen = torch.Generator().manual_seed(0)
+    obs, action = torch.randn(512, 24, generator=gen), torch.rand(512, 6, generator=gen) * 2 - 1
+    task = torch.randint(0, 30, (512,), generator=gen)
+    ray.get(pool.outputs(obs[:8], action[:8], task[:8], ("reward",)))
+    start = time.perf_counter()
+    reward = ray.get(pool.outputs(obs, action, task, ("reward",)))["reward"]
+    seconds = time.perf_counter() - start
+    info = pool.info()[0]
+    print(
+        f"317M teacher on CPU: {512 / seconds:.0f} rows/s, peak RSS {info['max_rss_bytes'] / 2**30:.2f} GiB"
+    )
+    assert reward.shape == (512, 1) and torch.isfinite(reward).all()
+    assert info["latent_dim"] == 1376 and info["rows"] == 520

@@ -67,9 +67,18 @@ class Batch(NamedTuple):
     paired like `reward` (obs[t+k], action[t+1+k]); the data set's labels, or the actor's."""
 
 
+def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`x` on `device`; a host tensor reaches a GPU through pinned memory, so the copy never makes
+    the host wait for the GPU's queued work."""
+    device = torch.device(device)
+    if device.type == "cuda" and x.device.type == "cpu" and not x.is_pinned():
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
+
+
 def batch_to(batch: Batch, device: torch.device | str) -> Batch:
-    """`batch` with every tensor on `device` (asynchronously from pinned memory)."""
-    move = lambda x: x.to(device, non_blocking=True)  # noqa: E731
+    """`batch` with every tensor on `device` (`to_device`)."""
+    move = lambda x: to_device(x, device)  # noqa: E731
     return Batch(*(move(x) for x in batch[:4]), {k: move(v) for k, v in batch.teacher.items()})
 
 
@@ -329,7 +338,8 @@ class EpisodeStore:
             raise ValueError(f"horizon {horizon} needs episodes longer than {T} steps")
         draw = torch.randint(
             self.num_episodes * starts_per_episode, (batch_size,), generator=generator
-        ).to(self.fields["task"].device)
+        )
+        draw = to_device(draw, self.fields["task"].device)
         episode = draw // starts_per_episode
         first = episode * T + draw % starts_per_episode
         steps = (first + torch.arange(horizon + 1, device=first.device).unsqueeze(1)).view(-1)

@@ -61,9 +61,9 @@ def episode_labels(
     task: np.ndarray,
     terms: tuple[str, ...] = tuple(TEACHER_COLUMNS),
 ) -> dict[str, np.ndarray]:
-    """Teacher labels by term, [E, T] (policy [E, T, A]) float32, for episodes obs [E,T,D],
-    action [E,T,A], task [E]: step s >= 1 is the output for (obs[s-1], action[s], task), step 0
-    is NaN."""
+    """Teacher labels by term, [E, T] (wider outputs such as policy [E, T, width]) float32, for
+    episodes obs [E,T,D], action [E,T,A], task [E]: step s >= 1 is the output for
+    (obs[s-1], action[s], task), step 0 is NaN."""
     E, T, D = obs.shape
     device = next(model.parameters()).device
     rows = torch.tensor(obs[:, :-1], device=device).view(-1, D)
@@ -73,7 +73,7 @@ def episode_labels(
     for term, value in teacher_outputs(model, rows, actions, tasks, terms).items():
         out = np.full((E, T, value.shape[-1]), np.nan, dtype=np.float32)
         out[:, 1:] = value.view(E, T - 1, -1).cpu().numpy()
-        labels[term] = out if term == "policy" else out[..., 0]
+        labels[term] = out[..., 0] if value.shape[-1] == 1 else out
     return labels
 
 

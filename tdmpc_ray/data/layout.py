@@ -2,9 +2,9 @@
 
 Columns: `episode_id` int64, `task` int32, `obs` fixed_size_list<float32>[T*obs_dim],
 `action` fixed_size_list<float32>[T*action_dim] (step 0 NaN), `reward`
-fixed_size_list<float32>[T] (step 0 NaN), and optional teacher labels (`TEACHER_COLUMNS`):
-`teacher_reward` and `teacher_value` fixed_size_list<float32>[T], `teacher_policy`
-fixed_size_list<float32>[T*action_dim] (step 0 NaN).
+fixed_size_list<float32>[T] (step 0 NaN), and optional teacher labels (`TEACHER_COLUMNS`, one
+per stored teacher output): `teacher_reward` and `teacher_value` fixed_size_list<float32>[T],
+`teacher_policy` fixed_size_list<float32>[T*action_dim] (step 0 NaN).
 Step t of `action`/`reward` is the action that led to observation t and the reward it earned,
 exactly as in TD-MPC2's public data set, so step 0 has none; teacher label step t is the
 teacher's output for that same pair (obs t-1, action t). Parts hold `EPISODES_PER_FILE`
@@ -35,14 +35,15 @@ import pyarrow.parquet as pq
 
 from tdmpc_ray.atomic import atomic_path
 from tdmpc_ray.data.stats import ReturnStats, stats_by_task
+from tdmpc_ray.model.world_model import TEACHER_OUTPUTS
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"tdmpc_ray"
 ROW_GROUP_EPISODES = 128
 EPISODES_PER_FILE = 1000
-TEACHER_COLUMNS = {"reward": "teacher_reward", "value": "teacher_value", "policy": "teacher_policy"}
-"""Teacher term -> its label column: the deterministic, small teacher outputs worth caching (a
-next-state latent is 20-57x an observation, so it is always served by the teacher actor)."""
+TEACHER_COLUMNS = {name: out.column for name, out in TEACHER_OUTPUTS.items() if out.cached}
+"""Teacher output -> its label column: the stored ones of `model.TEACHER_OUTPUTS` (a next-state
+latent is 20-57x an observation, so it is always served by the teacher actor)."""
 STEP_COLUMNS = ("obs", "action", "reward", *TEACHER_COLUMNS.values())
 _FLOAT_LEAVES = [f"{name}.list.element" for name in STEP_COLUMNS]
 
@@ -101,9 +102,9 @@ def list_parts(path: str | os.PathLike) -> list[Path]:
     return parts
 
 
-def episode_schema(meta: EpisodeMeta, teacher: tuple[str, ...] = ()) -> pa.Schema:
-    """Arrow schema of a part file with `meta`'s dims and the labels of `teacher` terms (without
-    the footer metadata)."""
+def episode_schema(meta: EpisodeMeta, teacher: Mapping[str, int] | None = None) -> pa.Schema:
+    """Arrow schema of a part file with `meta`'s dims and the label columns of `teacher` outputs
+    (name -> floats per step), without the footer metadata."""
     T = meta.episode_length
     fields = [
         pa.field("episode_id", pa.int64(), nullable=False),
@@ -112,10 +113,10 @@ def episode_schema(meta: EpisodeMeta, teacher: tuple[str, ...] = ()) -> pa.Schem
         pa.field("action", pa.list_(pa.float32(), T * meta.action_dim), nullable=False),
         pa.field("reward", pa.list_(pa.float32(), T), nullable=False),
     ]
-    for term in TEACHER_COLUMNS:
-        if term in teacher:
-            size = T * meta.action_dim if term == "policy" else T
-            fields.append(pa.field(TEACHER_COLUMNS[term], pa.list_(pa.float32(), size), nullable=False))
+    for term, column in TEACHER_COLUMNS.items():
+        if term in (teacher or {}):
+            size = T * teacher[term]
+            fields.append(pa.field(column, pa.list_(pa.float32(), size), nullable=False))
     return pa.schema(fields)
 
 
@@ -149,9 +150,9 @@ def episodes_to_table(
         _fixed_list(action),
         _fixed_list(reward),
     ]
-    terms = tuple(term for term in TEACHER_COLUMNS if term in teacher)
-    columns += [_fixed_list(teacher[term]) for term in terms]
-    schema = episode_schema(meta, teacher=terms)
+    widths = {t: int(np.prod(teacher[t].shape[2:])) for t in TEACHER_COLUMNS if t in teacher}
+    columns += [_fixed_list(teacher[term]) for term in widths]
+    schema = episode_schema(meta, teacher=widths)
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -161,7 +162,9 @@ def write_part(
     """Write `table` as one part file atomically, with `meta` and return statistics in its
     footer; returns the file size in bytes."""
     teacher = teacher_terms(table.column_names)
-    if table.schema != episode_schema(meta, teacher):
+    T = meta.episode_length
+    widths = {t: _list_size(table.column(TEACHER_COLUMNS[t])) // T for t in teacher}
+    if table.schema != episode_schema(meta, widths):
         raise ValueError(f"{path}: table schema does not match the episode layout of {meta}")
     if teacher and meta.teacher_checkpoint is None:
         raise ValueError(f"{path}: teacher labels need the teacher checkpoint hash in meta")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -156,7 +160,10 @@ class WorldModel(nn.Module):
         if return_type == "all":
             return logits
         idx = torch.randperm(len(qnet), device=logits.device)[:2]
-        values = self.two_hot_inv(logits[idx])
+        pair = logits.gather(
+            0, idx.view(-1, *[1] * (logits.dim() - 1)).expand(2, *logits.shape[1:])
+        )
+        values = self.two_hot_inv(pair)
         return values.min(0).values if return_type == "min" else values.sum(0) / 2
 
     def two_hot_inv(self, logits: torch.Tensor) -> torch.Tensor:
@@ -168,8 +175,53 @@ class WorldModel(nn.Module):
         self._target_Qs.lerp_from(self._Qs, tau)
 
 
-TEACHER_TERMS = ("reward", "latent", "value", "policy")
-"""What a teacher can serve per (obs, action) row for distillation."""
+def _teacher_reward(model: WorldModel, z, action, task) -> torch.Tensor:
+    return model.two_hot_inv(model.reward(z, action, task))
+
+
+def _teacher_latent(model: WorldModel, z, action, task) -> torch.Tensor:
+    return model.next(z, action, task)
+
+
+def _teacher_value(model: WorldModel, z, action, task) -> torch.Tensor:
+    return model.two_hot_inv(model.Q(z, action, task, "all")).mean(0)
+
+
+def _teacher_policy(model: WorldModel, z, action, task) -> torch.Tensor:
+    return model.pi(z, task, eps=torch.zeros_like(action))[1]["mean"]
+
+
+@dataclass(frozen=True)
+class TeacherOutput:
+    """Something a teacher computes per (obs, action) row for distillation; deterministic."""
+
+    compute: Callable[[WorldModel, torch.Tensor, torch.Tensor, TaskLike], torch.Tensor]
+    """(model, z = encode(obs), action, task) -> [N, width]."""
+    cached: bool
+    """Small enough to store: `data label` writes it to the label column `teacher_<name>`."""
+    name: str = ""
+
+    @property
+    def column(self) -> str | None:
+        """Its label column in the episode layout; None when it is never stored."""
+        return f"teacher_{self.name}" if self.cached else None
+
+
+TEACHER_OUTPUTS: dict[str, TeacherOutput] = {
+    name: dataclasses.replace(output, name=name)
+    for name, output in {
+        "reward": TeacherOutput(_teacher_reward, cached=True),
+        "latent": TeacherOutput(_teacher_latent, cached=False),
+        "value": TeacherOutput(_teacher_value, cached=True),
+        "policy": TeacherOutput(_teacher_policy, cached=True),
+    }.items()
+}
+"""What a teacher serves by name. `reward` [N, 1]: decoded reward of (obs, action); `latent`
+[N, L]: next latent after `action` (20-57x an observation, so never stored); `value` [N, 1]: mean
+of every Q member's decoded value; `policy` [N, A]: the policy prior's squashed mean action at obs
+(0 on padded action dims)."""
+TEACHER_TERMS = tuple(TEACHER_OUTPUTS)
+"""The names of `TEACHER_OUTPUTS`."""
 
 
 @torch.no_grad()
@@ -180,27 +232,13 @@ def teacher_outputs(
     task: TaskLike,
     terms: tuple[str, ...] = ("reward",),
 ) -> dict[str, torch.Tensor]:
-    """What a teacher serves for distillation, from its actor or as cached labels, for rows
-    obs [N, D], action [N, A], task [N]; every output is deterministic.
-
-    `reward` [N, 1]: decoded reward of (obs, action); `latent` [N, L]: next latent after taking
-    `action`; `value` [N, 1]: mean of every Q member's decoded value of (obs, action);
-    `policy` [N, A]: the policy prior's squashed mean action at obs (0 on padded action dims).
-    """
-    unknown = set(terms) - set(TEACHER_TERMS)
+    """`TEACHER_OUTPUTS` named in `terms` for rows obs [N, D], action [N, A], task [N], from one
+    encoding, in float32 (also under autocast)."""
+    unknown = set(terms) - set(TEACHER_OUTPUTS)
     if unknown:
         raise ValueError(f"unknown teacher terms {sorted(unknown)}; known: {TEACHER_TERMS}")
     z = model.encode(obs, task)
-    out = {}
-    if "reward" in terms:
-        out["reward"] = model.two_hot_inv(model.reward(z, action, task))
-    if "latent" in terms:
-        out["latent"] = model.next(z, action, task)
-    if "value" in terms:
-        out["value"] = model.two_hot_inv(model.Q(z, action, task, "all")).mean(0)
-    if "policy" in terms:
-        out["policy"] = model.pi(z, task, eps=torch.zeros_like(action))[1]["mean"]
-    return out
+    return {t: TEACHER_OUTPUTS[t].compute(model, z, action, task).float() for t in terms}
 
 
 def predicted_reward(model: WorldModel, obs: torch.Tensor, action: torch.Tensor, task: TaskLike):

@@ -18,10 +18,12 @@ from ray.tune.schedulers import ASHAScheduler
 
 from tdmpc_ray.atomic import atomic_path, write_json
 from tdmpc_ray.config import build_config
+from tdmpc_ray.model.checkpoint import checkpoint_hash
 from tdmpc_ray.sweep.spec import SweepSpec
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.loop import STUDENT_FILE, validate_checkpoint
-from tdmpc_ray.train.teacher import get_teacher
+from tdmpc_ray.train.losses import DISTILL_TERMS
+from tdmpc_ray.train.teacher import teacher_pool
 from tdmpc_ray.train.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -123,9 +125,12 @@ def _concurrency(spec: SweepSpec) -> int:
 
 
 def _shared_teachers(spec: SweepSpec) -> list:
-    """One teacher actor per distinct teacher of the sweep, held for its whole run."""
-    teachers = {(c.teacher, c.task_set): c.teacher_gpus for c in spec.trial_configs() if c.distilling}
-    return [get_teacher(path, task_set, gpus) for (path, task_set), gpus in sorted(teachers.items())]
+    """The service (every replica) of each distinct teacher of the sweep, held for its whole
+    run."""
+    teachers = {(c.teacher, c.task_set, c.teacher_replicas, c.optim.precision): c.teacher_gpus
+                for c in spec.trial_configs() if c.distilling}  # fmt: skip
+    return [teacher_pool(path, checkpoint_hash(path), task_set, gpus, replicas, precision)
+            for (path, task_set, replicas, precision), gpus in sorted(teachers.items())]  # fmt: skip
 
 
 def run_sweep(spec: SweepSpec, resume: bool = False) -> dict:
@@ -170,8 +175,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict:
 
 
 CURVE_METRICS = ("total_loss", "consistency_loss", "reward_loss", "value_loss", "pi_loss",
-                 "distill_loss", "latent_distill_loss", "value_distill_loss",
-                 "policy_distill_loss", "updates_per_s")  # fmt: skip
+                 *(term.metric for term in DISTILL_TERMS.values()), "updates_per_s")  # fmt: skip
 
 
 def write_curves(path: Path, grid, keys: list[str]) -> None:

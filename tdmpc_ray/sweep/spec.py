@@ -18,14 +18,13 @@ trial_cpus: 0.5                                      # the Tune function's own C
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tdmpc_ray.config import build_config, read_yaml_mapping
+from tdmpc_ray.config import build_config, config_keys, read_yaml_mapping
 from tdmpc_ray.train.config import TrainConfig, absolute
 
 PATH_KEYS = ("data", "teacher")
@@ -78,7 +77,7 @@ class SweepSpec:
 
 
 def _check_space(path: Path, space: dict) -> None:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = config_keys(TrainConfig)
     for key, dist in space.items():
         if key not in fields:
             raise ValueError(f"{path}: space key {key!r} is not a training setting")
@@ -99,7 +98,7 @@ def _check_space(path: Path, space: dict) -> None:
 
 def _check_recipes(path: Path, recipes: dict, space: dict) -> dict[str, dict]:
     """Recipes as {name: {TrainConfig field: value}} with local paths made absolute."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = config_keys(TrainConfig)
     if not isinstance(recipes, dict):
         raise ValueError(f"{path}: recipes must map names to settings")
     for name, settings in recipes.items():

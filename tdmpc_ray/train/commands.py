@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 
-from tdmpc_ray.config import build_config
+from tdmpc_ray.config import build_config, config_keys
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -29,7 +28,7 @@ def _train(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from tdmpc_ray.train.config import TrainConfig
 
-    keys = ", ".join(f.name for f in fields(TrainConfig))
+    keys = ", ".join(config_keys(TrainConfig))
     parser = subparsers.add_parser(
         "train",
         help="train or distil a student with Ray Train",

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
+from tdmpc_ray.model.checkpoint import checkpoint_hash
 from tdmpc_ray.model.config import ModelConfig, model_config
 from tdmpc_ray.model.world_model import WorldModel
 from tdmpc_ray.train.distill import BRIDGES
-from tdmpc_ray.train.losses import LossConfig
+from tdmpc_ray.train.losses import DISTILL_TERMS, LossConfig
 from tdmpc_ray.train.update import OptimConfig
 
 
@@ -25,7 +26,12 @@ class TrainConfig:
     """Teacher checkpoint; unset trains from scratch (the paper's baseline)."""
     teacher_gpus: float | None = None
     """GPUs for the shared teacher actor; None: one when the cluster has a GPU at start (set 1
-    on an autoscaling cluster whose GPU workers start from zero)."""
+    on an autoscaling cluster whose GPU workers start from zero); a fraction shares a GPU."""
+    teacher_replicas: int = 1
+    """Teacher actors answering every worker's and trial's queries, each query going to one."""
+    teacher_sha256: str | None = None
+    """sha256 of the teacher checkpoint: computed once by the driver (`resolved`) and handed to
+    workers, actors and the check of cached labels, which never re-read the file."""
     task_set: str = "mt30"
     model_size: int = 1
     """Student size preset (M parameters): 1, 5, 19, 48 or 317."""
@@ -39,32 +45,20 @@ class TrainConfig:
     batch_size: int = 256
     """Global batch: split evenly over `num_workers`."""
     horizon: int = 3
-    d_coef: float = 0.45
-    """Reward distillation coefficient (the paper's published students: 0.45); ignored without a
-    teacher."""
-    latent_d_coef: float = LossConfig.latent_d_coef
-    """Next-state latent distillation (off by default; the paper's latent variants)."""
-    latent_bridge: str = LossConfig.latent_bridge
-    """`linear` (learned student -> teacher projection) or `pca` (fixed, fitted on the teacher)."""
+    loss: LossConfig = LossConfig(d_coef=0.45)
+    """Loss and distillation coefficients, set by their own keys (`d_coef=0.4`, `rho=0.5`, ...);
+    the reward term's d_coef defaults to the paper's published students' 0.45, and every
+    distillation coefficient counts as 0 without a teacher."""
     pca_samples: int = 4096
     """Teacher latents sampled from the data to fit the `pca` bridge."""
-    value_d_coef: float = LossConfig.value_d_coef
-    """Value distillation: student vs teacher mean Q, decoded (off by default)."""
-    policy_d_coef: float = LossConfig.policy_d_coef
-    """Policy distillation: student vs teacher mean action of the policy prior (off by default)."""
-    distill_all_steps: bool = LossConfig.distill_all_steps
-    consistency_coef: float = LossConfig.consistency_coef
-    reward_coef: float = LossConfig.reward_coef
-    value_coef: float = LossConfig.value_coef
-    rho: float = LossConfig.rho
-    entropy_coef: float = LossConfig.entropy_coef
-    lr: float = OptimConfig.lr
-    enc_lr_scale: float = OptimConfig.enc_lr_scale
-    grad_clip_norm: float = OptimConfig.grad_clip_norm
-    tau: float = OptimConfig.tau
+    optim: OptimConfig = OptimConfig()
+    """Optimiser, compilation and precision of the update, set by their own keys (`lr=1e-3`,
+    `compile=true`, `precision=bf16`, ...)."""
     num_workers: int = 1
     """Ray Train workers (data-parallel; gradients averaged)."""
     use_gpu: bool = False
+    gpus_per_worker: float = 1.0
+    """GPUs per Train worker with `use_gpu`; a fraction lets the teacher actor share a GPU."""
     cpus_per_worker: float = 1.0
     read_cpus: float = 0.25
     """CPUs per Ray Data read task (small, so reads fit beside workers on a busy node)."""
@@ -98,28 +92,13 @@ class TrainConfig:
         return self.teacher is not None and bool(self.losses().teacher_terms())
 
     def losses(self) -> LossConfig:
-        """Loss coefficients; every distillation coefficient is 0 without a teacher."""
-        on = 1.0 if self.teacher is not None else 0.0
-        return LossConfig(
-            consistency_coef=self.consistency_coef, reward_coef=self.reward_coef,
-            value_coef=self.value_coef, rho=self.rho, entropy_coef=self.entropy_coef,
-            d_coef=on * self.d_coef, latent_d_coef=on * self.latent_d_coef,
-            latent_bridge=self.latent_bridge, value_d_coef=on * self.value_d_coef,
-            policy_d_coef=on * self.policy_d_coef, distill_all_steps=self.distill_all_steps,
-        )  # fmt: skip
+        """The loss coefficients in effect: every distillation term off without a teacher."""
+        return self.loss if self.teacher is not None else self.loss.without_distillation()
 
     def model(self) -> ModelConfig:
         """The student's architecture: the size preset with any custom dims."""
         dims = {k: getattr(self, k) for k in ("enc_dim", "mlp_dim", "latent_dim", "num_q")}
         return model_config(self.model_size, self.task_set, **{k: v for k, v in dims.items() if v})
-
-    def optim(self) -> OptimConfig:
-        return OptimConfig(
-            lr=self.lr,
-            enc_lr_scale=self.enc_lr_scale,
-            grad_clip_norm=self.grad_clip_norm,
-            tau=self.tau,
-        )
 
     def eval_kwargs(self) -> dict:
         """Arguments of `validate_checkpoint` for this run's periodic evaluation."""
@@ -127,17 +106,19 @@ class TrainConfig:
                 "mpc": self.eval_mpc, "max_steps": self.eval_max_steps, "seed": self.seed, "cpus": self.eval_cpus}  # fmt: skip
 
     def recipe(self) -> str:
-        """Short name of the distillation recipe: `scratch`, or the terms with their coefficients."""
+        """Short name of the distillation recipe: `scratch`, or the terms with their coefficients
+        (the reward term is `d<coef>`, as the paper names its students)."""
         if not self.distilling:
             return "scratch"
-        losses = self.losses()
-        parts = [f"d{losses.d_coef:g}"] if losses.d_coef else []
-        if losses.latent_d_coef:
-            parts.append(f"latent-{self.latent_bridge}{losses.latent_d_coef:g}")
-        if losses.value_d_coef:
-            parts.append(f"value{losses.value_d_coef:g}")
-        if losses.policy_d_coef:
-            parts.append(f"policy{losses.policy_d_coef:g}")
+        losses, parts = self.losses(), []
+        for term in losses.terms():
+            coef = f"{getattr(losses, term.coef):g}"
+            if term.name == "reward":
+                parts.append(f"d{coef}")
+            elif term.name == "latent":
+                parts.append(f"latent-{losses.latent_bridge}{coef}")
+            else:
+                parts.append(f"{term.name}{coef}")
         return "distill-" + "-".join(parts)
 
     def run_name(self) -> str:
@@ -149,8 +130,15 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """A copy with local `data` and `teacher` paths made absolute, so Ray workers, actors and
-        Tune trials (which run in other directories) find them."""
-        return dataclasses.replace(self, data=absolute(self.data), teacher=absolute(self.teacher))
+        Tune trials (which run in other directories) find them, and the teacher's sha256
+        (computed here, once, when not handed down)."""
+        teacher = absolute(self.teacher)
+        digest = self.teacher_sha256
+        if teacher is not None and digest is None and Path(teacher).is_file():
+            digest = checkpoint_hash(teacher)
+        return dataclasses.replace(
+            self, data=absolute(self.data), teacher=teacher, teacher_sha256=digest
+        )
 
     def check(self) -> None:
         """Fail with one line on values that cannot train."""
@@ -170,12 +158,22 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        coefs = ("d_coef", "latent_d_coef", "value_d_coef", "policy_d_coef", "eval_freq")
-        for name in coefs:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
-        if self.latent_bridge not in BRIDGES:
-            raise ValueError(f"latent_bridge must be one of {BRIDGES}, not {self.latent_bridge!r}")
+        if self.eval_freq < 0:
+            raise ValueError(f"eval_freq must be non-negative, got {self.eval_freq}")
+        if self.gpus_per_worker <= 0:
+            raise ValueError(f"gpus_per_worker must be positive, got {self.gpus_per_worker}")
+        if self.teacher_replicas < 1:
+            raise ValueError(f"teacher_replicas must be at least 1, got {self.teacher_replicas}")
+        for term in DISTILL_TERMS.values():
+            if getattr(self.loss, term.coef) < 0:
+                raise ValueError(
+                    f"{term.coef} must be non-negative, got {getattr(self.loss, term.coef)}"
+                )
+        if self.loss.latent_bridge not in BRIDGES:
+            raise ValueError(
+                f"latent_bridge must be one of {BRIDGES}, not {self.loss.latent_bridge!r}"
+            )
+        self.optim.check()
 
 
 def parameter_count(cfg: ModelConfig) -> int:

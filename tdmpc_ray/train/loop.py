@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import ray
@@ -14,64 +16,109 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from tdmpc_ray.data.episode_store import Batch, EpisodeStore
+from tdmpc_ray.config import config_dict
+from tdmpc_ray.data.episode_store import Batch, EpisodeStore, to_device
 from tdmpc_ray.model.checkpoint import save_checkpoint
 from tdmpc_ray.model.world_model import WorldModel
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.distill import LatentBridge
-from tdmpc_ray.train.teacher import get_teacher
-from tdmpc_ray.train.update import Learner
+from tdmpc_ray.train.teacher import teacher_pool
+from tdmpc_ray.train.update import Learner, read_metrics
 
 STATE_FILE = "learner.pt"
 STUDENT_FILE = "student.pt"
 
 
 class TeacherTargets:
-    """Teacher outputs for sampled windows: the data's cached labels for the terms it holds,
-    the shared teacher actor for the others (asked when a batch is sampled, so the answer is
-    ready by the next update)."""
+    """Teacher outputs for sampled windows: the data's cached labels for the outputs it holds,
+    the teacher service for the others, asked when a batch is sampled so the answer is ready by
+    the next update. On a GPU the query's rows go to the host by an asynchronous copy and a
+    sender thread asks once the copy is done, so the training loop never waits for the GPU."""
 
-    def __init__(self, cfg: TrainConfig, cached_terms: tuple[str, ...]):
+    def __init__(self, cfg: TrainConfig, cached_terms: tuple[str, ...], rank: int = 0):
         terms = cfg.losses().teacher_terms()
         self.cached = tuple(t for t in terms if t in cached_terms)
         self.asked = tuple(t for t in terms if t not in cached_terms)
-        self.all_steps = cfg.distill_all_steps
-        self.actor = get_teacher(cfg.teacher, cfg.task_set, cfg.teacher_gpus) if self.asked else None
+        self.all_steps = cfg.loss.distill_all_steps
+        self.pool = None
+        self.sender = None
+        if self.asked:
+            self.pool = teacher_pool(cfg.teacher, cfg.teacher_sha256, cfg.task_set, cfg.teacher_gpus,
+                                     cfg.teacher_replicas, cfg.optim.precision, offset=rank)  # fmt: skip
+            self.sender = ThreadPoolExecutor(1, thread_name_prefix="teacher-query")
         self.wait_s = 0.0
 
-    def request(self, batch: Batch):
-        """Start the teacher query for `batch` (None when nothing is asked of the actor)."""
-        if self.actor is None:
+    def request(self, batch: Batch) -> Future | None:
+        """Start the teacher query for `batch` (None when nothing is asked of the teacher)."""
+        if self.pool is None:
             return None
         steps = batch.action.shape[0] if self.all_steps else 1
-        obs, action = batch.obs[:steps], batch.action[:steps]
-        task = batch.task.repeat(steps)
-        return self.actor.outputs.remote(
-            obs.flatten(0, 1).cpu(), action.flatten(0, 1).cpu(), task.cpu(), self.asked
-        )
+        rows = (batch.obs[:steps].flatten(0, 1), batch.action[:steps].flatten(0, 1),
+                batch.task.repeat(steps))  # fmt: skip
+        copied = None
+        if rows[0].is_cuda:
+            rows = tuple(_to_pinned_host(x) for x in rows)
+            copied = torch.cuda.Event()
+            copied.record()
+        return self.sender.submit(self._ask, rows, copied)
 
-    def attach(self, batch: Batch, pending) -> Batch:
-        """`batch` with exactly the recipe's teacher terms: labels, and the answer to `pending`."""
+    def _ask(self, rows: tuple[torch.Tensor, ...], copied) -> ray.ObjectRef:
+        if copied is not None:
+            copied.synchronize()
+        return self.pool.outputs(*rows, self.asked)
+
+    def attach(self, batch: Batch, pending: Future | None) -> Batch:
+        """`batch` with exactly the recipe's teacher outputs: labels, and the answer to
+        `pending`."""
         teacher = {term: batch.teacher[term] for term in self.cached}
         if pending is not None:
             start = time.perf_counter()
-            answer = ray.get(pending)
+            answer = ray.get(pending.result())
             self.wait_s += time.perf_counter() - start
             size = batch.task.shape[0]
             for term, value in answer.items():
-                teacher[term] = value.to(batch.reward.device).view(-1, size, value.shape[-1])
+                teacher[term] = to_device(
+                    value.view(-1, size, value.shape[-1]), batch.reward.device
+                )
         return batch._replace(teacher=teacher)
+
+
+def _to_pinned_host(x: torch.Tensor) -> torch.Tensor:
+    """An asynchronous copy of device tensor `x` into pinned host memory (valid once the stream
+    has reached it)."""
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    return host.copy_(x, non_blocking=True)
+
+
+def updates(
+    learner: Learner,
+    store: EpisodeStore,
+    teacher: TeacherTargets,
+    batch_size: int,
+    horizon: int,
+    generator: torch.Generator,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless updates on windows sampled from `store`, yielding each update's metrics
+    (unread tensors). The teacher is asked for a batch when it is sampled, one update ahead,
+    so its answer is usually ready when the batch is used."""
+    batch = store.sample(batch_size, horizon, generator)
+    pending = teacher.request(batch)
+    while True:
+        next_batch = store.sample(batch_size, horizon, generator)
+        next_pending = teacher.request(next_batch)
+        yield learner.update(teacher.attach(batch, pending))
+        batch, pending = next_batch, next_pending
 
 
 def _save(learner: Learner, generators: list, directory: Path, cfg: TrainConfig) -> None:
     torch.save(
-        {"learner": learner.state_dict(), "generators": generators, "config": cfg.__dict__},
+        {"learner": learner.state_dict(), "generators": generators, "config": config_dict(cfg)},
         directory / STATE_FILE,
     )
     save_checkpoint(
         learner.model,
         directory / STUDENT_FILE,
-        metadata={"step": learner.step, "train_config": cfg.__dict__},
+        metadata={"step": learner.step, "train_config": config_dict(cfg)},
     )
 
 
@@ -90,15 +137,18 @@ def _bridge(cfg: TrainConfig, model: WorldModel, config: dict) -> LatentBridge |
     if not cfg.losses().latent_d_coef:
         return None
     return LatentBridge(
-        cfg.latent_bridge, model.cfg.latent_dim, config["teacher_latent_dim"], config.get("pca")
+        cfg.loss.latent_bridge,
+        model.cfg.latent_dim,
+        config["teacher_latent_dim"],
+        config.get("pca"),
     )
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point; `config` holds `train` (TrainConfig fields), `cached_terms` (teacher
-    terms read from the data's labels), `teacher_latent_dim` and `pca` (for a latent term) and
-    `validate` (hand eval-step checkpoints to the trainer's asynchronous validation)."""
-    cfg = TrainConfig(**config["train"])
+    """Ray Train entry point; `config` holds `train` (the resolved TrainConfig), `cached_terms`
+    (teacher outputs read from the data's labels), `teacher_latent_dim` and `pca` (for a latent
+    term) and `validate` (hand eval-step checkpoints to the trainer's asynchronous validation)."""
+    cfg: TrainConfig = config["train"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -106,7 +156,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = WorldModel(cfg.model())
     bridge = _bridge(cfg, model, config)
     model = model.to(device)
-    learner = Learner(model, cfg.losses(), cfg.optim(), None if bridge is None else bridge.to(device))
+    learner = Learner(model, cfg.losses(), cfg.optim, None if bridge is None else bridge.to(device))
     torch.manual_seed(cfg.seed * 7919 + rank)
     generator = torch.Generator().manual_seed(cfg.seed * 104729 + rank)
     checkpoint = ray.train.get_checkpoint()
@@ -121,23 +171,18 @@ def train_loop_per_worker(config: dict) -> None:
         ray.train.get_dataset_shard("train"), device=device,
         max_resident_episodes=cfg.max_resident_episodes, seed=cfg.seed + rank,
     )  # fmt: skip
-    teacher = TeacherTargets(cfg, tuple(config["cached_terms"]))
+    teacher = TeacherTargets(cfg, tuple(config["cached_terms"]), rank)
     wandb_run = _start_wandb(cfg) if cfg.wandb and rank == 0 else None
-    local_batch = cfg.batch_size // world
-    batch = store.sample(local_batch, cfg.horizon, generator)
-    pending = teacher.request(batch)
+    steps = updates(learner, store, teacher, cfg.batch_size // world, cfg.horizon, generator)
     window_start, window_steps = time.perf_counter(), 0
-    for step in range(learner.step, cfg.steps):
-        next_batch = store.sample(local_batch, cfg.horizon, generator)
-        next_pending = teacher.request(next_batch)
-        metrics = learner.update(teacher.attach(batch, pending))
-        batch, pending = next_batch, next_pending
+    for step, metrics in zip(range(learner.step, cfg.steps), steps, strict=False):
         window_steps += 1
         done = step + 1
         save = done % cfg.checkpoint_every == 0 or done == cfg.steps
         evaluate = cfg.eval_freq > 0 and (done % cfg.eval_freq == 0 or done == cfg.steps)
         if not (save or evaluate or done % cfg.log_every == 0):
             continue
+        metrics = read_metrics(metrics)
         elapsed = time.perf_counter() - window_start
         metrics.update(step=done, updates_per_s=window_steps / elapsed, teacher_wait_s=teacher.wait_s / window_steps,
                        episodes_resident=store.num_episodes, resumed_from=resumed_from)  # fmt: skip
@@ -165,7 +210,7 @@ def _start_wandb(cfg: TrainConfig):
     import wandb
 
     mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    return wandb.init(project="tdmpc-ray", name=cfg.run_name(), config=cfg.__dict__, mode=mode,
+    return wandb.init(project="tdmpc-ray", name=cfg.run_name(), config=config_dict(cfg), mode=mode,
                       dir=tempfile.gettempdir() if "://" in cfg.out else cfg.out)  # fmt: skip
 
 

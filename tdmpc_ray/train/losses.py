@@ -1,17 +1,124 @@
-"""TD-MPC2's offline multi-task losses and the distillation terms (the paper's reward term, and
-next-state latent, value and policy terms), as plain functions."""
+"""TD-MPC2's offline multi-task losses and the distillation terms, as plain functions.
+
+The distillation terms are registered in one place: each is a coefficient field of `LossConfig`
+declared with `distill_term(...)`, whose metadata is the term's registry entry (`DistillTerm`:
+the teacher output it compares with, whether its loss joins the world-model or the policy loss,
+its metric, and its loss function). `DISTILL_TERMS` collects them; the losses, the teacher
+service, cached labels, recipe names and curves all read it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from tdmpc_ray.data.episode_store import Batch
-from tdmpc_ray.model.math import soft_ce
-from tdmpc_ray.model.world_model import WorldModel
+from tdmpc_ray.model.math import soft_ce, symlog
+from tdmpc_ray.model.world_model import TEACHER_OUTPUTS, WorldModel
 from tdmpc_ray.train.distill import LatentBridge
+
+if TYPE_CHECKING:
+    from tdmpc_ray.data.episode_store import Batch
+
+
+class Predictions(NamedTuple):
+    """What the student predicted on a batch of windows, for distillation terms to compare."""
+
+    model: WorldModel
+    zs: torch.Tensor
+    """Rolled-out latents [H+1, B, L]."""
+    reward_logits: torch.Tensor | None
+    """[H, B, bins] at zs[:-1] and the window's actions."""
+    qs: torch.Tensor | None
+    """Every Q member's logits [Q, H, B, bins] at zs[:-1] and the window's actions."""
+    bridge: LatentBridge | None = None
+    pi_mean: torch.Tensor | None = None
+    """The policy prior's squashed mean action [H+1, B, A] at zs (in the policy loss only)."""
+
+
+TermLoss = Callable[[Predictions, torch.Tensor, "LossConfig"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DistillTerm:
+    """One distillation term: the registry entry behind a `LossConfig` coefficient."""
+
+    name: str
+    """The term's name (recipes, `run.json`, errors)."""
+    teacher: str
+    """The teacher output it compares with (`model.TEACHER_OUTPUTS`)."""
+    attach: str
+    """`world` (added to the world-model loss) or `policy` (to the policy-prior loss)."""
+    metric: str
+    """Name of its loss in the training metrics and curves."""
+    loss: TermLoss
+    """(student predictions, teacher output [S, B, width], config) -> scalar loss."""
+    coef: str = ""
+    """Its `LossConfig` coefficient field (filled in by the registry)."""
+
+    @property
+    def cached(self) -> bool:
+        """Whether `data label` can store its teacher output, so training reads it from data."""
+        return TEACHER_OUTPUTS[self.teacher].cached
+
+    @property
+    def column(self) -> str | None:
+        """The label column holding its teacher output (None: always asked of the teacher)."""
+        return TEACHER_OUTPUTS[self.teacher].column
+
+
+def distill_term(name: str, attach: str, metric: str, loss: TermLoss, teacher: str = "") -> Any:
+    """A `LossConfig` coefficient field (default 0: the term is off) registering its term."""
+    entry = DistillTerm(name, teacher or name, attach, metric, loss)
+    return dataclasses.field(default=0.0, metadata={"distill": entry})
+
+
+def _rho_weights(cfg: LossConfig, steps: int, device) -> torch.Tensor:
+    return cfg.rho ** torch.arange(steps, device=device, dtype=torch.float32)
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """MSE between student and teacher outputs [S, B, width] (S steps of the window).
+
+    Only the first step (the (obs, action) pair both models see) by default, as the paper;
+    with `distill_all_steps`, every step of the student's latent rollout, rho-weighted.
+    """
+    steps = student.shape[0] if cfg.distill_all_steps else 1
+    if teacher.shape[0] < steps:
+        raise ValueError(
+            f"distilling {steps} steps needs as many teacher steps, got {teacher.shape[0]}"
+        )
+    per_step = ((student[:steps] - teacher[:steps]) ** 2).mean(dim=(1, 2))
+    return (per_step * _rho_weights(cfg, steps, student.device)).sum() / steps
+
+
+def reward_distill(pred: Predictions, teacher: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """The paper's term: MSE of the student's and the teacher's decoded rewards."""
+    return distill_loss(pred.model.two_hot_inv(pred.reward_logits), teacher, cfg)
+
+
+def latent_distill(pred: Predictions, teacher: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """The student's rolled-out next latent vs the teacher's, compared through the bridge."""
+    if pred.bridge is None:
+        raise ValueError("latent_d_coef > 0 needs a LatentBridge")
+    return distill_loss(*pred.bridge(pred.zs[1:], teacher), cfg)
+
+
+def value_distill(pred: Predictions, teacher: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """Mean of the student's Q members' decoded values vs the teacher's, compared in symlog
+    space: the space the values are regressed in, so the term's scale does not grow with the
+    returns (raw values reach ~10^2-10^3, their squared errors would swamp the other losses)."""
+    student = pred.model.two_hot_inv(pred.qs).mean(0)
+    return distill_loss(symlog(student), symlog(teacher), cfg)
+
+
+def policy_distill(pred: Predictions, teacher: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """MSE of the student's and the teacher's squashed mean actions of the policy prior."""
+    return distill_loss(pred.pi_mean[:-1], teacher, cfg)
 
 
 @dataclass(frozen=True)
@@ -24,24 +131,38 @@ class LossConfig:
     rho: float = 0.5
     """Weight decay of later horizon steps: step t counts rho**t."""
     entropy_coef: float = 1e-4
-    d_coef: float = 0.0
+    d_coef: float = distill_term("reward", "world", "distill_loss", reward_distill)
     """Reward distillation coefficient (the paper's best: 0.4-0.45); 0 trains from scratch."""
-    latent_d_coef: float = 0.0
+    latent_d_coef: float = distill_term("latent", "world", "latent_distill_loss", latent_distill)
     """Next-state latent distillation through `latent_bridge` (the paper's latent variants)."""
     latent_bridge: str = "linear"
     """`linear` (learned student -> teacher projection) or `pca` (fixed teacher -> student)."""
-    value_d_coef: float = 0.0
-    """Value distillation: the student's mean Q vs the teacher's mean Q (decoded), MSE."""
-    policy_d_coef: float = 0.0
+    value_d_coef: float = distill_term("value", "world", "value_distill_loss", value_distill)
+    """Value distillation: the student's mean Q vs the teacher's mean Q, MSE of their symlogs."""
+    policy_d_coef: float = distill_term("policy", "policy", "policy_distill_loss", policy_distill)
     """Policy distillation: MSE of the student's and the teacher's squashed mean actions."""
     distill_all_steps: bool = False
     """Distil at every horizon step (rho-weighted) instead of only the first."""
 
+    def terms(self) -> tuple[DistillTerm, ...]:
+        """The distillation terms these coefficients turn on (registry order)."""
+        return tuple(t for t in DISTILL_TERMS.values() if getattr(self, t.coef) > 0)
+
     def teacher_terms(self) -> tuple[str, ...]:
-        """The teacher outputs these coefficients need (`model.TEACHER_TERMS` order)."""
-        coefs = {"reward": self.d_coef, "latent": self.latent_d_coef,
-                 "value": self.value_d_coef, "policy": self.policy_d_coef}  # fmt: skip
-        return tuple(term for term, coef in coefs.items() if coef > 0)
+        """The teacher outputs those terms need (`model.TEACHER_OUTPUTS` names), once each."""
+        return tuple(dict.fromkeys(t.teacher for t in self.terms()))
+
+    def without_distillation(self) -> LossConfig:
+        """These coefficients with every distillation term off (training from scratch)."""
+        return dataclasses.replace(self, **{t.coef: 0.0 for t in DISTILL_TERMS.values()})
+
+
+DISTILL_TERMS: dict[str, DistillTerm] = {
+    f.metadata["distill"].name: dataclasses.replace(f.metadata["distill"], coef=f.name)
+    for f in dataclasses.fields(LossConfig)
+    if "distill" in f.metadata
+}
+"""Every distillation term by name, in `LossConfig` order: the one registry."""
 
 
 @torch.no_grad()
@@ -52,8 +173,23 @@ def td_targets(model: WorldModel, next_z: torch.Tensor, reward: torch.Tensor, ta
     return reward + discount * model.Q(next_z, action, task, "min", target=True)
 
 
-def _rho_weights(cfg: LossConfig, steps: int, device) -> torch.Tensor:
-    return cfg.rho ** torch.arange(steps, device=device, dtype=torch.float32)
+def _add_terms(
+    total: torch.Tensor,
+    attach: str,
+    pred: Predictions,
+    batch: Batch,
+    cfg: LossConfig,
+    metrics: dict,
+) -> torch.Tensor:
+    """`total` plus every `attach` term with a positive coefficient (a zero one computes
+    nothing), their losses recorded in `metrics`."""
+    for term in DISTILL_TERMS.values():
+        coef = getattr(cfg, term.coef)
+        if term.attach == attach and coef > 0:
+            loss = term.loss(pred, _teacher(batch, term), cfg)
+            total = total + coef * loss
+            metrics[term.metric] = loss
+    return total
 
 
 def world_model_loss(
@@ -62,10 +198,8 @@ def world_model_loss(
     """Total world-model loss, the rolled-out latents [H+1, B, L] (for the policy) and metrics.
 
     Consistency (MSE of rolled-out vs encoded next latents), reward and value (soft cross-entropy
-    on two-hot targets) are averaged over the horizon with rho**t weights, as TD-MPC2. Each
-    distillation term with a positive coefficient is added: reward (the paper's MSE of decoded
-    rewards), latent (rolled-out next latent vs the teacher's through `bridge`) and value (mean
-    of the Q members' decoded values vs the teacher's); a zero coefficient leaves it out entirely.
+    on two-hot targets) are averaged over the horizon with rho**t weights, as TD-MPC2; then every
+    world-model distillation term with a positive coefficient is added (`DISTILL_TERMS`).
     """
     H = batch.action.shape[0]
     task, num_bins, vmin, vmax = batch.task, model.cfg.num_bins, model.cfg.vmin, model.cfg.vmax
@@ -99,50 +233,19 @@ def world_model_loss(
         + cfg.reward_coef * reward_loss
         + cfg.value_coef * value_loss
     )
-    terms = {}
-    if cfg.d_coef > 0:
-        terms["distill_loss"] = (
-            cfg.d_coef,
-            distill_loss(model.two_hot_inv(reward_logits), _teacher(batch, "reward"), cfg),
-        )
-    if cfg.latent_d_coef > 0:
-        if bridge is None:
-            raise ValueError("latent_d_coef > 0 needs a LatentBridge")
-        student, teacher = bridge(zs[1:], _teacher(batch, "latent"))
-        terms["latent_distill_loss"] = (cfg.latent_d_coef, distill_loss(student, teacher, cfg))
-    if cfg.value_d_coef > 0:
-        student = model.two_hot_inv(qs).mean(0)
-        terms["value_distill_loss"] = (
-            cfg.value_d_coef,
-            distill_loss(student, _teacher(batch, "value"), cfg),
-        )
-    for name, (coef, loss) in terms.items():
-        total = total + coef * loss
-        metrics[name] = loss
+    pred = Predictions(model, zs, reward_logits, qs, bridge)
+    total = _add_terms(total, "world", pred, batch, cfg, metrics)
     metrics["total_loss"] = total
     return total, zs, metrics
 
 
-def _teacher(batch: Batch, term: str) -> torch.Tensor:
-    if term not in batch.teacher:
+def _teacher(batch: Batch, term: DistillTerm) -> torch.Tensor:
+    if term.teacher not in batch.teacher:
         raise ValueError(
-            f"this recipe distils the teacher's {term} but the batch has none "
+            f"this recipe distils the teacher's {term.teacher} but the batch has none "
             "(a teacher actor, or data labelled for this term, is needed)"
         )
-    return batch.teacher[term]
-
-
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
-    """MSE between student and teacher outputs [S, B, width] (S steps of the window).
-
-    Only the first step (the (obs, action) pair both models see) by default, as the paper;
-    with `distill_all_steps`, every step of the student's latent rollout, rho-weighted.
-    """
-    steps = student.shape[0] if cfg.distill_all_steps else 1
-    if teacher.shape[0] < steps:
-        raise ValueError(f"distilling {steps} steps needs as many teacher steps, got {teacher.shape[0]}")
-    per_step = ((student[:steps] - teacher[:steps]) ** 2).mean(dim=(1, 2))
-    return (per_step * _rho_weights(cfg, steps, student.device)).sum() / steps
+    return batch.teacher[term.teacher]
 
 
 def policy_loss(
@@ -153,7 +256,7 @@ def policy_loss(
     cfg: LossConfig,
 ) -> tuple[torch.Tensor, dict]:
     """TD-MPC2's policy-prior loss on detached latents: -(entropy bonus + scaled Q), rho-weighted,
-    plus the policy distillation term (student vs teacher mean action) when `policy_d_coef` > 0.
+    plus every policy distillation term with a positive coefficient (`DISTILL_TERMS`).
 
     `scale` is the running Q scale; it is updated from the first step's Q values here.
     """
@@ -164,8 +267,6 @@ def policy_loss(
     rho = _rho_weights(cfg, zs.shape[0], zs.device)
     loss = (-(cfg.entropy_coef * info["scaled_entropy"] + qs).mean(dim=(1, 2)) * rho).mean()
     metrics = {"pi_entropy": info["entropy"].mean(), "pi_scale": scale.value[0]}
-    if cfg.policy_d_coef > 0:
-        distill = distill_loss(info["mean"][:-1], _teacher(batch, "policy"), cfg)
-        loss = loss + cfg.policy_d_coef * distill
-        metrics["policy_distill_loss"] = distill
+    pred = Predictions(model, zs, None, None, pi_mean=info["mean"])
+    loss = _add_terms(loss, "policy", pred, batch, cfg, metrics)
     return loss, {"pi_loss": loss, **metrics}

@@ -1,16 +1,24 @@
-"""The frozen teacher: one named Ray actor per teacher checkpoint, shared by every training worker
-and every Tune trial, that answers distillation queries in coalesced forward passes."""
+"""The frozen teacher as a service: named Ray actors per (teacher checkpoint, precision), one or
+several replicas, shared by every training worker and every Tune trial, each answering
+distillation queries in coalesced forward passes.
+
+A teacher is named by the sha256 of its checkpoint, computed once by the driver and handed to
+workers and actors (a 317M teacher is 1.3 GB: hashing it in every process cost seconds each).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
 from dataclasses import dataclass
 
 import ray
 import torch
 
-from tdmpc_ray.model.checkpoint import checkpoint_hash, load_world_model
+from tdmpc_ray.model.checkpoint import load_world_model
 from tdmpc_ray.model.world_model import teacher_outputs
+from tdmpc_ray.train.update import PRECISIONS
 
 NAMESPACE = "tdmpc_ray"
 
@@ -30,22 +38,25 @@ class TeacherActor:
 
     Requests that arrive while a forward pass runs, or within `gather_s` of the first waiting one,
     are answered together by one pass (up to `max_batch` rows), so N workers asking at once cost
-    about one pass, not N.
+    about one pass, not N. With `precision` bf16/fp16 the weights are cast once and the passes
+    run under autocast (LayerNorm and softmax in fp32); answers are always float32.
     """
 
     def __init__(
         self,
         checkpoint: str,
         task_set: str = "mt30",
+        digest: str = "",
+        precision: str = "fp32",
         max_batch: int = 65536,
         gather_s: float = 0.002,
     ):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_world_model(checkpoint, task_set=task_set, device=device).requires_grad_(
-            False
-        )
-        self.device = torch.device(device)
-        self.hash = checkpoint_hash(checkpoint)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = PRECISIONS[precision]
+        model = load_world_model(checkpoint, task_set=task_set, device=self.device)
+        self.model = model.requires_grad_(False).to(self.dtype or torch.float32)
+        self.hash = digest
+        self.precision = precision
         self.max_batch = max_batch
         self.gather_s = gather_s
         self.queue: asyncio.Queue[_Request] = asyncio.Queue()
@@ -60,8 +71,8 @@ class TeacherActor:
         task: torch.Tensor,
         terms: tuple[str, ...] = ("reward",),
     ) -> dict[str, torch.Tensor]:
-        """`teacher_outputs` (by term, [N, width] on the CPU) for rows obs [N, D], action [N, A],
-        task [N]."""
+        """`teacher_outputs` (by term, [N, width] float32 on the CPU) for rows obs [N, D],
+        action [N, A], task [N]."""
         done = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(_Request(obs, action, task, tuple(terms), done))
         if self.worker is None:
@@ -100,42 +111,106 @@ class TeacherActor:
         """One pass over every waiting request's rows, for the union of their terms."""
         cat = lambda name: torch.cat([getattr(r, name) for r in requests]).to(self.device)  # noqa: E731
         terms = tuple(dict.fromkeys(term for r in requests for term in r.terms))
-        out = teacher_outputs(self.model, cat("obs"), cat("action"), cat("task").long(), terms)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype)
+            if self.dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            out = teacher_outputs(self.model, cat("obs"), cat("action"), cat("task").long(), terms)
         self.passes += 1
         self.rows += sum(len(r.task) for r in requests)
         return {term: value.cpu() for term, value in out.items()}
 
     def info(self) -> dict:
-        """Checkpoint hash, latent size, device and how many passes/rows were served (coalescing
-        shows here)."""
+        """Checkpoint hash, latent size, device, precision, how many passes/rows were served
+        (coalescing shows here) and memory: peak resident set of the process, peak device
+        memory on a GPU."""
         return {
             "hash": self.hash,
             "latent_dim": self.model.cfg.latent_dim,
             "device": str(self.device),
+            "precision": self.precision,
             "passes": self.passes,
             "rows": self.rows,
+            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "max_device_bytes": torch.cuda.max_memory_allocated()
+            if self.device.type == "cuda"
+            else 0,
         }
 
 
-def teacher_name(checkpoint: str) -> str:
-    """Actor name for a teacher checkpoint: the same file gives the same actor everywhere."""
-    return f"teacher-{checkpoint_hash(checkpoint)[:16]}"
+def teacher_name(digest: str, precision: str = "fp32", replica: int = 0) -> str:
+    """Actor name of one replica of a teacher: the same file (by hash) and precision give the
+    same actors everywhere."""
+    return f"teacher-{digest[:16]}-{precision}-{replica}"
 
 
-def get_teacher(checkpoint: str, task_set: str = "mt30", num_gpus: float | None = None):
-    """The shared teacher actor for `checkpoint`, created on first use (`get_if_exists`).
+def get_teacher(
+    checkpoint: str,
+    task_set: str = "mt30",
+    num_gpus: float | None = None,
+    digest: str | None = None,
+    precision: str = "fp32",
+    replica: int = 0,
+):
+    """The actor of replica `replica` of the teacher `checkpoint`, created on first use
+    (`get_if_exists`). `digest` is the file's sha256 (hashed here when not handed down).
 
-    It asks for a GPU when the cluster has one (`num_gpus` overrides). Like every non-detached
-    actor it lives while a handle from its creator does: the training driver (or the sweep)
-    creates it first and holds it; workers and trials then find it by name.
+    It asks for a GPU when the cluster has one (`num_gpus` overrides; a fraction shares a GPU
+    with training workers). Like every non-detached actor it lives while a handle from its
+    creator does: the training driver (or the sweep) creates it first and holds it; workers and
+    trials then find it by name. Ray restarts it if its process dies (queries are idempotent).
     """
+    if digest is None:
+        from tdmpc_ray.model.checkpoint import checkpoint_hash
+
+        digest = checkpoint_hash(checkpoint)
     if num_gpus is None:
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     return TeacherActor.options(
-        name=teacher_name(checkpoint),
+        name=teacher_name(digest, precision, replica),
         namespace=NAMESPACE,
         get_if_exists=True,
         num_cpus=0,
         num_gpus=num_gpus,
         max_concurrency=64,
-    ).remote(checkpoint, task_set)
+        max_restarts=3,
+        max_task_retries=3,
+    ).remote(checkpoint, task_set, digest, precision)
+
+
+@dataclass
+class TeacherPool:
+    """The replicas of one teacher behind one client: each query goes to the next replica,
+    starting from `offset` (a worker's rank), so workers and trials spread over them."""
+
+    actors: list
+    offset: int = 0
+
+    def outputs(self, obs, action, task, terms: tuple[str, ...]) -> ray.ObjectRef:
+        """Start a query (see `TeacherActor.outputs`); returns the answer's reference."""
+        actor = self.actors[self.offset % len(self.actors)]
+        self.offset += 1
+        return actor.outputs.remote(obs, action, task, terms)
+
+    def info(self) -> list[dict]:
+        """`TeacherActor.info` of every replica."""
+        return ray.get([actor.info.remote() for actor in self.actors])
+
+
+def teacher_pool(
+    checkpoint: str,
+    digest: str,
+    task_set: str = "mt30",
+    num_gpus: float | None = None,
+    replicas: int = 1,
+    precision: str = "fp32",
+    offset: int = 0,
+) -> TeacherPool:
+    """The `replicas` actors of a teacher (created on first use) behind one `TeacherPool`."""
+    actors = [
+        get_teacher(checkpoint, task_set, num_gpus, digest, precision, replica)
+        for replica in range(replicas)
+    ]
+    return TeacherPool(actors, offset)

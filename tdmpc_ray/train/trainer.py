@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import ray
@@ -24,36 +23,36 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from tdmpc_ray.atomic import write_json
+from tdmpc_ray.config import config_dict
 from tdmpc_ray.data.dataset_info import DatasetInfo, dataset_info
 from tdmpc_ray.data.episode_store import EpisodeStore
 from tdmpc_ray.data.layout import teacher_terms
-from tdmpc_ray.model.checkpoint import checkpoint_hash
 from tdmpc_ray.provenance import provenance
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.distill import fit_pca
 from tdmpc_ray.train.loop import STUDENT_FILE, train_loop_per_worker, validate_checkpoint
-from tdmpc_ray.train.teacher import get_teacher
+from tdmpc_ray.train.teacher import TeacherPool, teacher_pool
 
 
 def cached_terms(cfg: TrainConfig, info: DatasetInfo) -> tuple[str, ...]:
     """The recipe's teacher terms the data holds labels for, from this run's teacher."""
-    if not cfg.distilling or info.meta.teacher_checkpoint != checkpoint_hash(cfg.teacher):
+    if not cfg.distilling or info.meta.teacher_checkpoint != cfg.teacher_sha256:
         return ()
     labelled = set.intersection(*(set(teacher_terms(p.schema.names)) for p in info.parts))
     return tuple(t for t in cfg.losses().teacher_terms() if t in labelled)
 
 
-def _latent_bridge_inputs(cfg: TrainConfig, info: DatasetInfo, teacher) -> dict:
+def _latent_bridge_inputs(cfg: TrainConfig, info: DatasetInfo, teacher: TeacherPool) -> dict:
     """The teacher's latent size and, for the `pca` bridge, the projection fitted on teacher
     latents of `pca_samples` windows sampled from the data (seeded: one projection per run)."""
     if not cfg.losses().latent_d_coef:
         return {}
-    out = {"teacher_latent_dim": ray.get(teacher.info.remote())["latent_dim"]}
-    if cfg.latent_bridge == "pca":
+    out = {"teacher_latent_dim": teacher.info()[0]["latent_dim"]}
+    if cfg.loss.latent_bridge == "pca":
         store = EpisodeStore.load([p.path for p in info.parts], max_resident_episodes=min(info.episodes, 512), seed=cfg.seed)  # fmt: skip
         batch = store.sample(cfg.pca_samples, 1, torch.Generator().manual_seed(cfg.seed))
         store.close()
-        latents = ray.get(teacher.outputs.remote(batch.obs[0], batch.action[0], batch.task, ("latent",)))
+        latents = ray.get(teacher.outputs(batch.obs[0], batch.action[0], batch.task, ("latent",)))
         student_dim = cfg.model().latent_dim
         out["pca"] = fit_pca(latents["latent"], student_dim)
     return out
@@ -63,7 +62,7 @@ def build_trainer(
     cfg: TrainConfig, callbacks: list | None = None, validate: bool = True
 ) -> tuple[TorchTrainer, dict, object]:
     """A TorchTrainer for `cfg`, the run record (config, data facts, provenance) and the teacher
-    actor's handle (None without one): keep it while training, the actor lives while it does.
+    service (None without one): keep it while training, its actors live while it does.
 
     Eval-step checkpoints go to Ray Train's asynchronous validation when `validate` (a sweep's
     trial evaluates through its Tune callback instead)."""
@@ -80,7 +79,10 @@ def build_trainer(
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
     asked = set(cfg.losses().teacher_terms()) - set(cached)
-    teacher = get_teacher(cfg.teacher, cfg.task_set, cfg.teacher_gpus) if asked else None
+    teacher = None
+    if asked:
+        teacher = teacher_pool(cfg.teacher, cfg.teacher_sha256, cfg.task_set, cfg.teacher_gpus,
+                               cfg.teacher_replicas, cfg.optim.precision)  # fmt: skip
     dataset = ray.data.read_parquet(
         [str(p.path) for p in info.parts], num_cpus=cfg.read_cpus
     )
@@ -93,7 +95,7 @@ def build_trainer(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "train": asdict(cfg),
+            "train": cfg,
             "cached_terms": cached,
             "validate": validation is not None,
             **_latent_bridge_inputs(cfg, info, teacher),
@@ -101,7 +103,8 @@ def build_trainer(
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker},
+            resources_per_worker={"CPU": cfg.cpus_per_worker}
+            | ({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}),
         ),
         run_config=RunConfig(
             name=cfg.run_name(),
@@ -114,7 +117,7 @@ def build_trainer(
         validation_config=validation,
     )
     record = {
-        "config": asdict(cfg),
+        "config": config_dict(cfg),
         "data": {
             "episodes": info.episodes,
             "task_set": info.meta.task_set,

@@ -3,20 +3,26 @@ data-parallel workers whose gradients are averaged so the batch size is the glob
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
+from tdmpc_ray.data.episode_store import Batch
 from tdmpc_ray.model.world_model import WorldModel
 from tdmpc_ray.train.distill import LatentBridge
-from tdmpc_ray.train.losses import Batch, LossConfig, policy_loss, world_model_loss
+from tdmpc_ray.train.losses import LossConfig, policy_loss, world_model_loss
 from tdmpc_ray.train.scale import RunningScale
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Numeric precision of the update's forward passes -> the autocast dtype (None: plain fp32)."""
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimiser settings (TD-MPC2 defaults)."""
+    """How the update steps: TD-MPC2's optimiser settings, and compilation and precision (speed
+    only; the default, eager fp32, is TD-MPC2's update op for op)."""
 
     lr: float = 3e-4
     enc_lr_scale: float = 0.3
@@ -24,6 +30,30 @@ class OptimConfig:
     grad_clip_norm: float = 20.0
     tau: float = 0.01
     """Polyak rate of the target Qs and of the running Q scale."""
+    compile: bool = False
+    """Compile the whole update with torch.compile (as TD-MPC2's `compile=true`): losses, their
+    backward, the optimiser steps and the target update. Random draws (dropout, policy noise)
+    then come from Inductor's generator, so runs differ from eager ones in their noise."""
+    compile_mode: str | None = None
+    """torch.compile mode; None: `reduce-overhead` (CUDA graphs) on CUDA, the default on CPU."""
+    precision: str = "fp32"
+    """`fp32`, or `bf16` / `fp16`: forward passes under autocast with fp32 master weights and
+    optimiser state (`fp16` with a gradient scaler). For GPUs; CPUs without bf16 units are
+    slower with it."""
+
+    def check(self) -> None:
+        """Fail with one line on settings that cannot run."""
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {tuple(PRECISIONS)}, not {self.precision!r}"
+            )
+
+
+def compile_mode(cfg: OptimConfig, device: torch.device) -> str | None:
+    """The torch.compile mode of the update on `device` (see `OptimConfig.compile_mode`)."""
+    if cfg.compile_mode is not None:
+        return cfg.compile_mode
+    return "reduce-overhead" if device.type == "cuda" else None
 
 
 @dataclass
@@ -31,8 +61,10 @@ class Learner:
     """The trainable state of TD-MPC2 and its update step.
 
     Two Adam optimisers as TD-MPC2: one for the world model (encoder at a reduced rate, and the
-    latent-distillation bridge when it learns) and one for the policy prior. When torch.distributed is initialised, gradients and the Q-scale
-    statistics are averaged across ranks before each step, so every rank stays identical.
+    latent-distillation bridge when it learns) and one for the policy prior; capturable on CUDA
+    (so a compiled update can run as CUDA graphs). When torch.distributed is initialised,
+    gradients and the Q-scale statistics are averaged across ranks before each step, so every
+    rank stays identical.
     """
 
     model: WorldModel
@@ -44,6 +76,7 @@ class Learner:
 
     def __post_init__(self):
         m, o = self.model, self.optim
+        o.check()
         world = [
             {"params": m._encoder.parameters(), "lr": o.lr * o.enc_lr_scale},
             {"params": m._dynamics.parameters()},
@@ -54,37 +87,80 @@ class Learner:
             world.append({"params": m._task_emb.parameters()})
         if self.bridge is not None and any(True for _ in self.bridge.parameters()):
             world.append({"params": self.bridge.parameters()})
-        self.world_optim = torch.optim.Adam(world, lr=o.lr)
-        self.pi_optim = torch.optim.Adam(m._pi.parameters(), lr=o.lr, eps=1e-5)
-        self.scale = _SyncedScale(o.tau, next(m.parameters()).device)
+        self.device = next(m.parameters()).device
+        capturable = self.device.type == "cuda"
+        self.world_optim = torch.optim.Adam(world, lr=o.lr, capturable=capturable)
+        self.pi_optim = torch.optim.Adam(
+            m._pi.parameters(), lr=o.lr, eps=1e-5, capturable=capturable
+        )
+        self.scale = _SyncedScale(o.tau, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if o.precision == "fp16" else None
         self.step = 0
+        mode = compile_mode(o, self.device)
+        self._cuda_graphs = o.compile and mode is not None and "reduce-overhead" in mode
+        self._update = (
+            torch.compile(self._update_step, mode=mode) if o.compile else self._update_step
+        )
 
     def _world_params(self) -> list[torch.nn.Parameter]:
         return [p for group in self.world_optim.param_groups for p in group["params"]]
 
-    def update(self, batch: Batch) -> dict[str, float]:
-        """One update on `batch` (this rank's share of the global batch); returns scalar metrics."""
+    def _autocast(self):
+        dtype = PRECISIONS[self.optim.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One update on `batch` (this rank's share of the global batch). Returns its metrics as
+        0-d tensors on the device without waiting for them: read them with `read_metrics` only
+        when they are logged, so the device never waits for the host in between."""
         self.model.train()
-        total, zs, metrics = world_model_loss(self.model, batch, self.losses, self.bridge)
-        total.backward()
-        metrics["grad_norm"] = _step(
-            self.world_optim, self._world_params(), self.optim.grad_clip_norm
-        )
-        pi_total, pi_metrics = policy_loss(self.model, zs.detach(), batch, self.scale, self.losses)
-        pi_total.backward()
-        pi_metrics["pi_grad_norm"] = _step(
-            self.pi_optim, list(self.model._pi.parameters()), self.optim.grad_clip_norm
-        )
-        self.model.soft_update_target_Q(self.optim.tau)
+        if self._cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        metrics = self._update(batch)
         self.model.eval()
         self.step += 1
-        return {
-            k: float(v.detach()) if torch.is_tensor(v) else float(v)
-            for k, v in {**metrics, **pi_metrics}.items()
-        }
+        values = torch.stack([v.detach().float() for v in metrics.values()])
+        return dict(zip(metrics, values.unbind(), strict=True))
+
+    def _update_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """World model, then policy prior, then target Qs (what `compile` compiles)."""
+        with self._autocast():
+            total, zs, metrics = world_model_loss(self.model, batch, self.losses, self.bridge)
+        metrics["grad_norm"] = self._backward_step(total, self.world_optim, self._world_params())
+        with self._autocast():
+            pi_total, pi_metrics = policy_loss(
+                self.model, zs.detach(), batch, self.scale, self.losses
+            )
+        pi_metrics["pi_grad_norm"] = self._backward_step(
+            pi_total, self.pi_optim, list(self.model._pi.parameters())
+        )
+        if self.scaler is not None:
+            self.scaler.update()
+        self.model.soft_update_target_Q(self.optim.tau)
+        return {**metrics, **pi_metrics}
+
+    def _backward_step(
+        self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list
+    ) -> torch.Tensor:
+        """Backward, average over ranks, clip, step; returns the gradient norm before clipping."""
+        clip = self.optim.grad_clip_norm
+        if self.scaler is None:
+            loss.backward()
+            return _step(optimizer, params, clip)
+        self.scaler.scale(loss).backward()
+        if _distributed():
+            average_gradients(params)
+        self.scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        self.scaler.step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        return norm
 
     def state_dict(self) -> dict:
-        """Everything needed to resume exactly: model, bridge, both optimisers, Q scale, step."""
+        """Everything needed to resume exactly: model, bridge, both optimisers, Q scale, step
+        (and the gradient scaler's state with fp16)."""
         return {
             "model": self.model.state_dict(),
             "bridge": None if self.bridge is None else self.bridge.state_dict(),
@@ -92,6 +168,7 @@ class Learner:
             "pi_optim": self.pi_optim.state_dict(),
             "scale": self.scale.state_dict(),
             "step": self.step,
+            **({} if self.scaler is None else {"grad_scaler": self.scaler.state_dict()}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -101,15 +178,27 @@ class Learner:
         self.world_optim.load_state_dict(state["world_optim"])
         self.pi_optim.load_state_dict(state["pi_optim"])
         self.scale.load_state_dict(state["scale"])
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.step = int(state["step"])
+
+
+def read_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Metrics of `Learner.update` as floats, in one transfer from the device (one wait)."""
+    if not metrics:
+        return {}
+    values = torch.stack([v.float() for v in metrics.values()]).tolist()
+    return dict(zip(metrics, values, strict=True))
 
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+@torch.compiler.disable
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Average gradients over all ranks in one flat all-reduce (missing grads count as zero)."""
+    """Average gradients over all ranks in one flat all-reduce (missing grads count as zero);
+    eager inside a compiled update (a graph break, only when data-parallel)."""
     if not _distributed():
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -126,7 +215,8 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
 def _step(
     optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], clip: float
 ) -> torch.Tensor:
-    average_gradients(params)
+    if _distributed():
+        average_gradients(params)
     norm = torch.nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -138,7 +228,13 @@ class _SyncedScale(RunningScale):
 
     def update(self, x: torch.Tensor) -> None:
         if _distributed():
-            gathered = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-            dist.all_gather(gathered, x.detach().contiguous())
-            x = torch.cat(gathered)
+            x = _all_gather(x)
         super().update(x)
+
+
+@torch.compiler.disable
+def _all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's `x` concatenated (eager inside a compiled update)."""
+    gathered = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, x.detach().contiguous())
+    return torch.cat(gathered)
