@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from tdmpc_ray.data.episode_store import Batch
 from tdmpc_ray.model import WorldModel, model_config
 from tdmpc_ray.train.losses import LossConfig
-from tdmpc_ray.train.update import Learner, OptimConfig, compile_mode, read_metrics
+from tdmpc_ray.train.update import Learner, OptimConfig, compile_options, read_metrics
 from tests.helpers import near_deterministic
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]  # fmt: skip
@@ -78,11 +78,12 @@ def test_a_compiled_update_equals_the_eager_one(device):
     assert compiled.step == eager.step == 3
 
 
-def test_compile_mode_is_cuda_graphs_on_cuda_and_inductors_default_on_cpu():
-    assert compile_mode(OptimConfig(compile=True), torch.device("cuda")) == "reduce-overhead"
-    assert compile_mode(OptimConfig(compile=True), torch.device("cpu")) is None
-    cfg = OptimConfig(compile=True, compile_mode="max-autotune-no-cudagraphs")
-    assert compile_mode(cfg, torch.device("cuda")) == "max-autotune-no-cudagraphs"
+def test_compiled_updates_use_cuda_graphs_on_cuda_and_torchs_random_draws_on_cpu():
+    on = OptimConfig(compile=True)
+    assert compile_options(on, torch.device("cuda")) == {"mode": "reduce-overhead"}
+    assert compile_options(on, torch.device("cpu")) == {"options": {"fallback_random": True}}
+    chosen = OptimConfig(compile=True, compile_mode="max-autotune-no-cudagraphs")
+    assert compile_options(chosen, torch.device("cuda")) == {"mode": "max-autotune-no-cudagraphs"}
 
 
 def test_metrics_stay_tensors_until_read():

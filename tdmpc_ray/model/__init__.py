@@ -9,6 +9,7 @@ from tdmpc_ray.model.checkpoint import (
 from tdmpc_ray.model.config import MODEL_SIZES, ModelConfig, model_config
 from tdmpc_ray.model.math import two_hot, two_hot_inv
 from tdmpc_ray.model.world_model import (
+    TEACHER_OUTPUTS,
     TEACHER_TERMS,
     WorldModel,
     predicted_reward,
@@ -17,6 +18,7 @@ from tdmpc_ray.model.world_model import (
 
 __all__ = [
     "MODEL_SIZES",
+    "TEACHER_OUTPUTS",
     "TEACHER_TERMS",
     "CheckpointError",
     "ModelConfig",

@@ -35,7 +35,8 @@ class OptimConfig:
     backward, the optimiser steps and the target update. Random draws (dropout, policy noise)
     then come from Inductor's generator, so runs differ from eager ones in their noise."""
     compile_mode: str | None = None
-    """torch.compile mode; None: `reduce-overhead` (CUDA graphs) on CUDA, the default on CPU."""
+    """torch.compile mode; None: `reduce-overhead` (CUDA graphs) on CUDA, Inductor's default on
+    CPU (see `compile_options`)."""
     precision: str = "fp32"
     """`fp32`, or `bf16` / `fp16`: forward passes under autocast with fp32 master weights and
     optimiser state (`fp16` with a gradient scaler). For GPUs; CPUs without bf16 units are
@@ -49,11 +50,15 @@ class OptimConfig:
             )
 
 
-def compile_mode(cfg: OptimConfig, device: torch.device) -> str | None:
-    """The torch.compile mode of the update on `device` (see `OptimConfig.compile_mode`)."""
+def compile_options(cfg: OptimConfig, device: torch.device) -> dict:
+    """torch.compile's arguments for the update on `device`: `compile_mode` when given, else
+    `reduce-overhead` (CUDA graphs) on CUDA, and on CPU Inductor's default with its random draws
+    falling back to torch's (faster than Inductor's on CPU, and the same noise as eager)."""
     if cfg.compile_mode is not None:
-        return cfg.compile_mode
-    return "reduce-overhead" if device.type == "cuda" else None
+        return {"mode": cfg.compile_mode}
+    if device.type == "cuda":
+        return {"mode": "reduce-overhead"}
+    return {"options": {"fallback_random": True}}
 
 
 @dataclass
@@ -96,10 +101,12 @@ class Learner:
         self.scale = _SyncedScale(o.tau, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if o.precision == "fp16" else None
         self.step = 0
-        mode = compile_mode(o, self.device)
-        self._cuda_graphs = o.compile and mode is not None and "reduce-overhead" in mode
+        options = compile_options(o, self.device)
+        self._cuda_graphs = o.compile and "reduce-overhead" in options.get("mode", "")
+        if self._cuda_graphs:  # updated in place every step: CUDA graphs must see one address
+            torch._dynamo.mark_static_address(self.scale.value)
         self._update = (
-            torch.compile(self._update_step, mode=mode) if o.compile else self._update_step
+            torch.compile(self._update_step, **options) if o.compile else self._update_step
         )
 
     def _world_params(self) -> list[torch.nn.Parameter]:
