@@ -19,8 +19,10 @@ import ray.cloudpickle
 from tdmpc_ray import cli
 from tdmpc_ray.evaluate.config import EvalConfig
 from tdmpc_ray.evaluate.pool import EvalPool
+from tdmpc_ray.evaluate.report import format_summary, training_metrics
 from tdmpc_ray.evaluate.rollout import EpisodeSpec, run_lockstep
 from tdmpc_ray.evaluate.score import evaluate, normalized_score
+from tdmpc_ray.evaluate.stats import iqm_interval, score_interval, task_interval
 from tdmpc_ray.model import load_world_model
 from tdmpc_ray.planning import Planner, PlannerConfig
 from tdmpc_ray.tasks.dmcontrol import make_env
@@ -119,12 +121,37 @@ def test_evaluate_reports_each_task_and_the_normalized_score(reference: dict) ->
         assert len(set(row["env_seeds"])) == EPISODES
     means = [row["mean"] for row in reference["tasks"].values()]
     assert reference["normalized_score"] == pytest.approx(np.mean(means) / 10)
+    returns = _returns(reference)
+    score = score_interval(returns)
+    assert (reference["normalized_score_low"], reference["normalized_score_high"]) == (
+        score.low,
+        score.high,
+    )
+    assert reference["iqm"] == iqm_interval(returns).value and reference["iqm_low"] is not None
+    for task, row in reference["tasks"].items():
+        assert (row["mean_low"], row["mean_high"]) == (
+            task_interval(returns[task]).low,
+            task_interval(returns[task]).high,
+        )
+    assert reference["episodes_per_task"] == EPISODES
+    assert reference["bootstrap"]["samples"] == 5000 and reference["bootstrap"]["seed"] == 0
     assert reference["env_steps"] == len(TASKS) * EPISODES * STEPS
     assert reference["retries"] == []
     config = reference["config"]
     assert config["eval_mode"] is False and config["planner"]["num_samples"] == 32
     assert config["checkpoint_sha256"] and config["num_actors"] == 2
     assert reference["provenance"]["versions"]["torch"]
+
+
+@needs_checkpoint
+def test_one_episode_per_task_says_no_interval(pool) -> None:
+    result = evaluate(CHECKPOINT, TASKS[:1], 1, cfg=CFG, pool=pool)
+    assert result["normalized_score_low"] is None and result["normalized_score_high"] is None
+    assert result["tasks"][TASKS[0]]["mean_low"] is None and result["episodes_per_task"] == 1
+    summary = format_summary(result, [])
+    assert "no interval (1 tasks x 1 episode" in summary
+    assert training_metrics(result).keys() == {
+        "normalized_score", "iqm", "eval_episodes", f"score/{TASKS[0]}"}  # fmt: skip
 
 
 @needs_checkpoint
@@ -191,12 +218,23 @@ def test_eval_cli_writes_json_csv_and_summary(ray_session, tmp_path, capsys, mon
     assert data["config"]["planner"]["compile"] is False and data["env_steps_per_s"] > 0
     with open(out / "eval.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [row["task"] for row in rows] == [*TASKS[:2], "all"]
-    assert float(rows[-1]["score"]) == pytest.approx(data["normalized_score"], abs=1e-4)
+    assert [row["task"] for row in rows] == [*TASKS[:2], "iqm", "all"]
+    for row, name in ((rows[-1], "normalized_score"), (rows[-2], "iqm")):
+        for column, suffix in (("score", ""), ("score_low", "_low"), ("score_high", "_high")):
+            assert float(row[column]) == pytest.approx(data[name + suffix], abs=1e-4)
+    first = data["tasks"][TASKS[0]]
     assert [float(r) for r in rows[0]["returns"].split()] == pytest.approx(
-        data["tasks"][TASKS[0]]["returns"], abs=1e-4
+        first["returns"], abs=1e-4
     )
-    assert "normalized score" in printed and str(out / "eval.json") in printed
+    assert [int(s) for s in rows[0]["env_seeds"].split()] == first["env_seeds"]
+    assert float(rows[0]["mean_return_low"]) == pytest.approx(first["mean_low"], abs=1e-4)
+    score = f"{data['normalized_score']:.2f} [{data['normalized_score_low']:.2f}, "
+    assert (
+        f"normalized score  {score}" in printed
+        and "(95% interval, 2 tasks x 2 episodes)" in printed
+    )
+    assert "IQM" in printed and "5000 samples, seed 0" in printed
+    assert str(out / "eval.json") in printed
     if HAS_VIDEO:
         assert sorted(p.name for p in video.iterdir()) == [f"{task}.mp4" for task in TASKS[:2]]
         assert (video / f"{TASKS[0]}.mp4").read_bytes()[4:8] == b"ftyp"

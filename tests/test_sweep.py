@@ -55,18 +55,71 @@ def test_quick_sweep_runs_scratch_and_distilled_trials(ray_session, tmp_path):
     overrides = {
         "data": str(data), "teacher": str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt")),
         "steps": "10", "batch_size": "16", "checkpoint_every": "5", "log_every": "5", "eval_freq": "10",
-        "eval_tasks": "cartpole-balance", "eval_max_steps": "5", "storage_path": str(tmp_path / "sweeps"),
+        "eval_tasks": "cartpole-balance", "eval_max_steps": "5", "eval_episodes": "2",
+        "storage_path": str(tmp_path / "sweeps"), "scheduler": "{type: asha, grace_period: 10, max_t: 10}",
     }  # fmt: skip
     summary = run_sweep(load_spec(REPO / "tune" / "quick.yaml", overrides))
-    assert sorted(t["d_coef"] for t in summary["trials"]) == [0.0, 0.45]
-    assert all(t["status"] == "TERMINATED" and t["step"] == 10 for t in summary["trials"])
-    assert all(t["normalized_score"] is not None for t in summary["trials"])
+    trials = {t["d_coef"]: t for t in summary["trials"]}
+    assert sorted(trials) == [0.0, 0.45]
+    assert all(t["status"] == "TERMINATED" and t["step"] == 10 for t in trials.values())
+    for t in trials.values():
+        assert t["eval_step"] == 10 and t["eval_episodes"] == 2
+        assert t["normalized_score_low"] <= t["normalized_score"] <= t["normalized_score_high"]
     assert Path(summary["best"]["student"]).is_file()
-    assert "normalized_score" in format_table(summary)
-    trial_dirs = [p for p in Path(summary["experiment"]).iterdir() if (p / "params.json").is_file()]
+    scratch, distilled = trials[0.0], trials[0.45]
+    assert summary["scratch"] == [scratch["trial"]] and scratch["vs_scratch"] is None
+    versus = distilled["vs_scratch"]
+    assert versus["steps"] == [10] and versus["pairs"] == 1 and "error" not in versus
+    assert versus["difference"]["low"] <= versus["difference"]["high"]
+    table = format_table(summary)
+    assert "score [95% interval]" in table and "(scratch)" in table
+    experiment = Path(summary["experiment"])
+    runs = {t["d_coef"]: json.loads((experiment / t["run_dir"] / "run.json").read_text())
+            for t in trials.values()}  # fmt: skip
+    assert runs[0.0]["config"]["teacher"] is None and runs[0.0]["recipe"] == "scratch"
+    assert runs[0.45]["config"]["teacher"] and runs[0.45]["provenance"]
+    evaluations = [
+        json.loads((experiment / t["eval_files"]["10"]).read_text()) for t in trials.values()
+    ]
+    seeds = [e["tasks"]["cartpole-balance"]["env_seeds"] for e in evaluations]
+    assert seeds[0] == seeds[1] and len(seeds[0]) == 2 and evaluations[0]["step"] == 10
+    trial_dirs = [p for p in experiment.iterdir() if (p / "params.json").is_file()]
     assert len(trial_dirs) == 2
     rows = [json.loads(line) for line in (trial_dirs[0] / "result.json").read_text().splitlines()]
-    assert any("score/cartpole-balance" in row for row in rows)
+    assert all(row["run_dir"] for row in rows)
+    scored = [row for row in rows if "normalized_score" in row]
+    assert [row["eval_step"] for row in scored] == [10] and "score/cartpole-balance" in scored[0]
+    assert len(rows) > len(scored)  # reports without an evaluation carry no score at all
+
+
+def test_asha_stops_the_worst_trial_on_rows_that_mostly_lack_the_score(ray_session, tmp_path):
+    """Trainables that report like the sweep's trials (a score only at evaluated steps, at
+    `eval_step`) under the sweep's ASHA: no error for rows without the metric, and the worst
+    trial is stopped at the first rung."""
+    from ray import tune
+
+    from tdmpc_ray.sweep.runner import asha
+
+    def trainable(config: dict) -> None:
+        for step in range(1, 9):
+            row = {"step": step, "total_loss": 1.0 / step}
+            if step % 2 == 0:
+                row.update(normalized_score=config["quality"] * step, eval_step=step)
+            tune.report(row)
+
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"quality": tune.grid_search([3.0, 2.0, 1.0])},
+        tune_config=tune.TuneConfig(
+            scheduler=asha({"grace_period": 2, "max_t": 8, "reduction_factor": 2}),
+            max_concurrent_trials=1,
+        ),
+        run_config=tune.RunConfig(name="asha", storage_path=str(tmp_path), verbose=0),
+    )
+    grid = tuner.fit()
+    assert not grid.errors
+    last = {r.config["quality"]: r.metrics_dataframe["eval_step"].max() for r in grid}
+    assert last[3.0] == 8 and last[1.0] < 8
 
 
 def test_recipes_grid_with_seeds_and_pool_scores_over_seeds(tmp_path):

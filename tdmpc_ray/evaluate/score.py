@@ -28,6 +28,7 @@ from tdmpc_ray.atomic import atomic_path
 from tdmpc_ray.evaluate.config import EvalConfig
 from tdmpc_ray.evaluate.pool import EvalPool, RolloutSettings, model_payload
 from tdmpc_ray.evaluate.rollout import EpisodeResult, EpisodeSpec
+from tdmpc_ray.evaluate.stats import score_summary, task_interval
 from tdmpc_ray.evaluate.video import require_writer
 from tdmpc_ray.model import ModelConfig, WorldModel, checkpoint_hash, load_world_model
 from tdmpc_ray.model.checkpoint import infer_config
@@ -103,7 +104,8 @@ def evaluate(
     progress: bool = False,
     on_result: Callable[[EpisodeResult], None] | None = None,
 ) -> dict:
-    """Run `episodes` episodes of each task and return per-task returns and `normalized_score`.
+    """Run `episodes` episodes of each task and return per-task returns (with env seeds) and
+    `normalized_score`, with 95% intervals beside them (`_scores`).
 
     `checkpoint` is a checkpoint path (any layout `load_world_model` reads), a `WorldModel`, or
     its state dict (config from `model_config` or inferred from shapes); the weights go to the
@@ -183,7 +185,9 @@ def _actor_env(cfg: EvalConfig) -> dict[str, str]:
 def _scores(
     results: Sequence[EpisodeResult], tasks: Sequence[str], specs: Sequence[EpisodeSpec]
 ) -> dict:
-    """Per-task returns (in episode order), mean, std (population), and the normalized score."""
+    """Per-task returns (in episode order) with their env seeds, mean with its 95% interval, std
+    (population); the normalized score and the IQM with their stratified-bootstrap intervals
+    (`stats.score_summary`: bounds None with 1 episode per task) and the bootstrap's settings."""
     by_task: dict[str, list[EpisodeResult]] = defaultdict(list)
     for result in results:
         by_task[result.spec.task].append(result)
@@ -191,17 +195,21 @@ def _scores(
     for task in tasks:
         episodes = sorted(by_task[task], key=lambda r: r.spec.episode)
         returns = [float(r.ret) for r in episodes]
+        interval = task_interval(returns)
         per_task[task] = {
             "task_id": episodes[0].spec.task_id,
             "returns": returns,
             "mean": float(np.mean(returns)),
+            "mean_low": interval.low,
+            "mean_high": interval.high,
             "std": float(np.std(returns)),
             "lengths": [r.length for r in episodes],
             "env_seeds": [r.spec.env_seed for r in episodes],
         }
-    score = normalized_score({task: row["mean"] for task, row in per_task.items()})
+    summary = score_summary({task: row["returns"] for task, row in per_task.items()})
     return {
-        "normalized_score": score,
+        **summary,
+        "normalized_score": normalized_score({task: row["mean"] for task, row in per_task.items()}),
         "tasks": per_task,
         "episodes_run": len(specs),
         "env_steps": sum(r.length for r in results),

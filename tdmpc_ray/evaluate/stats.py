@@ -180,6 +180,35 @@ def probability_of_improvement(
     return _bootstrap(_paired(a, b), _improvement, seed, reps)
 
 
+def bootstrap_record(seed: int = SEED, reps: int = BOOTSTRAP_SAMPLES) -> dict:
+    """How the intervals beside it were computed, so they can be reproduced."""
+    return {
+        "method": "percentile bootstrap, stratified: episodes resampled within each task",
+        "samples": reps,
+        "seed": seed,
+        "confidence": CONFIDENCE,
+    }
+
+
+def score_summary(returns: Returns, seed: int = SEED, reps: int = BOOTSTRAP_SAMPLES) -> dict:
+    """The normalized score and the IQM with their intervals as flat fields (`normalized_score`,
+    `normalized_score_low`, `normalized_score_high`, `iqm`, `iqm_low`, `iqm_high`; the bounds
+    are None without an interval), the episodes per task, and the bootstrap's settings."""
+    fields = {}
+    for name, interval in (
+        ("normalized_score", score_interval(returns, seed, reps)),
+        ("iqm", iqm_interval(returns, seed, reps)),
+    ):
+        fields.update(
+            {name: interval.value, f"{name}_low": interval.low, f"{name}_high": interval.high}
+        )
+    return {
+        **fields,
+        "episodes_per_task": min(len(r) for r in returns.values()),
+        "bootstrap": bootstrap_record(seed, reps),
+    }
+
+
 def verdict(difference: Interval, a: str = "A", b: str = "B") -> str:
     """Plain words for a difference A - B: which is better, or not distinguishable."""
     if difference.low is None:
@@ -189,10 +218,16 @@ def verdict(difference: Interval, a: str = "A", b: str = "B") -> str:
     return f"{a} scores higher" if difference.value > 0 else f"{b} scores higher"
 
 
-def compare(a: Returns, b: Returns, seed: int = SEED, reps: int = BOOTSTRAP_SAMPLES) -> dict:
+def compare(
+    a: Returns,
+    b: Returns,
+    seed: int = SEED,
+    reps: int = BOOTSTRAP_SAMPLES,
+    names: tuple[str, str] = ("A", "B"),
+) -> dict:
     """Everything a paired comparison reports: both scores, their difference and P(A > B) with
-    intervals, the verdict, and a per-task table (mean returns and their difference with its
-    interval)."""
+    intervals, the verdict (naming A and B by `names`), and a per-task table (mean returns and
+    their difference with its interval)."""
     difference = paired_difference(a, b, seed, reps)
     tasks = {}
     for task, pair in zip(a, _paired(a, b), strict=True):
@@ -209,8 +244,8 @@ def compare(a: Returns, b: Returns, seed: int = SEED, reps: int = BOOTSTRAP_SAMP
         "b": score_interval(b, seed, reps).to_dict(),
         "difference": difference.to_dict(),
         "probability_of_improvement": probability_of_improvement(a, b, seed, reps).to_dict(),
-        "verdict": verdict(difference),
+        "verdict": verdict(difference, *names),
         "episodes_per_task": min(len(r) for r in a.values()),
         "tasks": tasks,
-        "bootstrap": {"samples": reps, "seed": seed, "confidence": CONFIDENCE},
+        "bootstrap": bootstrap_record(seed, reps),
     }

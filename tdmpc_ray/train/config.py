@@ -122,9 +122,11 @@ class TrainConfig:
         )
 
     def eval_kwargs(self) -> dict:
-        """Arguments of `validate_checkpoint` for this run's periodic evaluation."""
+        """Arguments of `validate_checkpoint` for this run's periodic evaluation (results kept in
+        the run's folder, `<out>/<run name>/evals/`)."""
         return {"tasks": self.eval_tasks, "episodes": self.eval_episodes, "actors": self.eval_actors,
-                "mpc": self.eval_mpc, "max_steps": self.eval_max_steps, "seed": self.seed, "cpus": self.eval_cpus}  # fmt: skip
+                "mpc": self.eval_mpc, "max_steps": self.eval_max_steps, "seed": self.seed, "cpus": self.eval_cpus,
+                "evals_dir": f"{absolute(self.out).rstrip('/')}/{self.run_name()}/evals"}  # fmt: skip
 
     def recipe(self) -> str:
         """Short name of the distillation recipe: `scratch`, or the terms with their coefficients."""
