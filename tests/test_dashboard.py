@@ -8,12 +8,14 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import ray.cloudpickle
 
 from tdmpc_ray.cli import main
 from tdmpc_ray.dashboard import ResultsReader, export_html, make_server
@@ -34,18 +36,23 @@ EPISODES = 3
 SCREENSHOT = os.environ.get("DASHBOARD_SCREENSHOT")
 """Also save the page's screenshot here (docs/results/dashboard.png is made this way)."""
 
+# Tune workers cannot import this test module: ship the trainable's helpers by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
 
 def evaluation(seed: int, quality: float, step: int) -> dict:
     """A synthetic evaluation in the real result format (`score._scores`: returns, env seeds,
     intervals): EPISODES episodes of every MT30 task whose returns grow with `quality` and
-    the step, with episode noise fixed by the env seed (so trials of one seed pair)."""
+    the step, with noise mostly fixed by the env seed (so trials of one seed pair) and partly
+    the agent's own."""
     from tdmpc_ray.evaluate.rollout import EpisodeResult, EpisodeSpec
     from tdmpc_ray.evaluate.score import _scores
 
     specs = [EpisodeSpec(seed, task, k, e) for k, task in enumerate(MT30) for e in range(EPISODES)]
     results = [
         EpisodeResult(s, ret=min(1000.0, (100 + 30 * (s.task_id % 7)) * quality * step / 4000
-                                 + s.env_seed % 101), length=500)
+                                 + s.env_seed % 101 + (s.env_seed + round(quality * 97)) % 23),
+                      length=500)
         for s in specs
     ]  # fmt: skip
     return _scores(results, MT30, specs)
@@ -434,7 +441,8 @@ def test_exported_recipe_sweep_has_a_score_panel_per_swept_key(
     panels = page.locator("#key-panels figure")
     assert [panels.nth(i).get_attribute("data-key") for i in range(panels.count())] == [
         "batch_size", "recipe", "seed"]  # fmt: skip
-    assert page.locator("#plot-key-recipe text.category").all_inner_texts() == ["reward", "scratch"]
+    categories = page.locator("#plot-key-recipe text.category").all_text_contents()
+    assert categories == ["reward", "scratch"]
     assert page.locator("#plot-key-recipe g.errorbar").count() == 4
     assert page.locator("#plot-scratch g.errorbar").count() == 1
     assert errors == []

@@ -3,6 +3,7 @@ teacher actor, and Ray Train runs that evaluate asynchronously and survive a kil
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -164,6 +165,8 @@ def test_distillation_run_with_teacher_actor_and_async_evaluation(tiny_data, tmp
     assert any(score is not None for score, _ in summary.get("scores", []))
     run = tmp_path / "runs" / "distill"
     assert (run / "run.json").is_file() and (run / "summary.json").is_file()
+    evaluation = json.loads((run / "evals" / "step_000000012.json").read_text())
+    assert evaluation["step"] == 12 and evaluation["tasks"]["cartpole-balance"]["env_seeds"]
 
 
 def test_richer_terms_read_cached_labels_and_ask_the_actor_for_latents(tiny_data, tmp_path):

@@ -25,11 +25,12 @@ Payload: `{"root", "name", "message", "read_at", "trials", "swept", "varying", "
 between trials (each gets a score panel), `varying` / `shared` split the trials' effective
 configs into keys that differ and keys equal in every trial, `best` is the id of the trial with
 the highest latest score and `scratch` the ids of trials without distillation. Each trial is
-`{"id", "dir", "status", "config", "scratch", "step", "latest_score", "latest_low",
+`{"id", "dir", "status", "params", "config", "scratch", "step", "latest_score", "latest_low",
 "latest_high", "eval_episodes", "best_score", "best_step", "updates_per_s", "time_total_s",
 "curve": [[step, score, low, high], ...], "tasks": {task: score}, "task_intervals": {task: [low,
-high]}, "eval_step", "vs_scratch", "error", "eval_error"}`; `latest_*`, `tasks` and
-`vs_scratch` come from the last evaluation, at `eval_step`. Non-finite numbers become null.
+high]}, "eval_step", "vs_scratch", "error", "eval_error"}`: `params` is its Tune config and
+`config` the same keys as the trial ran them; `latest_*`, `tasks` and `vs_scratch` come from the
+last evaluation, at `eval_step`. Non-finite numbers become null.
 """
 
 from __future__ import annotations

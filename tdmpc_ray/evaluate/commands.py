@@ -107,7 +107,9 @@ def _compare(args: argparse.Namespace) -> int:
         results[side] = result
         paths += write_results(result, out / side)
     report = compare_results([(results["a"], results["b"])], names)
-    report.update(inputs=inputs, sources=sources(results["a"], results["b"]), **provenance())
+    report.update(
+        inputs=inputs, sources=sources(results["a"], results["b"]), provenance=provenance()
+    )
     paths.append(write_json(out / "compare.json", report))
     print(format_comparison(report))
     print("\n".join(f"wrote             {path}" for path in paths))

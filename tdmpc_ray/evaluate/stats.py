@@ -2,9 +2,10 @@
 Edge of the Statistical Precipice"; the `rliable` library).
 
 Every statistic comes with a 95% percentile-bootstrap interval. Bootstraps are stratified: episodes
-are resampled within each task, never across tasks, so every replicate scores every task. Paired
-statistics (two agents run on the same environment seeds) resample the same episode indices for
-both agents, which cancels the environment's share of the noise. Everything is seeded, so a
+are resampled within each task, never across tasks, so every replicate scores every task. The
+paired difference (two agents run on the same environment seeds) resamples the same episode
+indices for both agents, which cancels the environment's share of the noise; P(A > B) compares
+all episodes of A with all of B, as rliable does, and resamples each agent's independently. Everything is seeded, so a
 number can be reproduced exactly. An interval needs at least 2 episodes in every task; with
 fewer it is None (one episode says nothing of its own spread).
 
@@ -155,12 +156,13 @@ def _difference(pairs: list[np.ndarray]) -> np.ndarray:
     return np.mean([p[0].mean(-1) - p[1].mean(-1) for p in pairs], axis=0) * RETURN_TO_SCORE
 
 
-def _improvement(pairs: list[np.ndarray]) -> np.ndarray:
+def _improvement(samples: list[np.ndarray]) -> np.ndarray:
     """rliable's P(A > B): per task, the Mann-Whitney probability that an episode of A beats one
-    of B (ties count half), averaged over tasks."""
+    of B (ties count half), averaged over tasks. `samples` holds A's tasks, then B's."""
+    half = len(samples) // 2
     per_task = []
-    for p in pairs:
-        a, b = p[0][..., :, None], p[1][..., None, :]
+    for left, right in zip(samples[:half], samples[half:], strict=True):
+        a, b = left[..., :, None], right[..., None, :]
         per_task.append(((a > b) + 0.5 * (a == b)).mean(axis=(-2, -1)))
     return np.mean(per_task, axis=0)
 
@@ -176,8 +178,12 @@ def paired_difference(
 def probability_of_improvement(
     a: Returns, b: Returns, seed: int = SEED, reps: int = BOOTSTRAP_SAMPLES
 ) -> Interval:
-    """P(A > B) (0.5: no difference) with a paired stratified bootstrap interval."""
-    return _bootstrap(_paired(a, b), _improvement, seed, reps)
+    """P(A > B) (0.5: no difference) with a stratified bootstrap interval. As in rliable, A's and
+    B's episodes are resampled independently within each task: the statistic compares every
+    episode of A with every episode of B, so shared indices would weight the same-seed pairs
+    above their share in the estimate (the interval could then miss the estimate)."""
+    pairs = _paired(a, b)
+    return _bootstrap([p[0] for p in pairs] + [p[1] for p in pairs], _improvement, seed, reps)
 
 
 def bootstrap_record(seed: int = SEED, reps: int = BOOTSTRAP_SAMPLES) -> dict:

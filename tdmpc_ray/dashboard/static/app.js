@@ -215,8 +215,12 @@
       figure.append(caption, svg);
       box.appendChild(figure);
       const scored = data.trials.filter((t) => known(t.latest_score) && key in t.params);
-      const numeric = scored.every((t) => typeof t.params[key] === "number");
-      const categories = numeric ? null : [...new Set(scored.map((t) => value(t.params[key])))].sort();
+      const distinct = [...new Map(scored.map((t) => [value(t.params[key]), t.params[key]])).values()];
+      // A number axis where spacing means something: numbers, not seeds, three values or more.
+      const numeric = key !== "seed" && distinct.length >= 3 && distinct.every((v) => typeof v === "number");
+      const categories = numeric ? null : distinct
+        .sort((a, b) => (typeof a === "number" && typeof b === "number" ? a - b : value(a).localeCompare(value(b))))
+        .map(value);
       const xOf = (t) => (numeric ? t.params[key] : categories.indexOf(value(t.params[key])));
       const dx = spread(scored, xOf);
       const series = [];
@@ -307,7 +311,6 @@
       ["Score [95% interval]", "num", scoreOf], ["Episodes", "num", (t) => fixed(t.eval_episodes, 0)],
       ["vs scratch [95% interval]", "num", (t) => (t.scratch ? "(scratch)" : versus(t.vs_scratch))],
       ["P(> scratch)", "num", (t) => (t.scratch ? "" : improvement(t.vs_scratch))],
-      ["Best score", "num", (t) => fixed(t.best_score, 2)],
       ["Updates/s", "num", (t) => fixed(t.updates_per_s, 1)],
     ];
     if (data.trials.some((t) => t.error || t.eval_error)) {
