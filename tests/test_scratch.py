@@ -3,10 +3,13 @@ over seeds, and the summary tables that show it (plain Python, no Ray run)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tdmpc_ray.sweep.runner import format_groups, format_table, group_over_seeds
-from tdmpc_ray.sweep.scratch import against_scratch, is_scratch, pooled_over_seeds
+from tdmpc_ray.sweep.scratch import DISTILL_KEYS, against_scratch, is_scratch, pooled_over_seeds
+from tdmpc_ray.train.config import TrainConfig
 from tests.test_compare import result
 
 SCRATCH = {"walker-walk": [300.0, 500.0], "cup-catch": [0.0, 950.0]}
@@ -43,6 +46,16 @@ def files(*trials: tuple[dict, dict]) -> dict[str, dict]:
 )
 def test_is_scratch(config: dict, run: dict | None, scratch: bool) -> None:
     assert is_scratch(config, run) is scratch
+
+
+def test_every_distillation_setting_may_differ_from_the_baseline() -> None:
+    words = ("teacher", "distill", "latent_bridge", "pca")
+    fields = {
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if any(w in f.name for w in words) or f.name.split("_")[-2:] == ["d", "coef"]
+    }
+    assert fields == set(DISTILL_KEYS) - {"recipe"}
 
 
 def make_sweep() -> tuple[list[dict], dict[str, dict]]:

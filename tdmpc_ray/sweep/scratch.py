@@ -2,9 +2,8 @@
 on the same evaluation episodes, per trial and pooled over seeds.
 
 A trial's baseline is the scratch trial (no distillation) that agrees with it on every searched
-key except the distillation settings (`DISTILL_KEYS`) and, for the per-trial comparison, has the
-same seed: trials of one seed evaluate on the same env seeds (the evaluation seed is the training
-seed), so their episodes pair. Both are compared at the latest step both evaluated. Pooled over
+key except the distillation settings (`DISTILL_KEYS`), seed included: trials of one seed evaluate
+on the same env seeds (the evaluation seed is the training seed), so their episodes pair. Both are compared at the latest step both evaluated. Pooled over
 seeds, each seed's paired episodes are concatenated per task: seeds become extra episodes of the
 stratified bootstrap (docs/decisions.md). Light to import (no Ray): the sweep summary and the
 dashboard share it.
