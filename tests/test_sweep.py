@@ -77,7 +77,7 @@ def test_quick_sweep_runs_scratch_and_distilled_trials(ray_session, tmp_path):
     runs = {t["d_coef"]: json.loads((experiment / t["run_dir"] / "run.json").read_text())
             for t in trials.values()}  # fmt: skip
     assert runs[0.0]["config"]["teacher"] is None and runs[0.0]["recipe"] == "scratch"
-    assert runs[0.45]["config"]["teacher"] and runs[0.45]["provenance"]
+    assert runs[0.45]["config"]["teacher"] and runs[0.45]["versions"]["ray"]
     evaluations = [
         json.loads((experiment / t["eval_files"]["10"]).read_text()) for t in trials.values()
     ]
