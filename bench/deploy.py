@@ -1,0 +1,393 @@
+"""Deployment trade-off: milliseconds per action on one pinned CPU core and MT30 score of every
+exported controller variant (MPPI fp32 / bf16 / int8 at TD-MPC2's settings, reduced MPPI
+settings, the policy prior), written to bench/results/deploy.json and docs/results/deploy.md.
+
+Phases (each keeps the others' results in the JSON):
+
+    python bench/deploy.py export                                   # controllers -> --work
+    flock /work/heavy.lock nice -n 5 python bench/deploy.py timing  # ms/action, 1 pinned core
+    nice -n 19 python bench/deploy.py scoring --workers 2           # dm_control episodes
+    python bench/deploy.py report                                   # docs/results/deploy.md
+
+Timing: one environment per call, torch and ONNX Runtime on one thread, the process pinned to
+one core; rounds alternate over all variants (so load from other processes hits them alike) and
+each variant's median over all its calls is kept; the library's eager `Planner` at TD-MPC2's
+settings is timed in the same rounds as the baseline. Scoring: each variant's exported program
+rolls out the same episodes (env seeds and planner-noise seeds shared across variants) through
+the evaluation's lockstep runner, acting as TD-MPC2's evaluate.py (eval_mode False); each
+variant is compared with full fp32 MPPI by a paired bootstrap (`stats.compare`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("MUJOCO_GL", "disable")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, SHARED_CHECKPOINTS, machine, write_result  # noqa: E402
+
+from tdmpc_ray.atomic import write_json  # noqa: E402
+from tdmpc_ray.deploy.exporter import ExportConfig, export_controller  # noqa: E402
+from tdmpc_ray.deploy.runtime import ExportedPolicy, read_manifest  # noqa: E402
+from tdmpc_ray.evaluate import stats  # noqa: E402
+from tdmpc_ray.planning import PlannerConfig  # noqa: E402
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "results"
+CHECKPOINT = SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
+TASKS = [
+    "walker-walk",
+    "cheetah-jump",
+    "reacher-easy",
+    "cartpole-swingup",
+    "finger-spin",
+    "cup-spin",
+]
+"""Six varied MT30 tasks: locomotion (6-D actions, one of them custom), reaching, swing-up,
+spinning and a custom cup task; 1-6 action dims; none the published student scores 0 on."""
+BASELINE = "mppi-full-fp32"
+EPISODES = RESULTS / "deploy_episodes"
+"""Every finished episode (return, env seed, seconds) of each variant, written after each one."""
+SETTINGS = {
+    "full": PlannerConfig(),
+    "i3-s256": PlannerConfig(iterations=3, num_samples=256, num_elites=32, num_pi_trajs=12),
+    "i2-s128": PlannerConfig(iterations=2, num_samples=128, num_elites=16, num_pi_trajs=6),
+    "i1-s128": PlannerConfig(iterations=1, num_samples=128, num_elites=16, num_pi_trajs=6),
+}
+"""MPPI settings exported; `full` is TD-MPC2's (6 iterations, 512 samples, 64 elites, 24 policy
+trajectories, horizon 3), the reduced ones keep its ratios of elites and policy trajectories."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One exported program at one MPPI setting."""
+
+    name: str
+    setting: str
+    program: str
+    """File name in the setting's export folder."""
+    scored: bool = True
+    """Rolled out for a score (timed in any case)."""
+
+
+VARIANTS = [
+    Variant("mppi-full-fp32", "full", "mppi-fp32.pt2"),
+    Variant("mppi-full-fp32-onnx", "full", "mppi-fp32.onnx", scored=False),
+    Variant("mppi-full-bf16", "full", "mppi-bf16.pt2", scored=False),
+    Variant("mppi-full-int8", "full", "mppi-int8.onnx"),
+    *(
+        Variant(f"mppi-{s}-{p}", s, f"mppi-{p}.{'onnx' if p == 'int8' else 'pt2'}")
+        for s in SETTINGS
+        if s != "full"
+        for p in ("fp32", "int8")
+    ),  # fmt: skip
+    Variant("prior-fp32", "full", "prior-fp32.pt2"),
+    Variant("prior-fp32-onnx", "full", "prior-fp32.onnx", scored=False),
+    Variant("prior-int8", "full", "prior-int8.onnx"),
+]
+"""Same math, other runtime (fp32 ONNX) is timed only; bf16 is scored only on CPUs with native
+bf16 (elsewhere one call takes seconds)."""
+
+
+def export_all(work: Path) -> None:
+    """Export every setting's controllers for one environment (the full one also with fp32 ONNX,
+    the prior, and bf16 where the CPU has native bf16: elsewhere one bf16 call takes minutes)."""
+    for setting, planner in SETTINGS.items():
+        folder = work / setting
+        if (folder / "manifest.json").is_file():
+            print(f"{folder}: exists, kept")
+            continue
+        full = setting == "full"
+        cfg = ExportConfig(
+            planner=planner,
+            precisions=("fp32", "bf16", "int8") if full and _native_bf16() else ("fp32", "int8"),
+            onnx=full,
+            prior=full,
+        )
+        start = time.perf_counter()
+        manifest = export_controller(CHECKPOINT, folder, cfg)
+        sizes = {n: round(e["bytes"] / 2**20, 3) for n, e in manifest["programs"].items()}
+        print(f"{folder}: {time.perf_counter() - start:.0f} s, MiB {sizes}", flush=True)
+
+
+def _present(work: Path) -> list[Variant]:
+    """The variants whose program was exported (bf16 only where the CPU has native bf16)."""
+    return [v for v in VARIANTS if (work / v.setting / v.program).is_file()]
+
+
+def _native_bf16() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _call(policy: ExportedPolicy) -> Callable[[], object]:
+    obs, task = torch.randn(1, 24), torch.tensor([1])
+    return lambda: policy.act(obs, task, eval_mode=False)
+
+
+def timing(work: Path, rounds: int, calls: int, core: int) -> dict:
+    """ms per action of every variant and of the library Planner, alternating in `rounds`."""
+    from tdmpc_ray.model import load_world_model
+    from tdmpc_ray.planning import Planner
+
+    os.sched_setaffinity(0, {core})
+    torch.set_num_threads(1)
+    fns: dict[str, Callable[[], object]] = {}
+    planner = Planner(load_world_model(CHECKPOINT), PlannerConfig(), num_envs=1, seed=0)
+    obs, task = torch.randn(1, 24), torch.tensor([1])
+    fns["library-planner-full-fp32"] = lambda: planner.act(obs, task)
+    for v in _present(work):
+        fns[v.name] = _call(ExportedPolicy(work / v.setting, v.program, seed=0))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for r in range(rounds):
+        for name, fn in fns.items():
+            n = calls * (20 if name.startswith("prior") else 1)
+            for _ in range(n):
+                start = time.perf_counter()
+                fn()
+                samples[name].append(1000 * (time.perf_counter() - start))
+        print(f"round {r + 1}/{rounds}: " + ", ".join(
+            f"{k} {_median(s):.2f}" for k, s in samples.items()), flush=True)  # fmt: skip
+    rows = {name: {"ms_per_action": _median(s), "calls": len(s), "min_ms": min(s)}
+            for name, s in samples.items()}  # fmt: skip
+    base = rows[BASELINE]["ms_per_action"]
+    for row in rows.values():
+        row["speedup_vs_full_fp32"] = base / row["ms_per_action"]
+        row["hz"] = 1000 / row["ms_per_action"]
+    return {"rows": rows, "rounds": rounds, "core": core, "threads": 1,
+            "native_bf16": _native_bf16(), "cpu_flags": _isa_flags()}  # fmt: skip
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _isa_flags() -> list[str]:
+    text = Path("/proc/cpuinfo").read_text()
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])  # fmt: skip
+    wanted = ("avx2", "fma", "avx512", "amx", "vnni", "bf16")
+    return sorted({f for f in flags if f.startswith(wanted) or any(w in f for w in wanted[4:])})
+
+
+def _episode(work: str, setting: str, program: str, task: str, episode: int, seed: int) -> dict:
+    """One episode of one variant through the evaluation's lockstep runner (runs in a worker)."""
+    from tdmpc_ray.evaluate.rollout import EpisodeSpec, planner_seed, run_lockstep
+    from tdmpc_ray.tasks.task_sets import get_task_set
+
+    torch.set_num_threads(1)
+    spec = EpisodeSpec(seed=seed, task=task, task_id=get_task_set("mt30").index(task),
+                       episode=episode)  # fmt: skip
+    policy = ExportedPolicy(Path(work) / setting, program, seed=planner_seed([spec]))
+    start = time.perf_counter()
+    (result,) = run_lockstep(policy, [spec], eval_mode=False, obs_pad=24)
+    return {"return": float(result.ret), "length": result.length, "error": result.error,
+            "env_seed": spec.env_seed, "seconds": time.perf_counter() - start}  # fmt: skip
+
+
+def scoring(work: Path, episodes: int, workers: int, seed: int, variants: list[str]) -> None:
+    """Roll out `variants` on TASKS x `episodes`, each finished episode saved at once into
+    EPISODES/<variant>.json (resumable; separate runs may score disjoint variants in parallel).
+    Order: episode by episode, cheap variants first, so whatever finishes pairs up."""
+    chosen = [v for v in VARIANTS if v.name in variants]
+    done = {v.name: _episodes(v.name) for v in chosen}
+    jobs = [(v, t, e) for e in range(episodes) for v in sorted(chosen, key=_cost) for t in TASKS
+            if f"{t}/{e}" not in done[v.name]]  # fmt: skip
+    print(f"scoring: {len(jobs)} episodes to run", flush=True)
+    with ProcessPoolExecutor(workers) as pool:
+        futures = {
+            pool.submit(_episode, str(work), v.setting, v.program, t, e, seed): (v, t, e)
+            for v, t, e in jobs
+        }
+        for i, future in enumerate(as_completed(futures), 1):
+            v, t, e = futures[future]
+            done[v.name][f"{t}/{e}"] = r = {**future.result(), "seed": seed}
+            write_json(EPISODES / f"{v.name}.json", done[v.name])
+            print(f"[{i}/{len(jobs)}] {v.name} {t} #{e}: {r['return']:.1f} ({r['seconds']:.0f} s)",
+                  flush=True)  # fmt: skip
+
+
+def _episodes(name: str) -> dict[str, dict]:
+    """Finished episodes of a variant, by `task/episode`."""
+    path = EPISODES / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def summarize_scores() -> dict:
+    """Scores with intervals of every scored variant on the episodes all of them finished (the
+    same env seeds for all), and each one's paired comparison with full fp32 MPPI."""
+    done = {v.name: _episodes(v.name) for v in VARIANTS}
+    done = {name: eps for name, eps in done.items() if eps}
+    per_task = {
+        t: min((sum(1 for e in range(10**4) if f"{t}/{e}" in eps) for eps in done.values()),
+               default=0)
+        for t in TASKS
+    }  # fmt: skip
+    returns = {name: {t: [eps[f"{t}/{e}"]["return"] for e in range(k)] for t, k in per_task.items()}
+               for name, eps in done.items()}  # fmt: skip
+    out = {"tasks": TASKS, "episodes_per_task": per_task, "eval_mode": False,
+           "returns": returns, "variants": {}}  # fmt: skip
+    if min(per_task.values(), default=0) < 1:
+        return out
+    for name, r in returns.items():
+        seconds = [done[name][f"{t}/{e}"]["seconds"] for t, k in per_task.items() for e in range(k)]
+        entry = {"score": stats.score_interval(r).to_dict(), "seconds_per_episode": _mean(seconds)}
+        if name != BASELINE and BASELINE in returns:
+            entry["vs_full_fp32"] = stats.compare(r, returns[BASELINE])
+        out["variants"][name] = entry
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _cost(v: Variant) -> float:
+    return (
+        {"full": 100.0, "i3-s256": 10.0, "i2-s128": 3.0, "i1-s128": 1.5}[v.setting]
+        / (2 if "int8" in v.name else 1)
+        if v.name.startswith("mppi")
+        else 0.1
+    )
+
+
+def pareto(points: dict[str, tuple[float, float]]) -> set[str]:
+    """Names whose (ms per action, score) no other point beats on both (lower ms, higher score)."""
+    return {
+        a for a, (ms, score) in points.items()
+        if not any(m <= ms and s >= score and (m, s) != (ms, score) for m, s in points.values())
+    }  # fmt: skip
+
+
+def write_report(result: dict) -> Path:
+    """docs/results/deploy.md from the JSON: one row per variant, the Pareto front marked."""
+    timing_rows = result.get("timing", {}).get("rows", {})
+    scores = result.get("scoring", {}).get("variants", {})
+    points = {n: (timing_rows[n]["ms_per_action"], scores[n]["score"]["value"])
+              for n in scores if n in timing_rows}  # fmt: skip
+    front = pareto(points)
+    lines = [
+        "| variant | MPPI (iter x samples / elites / pi trajs) | program | MiB | ms/action | Hz "
+        "| score [95% CI] | minus full fp32 [95% CI] | verdict | Pareto |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in VARIANTS:
+        if v.name not in result["programs"]:
+            continue
+        t, sc, prog = timing_rows.get(v.name, {}), scores.get(v.name), result["programs"][v.name]
+        p = SETTINGS[v.setting]
+        mppi = "prior" if v.name.startswith("prior") else (
+            f"{p.iterations} x {p.num_samples} / {p.num_elites} / {p.num_pi_trajs}")  # fmt: skip
+        ms = f"{t['ms_per_action']:.2f}" if t else "-"
+        hz = f"{t['hz']:.0f}" if t else "-"
+        score = _fmt(sc["score"]) if sc else "not scored"
+        diff = _fmt(sc["vs_full_fp32"]["difference"]) if sc and "vs_full_fp32" in sc else "-"
+        verdict = sc["vs_full_fp32"]["verdict"] if sc and "vs_full_fp32" in sc else "-"
+        lines.append(f"| {v.name} | {mppi} | `{prog['file']}` | {prog['bytes'] / 2**20:.2f} | {ms} "
+                     f"| {hz} | {score} | {diff} | {verdict} | {'**yes**' if v.name in front else ''} |")  # fmt: skip
+    path = DOCS / "deploy.md"
+    text = REPORT_HEAD.format(**_report_facts(result)) + "\n".join(lines) + "\n" + REPORT_TAIL
+    from tdmpc_ray.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    print(f"wrote {path}")
+    return path
+
+
+def _fmt(interval: dict) -> str:
+    if interval.get("low") is None:
+        return f"{interval['value']:.2f} [no CI]"
+    return f"{interval['value']:.2f} [{interval['low']:.2f}, {interval['high']:.2f}]"
+
+
+def _report_facts(result: dict) -> dict:
+    timing_ = result.get("timing", {})
+    scoring_ = result.get("scoring", {})
+    m = timing_.get("machine", {})
+    return {
+        "cpu": m.get("cpu", "?"),
+        "flags": ", ".join(timing_.get("cpu_flags", [])) or "?",
+        "bf16": timing_.get("native_bf16", "?"),
+        "load": m.get("load_average_1m", "?"),
+        "episodes": scoring_.get("episodes_per_task", {}),
+        "tasks": ", ".join(TASKS),
+    }
+
+
+REPORT_HEAD = """# Deployment: exported controllers, speed against score
+
+Generated by `bench/deploy.py` from `bench/results/deploy.json` (raw numbers, per-episode returns,
+env seeds, provenance). Student: `mt30_1M_steps_045dist_fp16.pt` (the paper's published 1M).
+
+    python bench/deploy.py export
+    flock /work/heavy.lock nice -n 5 python bench/deploy.py timing
+    nice -n 19 python bench/deploy.py scoring --workers 2
+    python bench/deploy.py report
+
+- **ms/action**: one environment per call, one thread, process pinned to one core, median over
+  alternating rounds of all variants. CPU: {cpu} (ISA flags: {flags}; native bf16: {bf16}); load
+  average while timing: {load} on 2 cores shared with other jobs.
+- **score**: normalized score (mean over tasks of return / 10) on {tasks}; episodes per task:
+  {episodes}; 500 steps, eval_mode False (TD-MPC2's evaluate.py). Every variant ran the same
+  env seeds with the same planner-noise seeds; intervals are stratified bootstraps, differences
+  paired (`tdmpc_ray.evaluate.stats.compare`).
+- **Pareto**: no other scored variant is both faster and higher-scoring.
+
+"""
+REPORT_TAIL = ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("phase", choices=("export", "timing", "scoring", "report"))
+    parser.add_argument("--work", type=Path, default=Path("runs/deploy-bench"))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=10, help="MPPI calls per variant and round")
+    parser.add_argument("--core", type=int, default=0)
+    parser.add_argument("--episodes", type=int, default=4, help="episodes per task")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--variants", default=",".join(v.name for v in VARIANTS if v.scored),
+        help="comma-separated variants to score (default: every scored one)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    if args.phase == "export":
+        export_all(args.work)
+        return
+    if args.phase == "scoring":
+        scoring(args.work, args.episodes, args.workers, args.seed, args.variants.split(","))
+    path = RESULTS / "deploy.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    if args.phase == "timing":
+        result["timing"] = {**timing(args.work, args.rounds, args.calls, args.core),
+                            "machine": machine(), "command": " ".join(sys.argv)}  # fmt: skip
+    result["scoring"] = summarize_scores()
+    result["checkpoint"] = CHECKPOINT.name
+    result["settings"] = {k: v.__dict__ for k, v in SETTINGS.items()}
+    result["programs"] = {
+        v.name: {
+            "setting": v.setting,
+            **read_manifest(args.work / v.setting)["programs"][v.program],
+        }
+        for v in _present(args.work)
+    }
+    write_result("deploy", result)
+    write_report(result)
+
+
+if __name__ == "__main__":
+    main()
