@@ -89,7 +89,7 @@ VARIANTS = [
         for s in SETTINGS
         if s != "full"
         for p in ("fp32", "int8")
-    ),  # fmt: skip
+    ),
     Variant("prior-fp32", "full", "prior-fp32.pt2"),
     Variant("prior-fp32-onnx", "full", "prior-fp32.onnx", scored=False),
     Variant("prior-int8", "full", "prior-int8.onnx"),
@@ -156,16 +156,27 @@ def timing(work: Path, rounds: int, calls: int, core: int) -> dict:
                 start = time.perf_counter()
                 fn()
                 samples[name].append(1000 * (time.perf_counter() - start))
-        print(f"round {r + 1}/{rounds}: " + ", ".join(
-            f"{k} {_median(s):.2f}" for k, s in samples.items()), flush=True)  # fmt: skip
-    rows = {name: {"ms_per_action": _median(s), "calls": len(s), "min_ms": min(s)}
-            for name, s in samples.items()}  # fmt: skip
+        print(
+            f"round {r + 1}/{rounds}: "
+            + ", ".join(f"{k} {_median(s):.2f}" for k, s in samples.items()),
+            flush=True,
+        )
+    rows = {
+        name: {"ms_per_action": _median(s), "calls": len(s), "min_ms": min(s)}
+        for name, s in samples.items()
+    }
     base = rows[BASELINE]["ms_per_action"]
     for row in rows.values():
         row["speedup_vs_full_fp32"] = base / row["ms_per_action"]
         row["hz"] = 1000 / row["ms_per_action"]
-    return {"rows": rows, "rounds": rounds, "core": core, "threads": 1,
-            "native_bf16": _native_bf16(), "cpu_flags": _isa_flags()}  # fmt: skip
+    return {
+        "rows": rows,
+        "rounds": rounds,
+        "core": core,
+        "threads": 1,
+        "native_bf16": _native_bf16(),
+        "cpu_flags": _isa_flags(),
+    }
 
 
 def _median(values: list[float]) -> float:
@@ -174,8 +185,10 @@ def _median(values: list[float]) -> float:
 
 def _isa_flags() -> list[str]:
     text = Path("/proc/cpuinfo").read_text()
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])  # fmt: skip
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
     wanted = ("avx2", "fma", "avx512", "amx", "vnni", "bf16")
     return sorted({f for f in flags if f.startswith(wanted) or any(w in f for w in wanted[4:])})
 
@@ -186,13 +199,19 @@ def _episode(work: str, setting: str, program: str, task: str, episode: int, see
     from tdmpc_ray.tasks.task_sets import get_task_set
 
     torch.set_num_threads(1)
-    spec = EpisodeSpec(seed=seed, task=task, task_id=get_task_set("mt30").index(task),
-                       episode=episode)  # fmt: skip
+    spec = EpisodeSpec(
+        seed=seed, task=task, task_id=get_task_set("mt30").index(task), episode=episode
+    )
     policy = ExportedPolicy(Path(work) / setting, program, seed=planner_seed([spec]))
     start = time.perf_counter()
     (result,) = run_lockstep(policy, [spec], eval_mode=False, obs_pad=24)
-    return {"return": float(result.ret), "length": result.length, "error": result.error,
-            "env_seed": spec.env_seed, "seconds": time.perf_counter() - start}  # fmt: skip
+    return {
+        "return": float(result.ret),
+        "length": result.length,
+        "error": result.error,
+        "env_seed": spec.env_seed,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def scoring(work: Path, episodes: int, workers: int, seed: int, variants: list[str]) -> None:
@@ -201,8 +220,13 @@ def scoring(work: Path, episodes: int, workers: int, seed: int, variants: list[s
     Order: episode by episode, cheap variants first, so whatever finishes pairs up."""
     chosen = [v for v in VARIANTS if v.name in variants]
     done = {v.name: _episodes(v.name) for v in chosen}
-    jobs = [(v, t, e) for e in range(episodes) for v in sorted(chosen, key=_cost) for t in TASKS
-            if f"{t}/{e}" not in done[v.name]]  # fmt: skip
+    jobs = [
+        (v, t, e)
+        for e in range(episodes)
+        for v in sorted(chosen, key=_cost)
+        for t in TASKS
+        if f"{t}/{e}" not in done[v.name]
+    ]
     print(f"scoring: {len(jobs)} episodes to run", flush=True)
     with ProcessPoolExecutor(workers) as pool:
         futures = {
@@ -213,8 +237,10 @@ def scoring(work: Path, episodes: int, workers: int, seed: int, variants: list[s
             v, t, e = futures[future]
             done[v.name][f"{t}/{e}"] = r = {**future.result(), "seed": seed}
             write_json(EPISODES / f"{v.name}.json", done[v.name])
-            print(f"[{i}/{len(jobs)}] {v.name} {t} #{e}: {r['return']:.1f} ({r['seconds']:.0f} s)",
-                  flush=True)  # fmt: skip
+            print(
+                f"[{i}/{len(jobs)}] {v.name} {t} #{e}: {r['return']:.1f} ({r['seconds']:.0f} s)",
+                flush=True,
+            )
 
 
 def _episodes(name: str) -> dict[str, dict]:
@@ -224,21 +250,29 @@ def _episodes(name: str) -> dict[str, dict]:
 
 
 def summarize_scores() -> dict:
-    """Scores with intervals of every scored variant on the episodes all of them finished (the
-    same env seeds for all), and each one's paired comparison with full fp32 MPPI."""
+    """Scores with intervals of the variants that finished at least one episode of every task, on
+    the episodes all of those finished (the same env seeds for all), and each one's paired
+    comparison with full fp32 MPPI when that is among them; the rest are listed as unfinished."""
     done = {v.name: _episodes(v.name) for v in VARIANTS}
-    done = {name: eps for name, eps in done.items() if eps}
-    per_task = {
-        t: min((sum(1 for e in range(10**4) if f"{t}/{e}" in eps) for eps in done.values()),
-               default=0)
-        for t in TASKS
-    }  # fmt: skip
-    returns = {name: {t: [eps[f"{t}/{e}"]["return"] for e in range(k)] for t, k in per_task.items()}
-               for name, eps in done.items()}  # fmt: skip
-    out = {"tasks": TASKS, "episodes_per_task": per_task, "eval_mode": False,
-           "returns": returns, "variants": {}}  # fmt: skip
-    if min(per_task.values(), default=0) < 1:
-        return out
+    counts = {
+        name: {t: sum(1 for k in eps if k.startswith(t + "/")) for t in TASKS}
+        for name, eps in done.items()
+        if eps
+    }
+    complete = [name for name, c in counts.items() if min(c.values()) >= 1]
+    per_task = {t: min((counts[n][t] for n in complete), default=0) for t in TASKS}
+    returns = {
+        name: {t: [done[name][f"{t}/{e}"]["return"] for e in range(k)] for t, k in per_task.items()}
+        for name in complete
+    }
+    out = {
+        "tasks": TASKS,
+        "episodes_per_task": per_task,
+        "eval_mode": False,
+        "returns": returns,
+        "variants": {},
+        "unfinished": {n: counts[n] for n in counts if n not in complete},
+    }
     for name, r in returns.items():
         seconds = [done[name][f"{t}/{e}"]["seconds"] for t, k in per_task.items() for e in range(k)]
         entry = {"score": stats.score_interval(r).to_dict(), "seconds_per_episode": _mean(seconds)}
@@ -264,17 +298,21 @@ def _cost(v: Variant) -> float:
 def pareto(points: dict[str, tuple[float, float]]) -> set[str]:
     """Names whose (ms per action, score) no other point beats on both (lower ms, higher score)."""
     return {
-        a for a, (ms, score) in points.items()
+        a
+        for a, (ms, score) in points.items()
         if not any(m <= ms and s >= score and (m, s) != (ms, score) for m, s in points.values())
-    }  # fmt: skip
+    }
 
 
 def write_report(result: dict) -> Path:
     """docs/results/deploy.md from the JSON: one row per variant, the Pareto front marked."""
     timing_rows = result.get("timing", {}).get("rows", {})
     scores = result.get("scoring", {}).get("variants", {})
-    points = {n: (timing_rows[n]["ms_per_action"], scores[n]["score"]["value"])
-              for n in scores if n in timing_rows}  # fmt: skip
+    points = {
+        n: (timing_rows[n]["ms_per_action"], scores[n]["score"]["value"])
+        for n in scores
+        if n in timing_rows
+    }
     front = pareto(points)
     lines = [
         "| variant | MPPI (iter x samples / elites / pi trajs) | program | MiB | ms/action | Hz "
@@ -286,15 +324,20 @@ def write_report(result: dict) -> Path:
             continue
         t, sc, prog = timing_rows.get(v.name, {}), scores.get(v.name), result["programs"][v.name]
         p = SETTINGS[v.setting]
-        mppi = "prior" if v.name.startswith("prior") else (
-            f"{p.iterations} x {p.num_samples} / {p.num_elites} / {p.num_pi_trajs}")  # fmt: skip
+        mppi = (
+            "prior"
+            if v.name.startswith("prior")
+            else (f"{p.iterations} x {p.num_samples} / {p.num_elites} / {p.num_pi_trajs}")
+        )
         ms = f"{t['ms_per_action']:.2f}" if t else "-"
         hz = f"{t['hz']:.0f}" if t else "-"
         score = _fmt(sc["score"]) if sc else "not scored"
         diff = _fmt(sc["vs_full_fp32"]["difference"]) if sc and "vs_full_fp32" in sc else "-"
         verdict = sc["vs_full_fp32"]["verdict"] if sc and "vs_full_fp32" in sc else "-"
-        lines.append(f"| {v.name} | {mppi} | `{prog['file']}` | {prog['bytes'] / 2**20:.2f} | {ms} "
-                     f"| {hz} | {score} | {diff} | {verdict} | {'**yes**' if v.name in front else ''} |")  # fmt: skip
+        lines.append(
+            f"| {v.name} | {mppi} | `{prog['file']}` | {prog['bytes'] / 2**20:.2f} | {ms} "
+            f"| {hz} | {score} | {diff} | {verdict} | {'**yes**' if v.name in front else ''} |"
+        )
     path = DOCS / "deploy.md"
     text = REPORT_HEAD.format(**_report_facts(result)) + "\n".join(lines) + "\n" + REPORT_TAIL
     from tdmpc_ray.atomic import atomic_path
@@ -361,9 +404,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--variants", default=",".join(v.name for v in VARIANTS if v.scored),
+        "--variants",
+        default=",".join(v.name for v in VARIANTS if v.scored),
         help="comma-separated variants to score (default: every scored one)",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     if args.phase == "export":
         export_all(args.work)
@@ -373,8 +417,11 @@ def main() -> None:
     path = RESULTS / "deploy.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
     if args.phase == "timing":
-        result["timing"] = {**timing(args.work, args.rounds, args.calls, args.core),
-                            "machine": machine(), "command": " ".join(sys.argv)}  # fmt: skip
+        result["timing"] = {
+            **timing(args.work, args.rounds, args.calls, args.core),
+            "machine": machine(),
+            "command": " ".join(sys.argv),
+        }
     result["scoring"] = summarize_scores()
     result["checkpoint"] = CHECKPOINT.name
     result["settings"] = {k: v.__dict__ for k, v in SETTINGS.items()}

@@ -177,14 +177,18 @@ def test_controller_runs_where_tdmpc_ray_cannot_be_imported(student, exported):
     noise = [
         list(planner_noise(generator, TINY, 3, 6, 2, eval_mode=True).values()) for _ in range(2)
     ]
-    torch.save({"obs": obs, "task": TASKS, "plan": torch.zeros(3, 3, 6), "noise": noise},
-               out / "inputs.pt")  # fmt: skip
+    torch.save(
+        {"obs": obs, "task": TASKS, "plan": torch.zeros(3, 3, 6), "noise": noise}, out / "inputs.pt"
+    )
     try:
         site_dirs = [d for d in site.getsitepackages() if Path(d).is_dir()]
         run = subprocess.run(
             [sys.executable, "-I", "-S", "-c", _CHILD, *site_dirs],
-            cwd=out, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            cwd=out,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert run.returncode == 0 and "standalone ok" in run.stdout, run.stderr[-3000:]
         got = torch.load(out / "outputs.pt", weights_only=True)
     finally:

@@ -8,8 +8,16 @@ import time
 
 from tdmpc_ray.planning import PlannerConfig
 
-_PLANNER_FIELDS = ("iterations", "num_samples", "num_elites", "num_pi_trajs", "horizon",
-                   "min_std", "max_std", "temperature")  # fmt: skip
+_PLANNER_FIELDS = (
+    "iterations",
+    "num_samples",
+    "num_elites",
+    "num_pi_trajs",
+    "horizon",
+    "min_std",
+    "max_std",
+    "temperature",
+)
 _PRECISIONS = ("fp32", "bf16", "int8")
 
 
@@ -51,16 +59,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-envs", type=int, default=1, help="environments per call (default 1)")
     p.add_argument("--onnx", action="store_true", help="also write the fp32 programs as .onnx")
     p.add_argument(
-        "--prior", action=argparse.BooleanOptionalAction, default=True,
+        "--prior",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="also export the policy prior (default on)",
-    )  # fmt: skip
+    )
     group = p.add_argument_group("MPPI", "baked into the program; defaults are TD-MPC2's")
     defaults = PlannerConfig()
     for f in dataclasses.fields(PlannerConfig):
         if f.name in _PLANNER_FIELDS:
             kind = float if isinstance(getattr(defaults, f.name), float) else int
             group.add_argument(
-                "--" + f.name.replace("_", "-"), type=kind, default=getattr(defaults, f.name),
+                "--" + f.name.replace("_", "-"),
+                type=kind,
+                default=getattr(defaults, f.name),
                 help="default %(default)s",
-            )  # fmt: skip
+            )
     p.set_defaults(handler=_export)

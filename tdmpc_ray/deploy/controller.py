@@ -141,8 +141,10 @@ def _first(layers, emb, x_dim, dtype, members: bool = False) -> _FirstLayer:
         torch.cat([layer.bias for layer in layers]),
         torch.stack([layer.ln.weight for layer in layers]),
         torch.stack([layer.ln.bias for layer in layers]),
-        emb, x_dim, dtype,
-    )  # fmt: skip
+        emb,
+        x_dim,
+        dtype,
+    )
 
 
 class ExportHeads(nn.Module):

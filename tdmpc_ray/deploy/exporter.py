@@ -179,10 +179,15 @@ def _tasks(model: WorldModel) -> list[dict]:
     rows = []
     for i, name in enumerate(model.cfg.tasks):
         obs_dim, action_dim = task_dims(name)
-        rows.append({
-            "id": i if model.cfg.multitask else 0, "name": name, "obs_dim": obs_dim,
-            "action_dim": action_dim, "action_mask": masks[i if model.cfg.multitask else 0].tolist(),
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": i if model.cfg.multitask else 0,
+                "name": name,
+                "obs_dim": obs_dim,
+                "action_dim": action_dim,
+                "action_mask": masks[i if model.cfg.multitask else 0].tolist(),
+            }
+        )
     return rows
 
 
@@ -236,8 +241,11 @@ def export_controller(
 
 
 def _manifest(model: WorldModel, checkpoint: Path, cfg: ExportConfig, programs: dict) -> dict:
-    planner = {k: v for k, v in dataclasses.asdict(cfg.planner).items()
-               if k not in ("compile", "env_block")}  # fmt: skip
+    planner = {
+        k: v
+        for k, v in dataclasses.asdict(cfg.planner).items()
+        if k not in ("compile", "env_block")
+    }
     m = model.cfg
     return {
         "format": FORMAT,
@@ -251,7 +259,7 @@ def _manifest(model: WorldModel, checkpoint: Path, cfg: ExportConfig, programs: 
             "latent_dim": m.latent_dim,
             "num_q": m.num_q,
             "parameters": model.total_params,
-        },  # fmt: skip
+        },
         "tasks": _tasks(model),
         "num_envs": cfg.num_envs,
         "planner": planner,
