@@ -217,13 +217,13 @@ def _episode(work: str, setting: str, program: str, task: str, episode: int, see
 def scoring(work: Path, episodes: int, workers: int, seed: int, variants: list[str]) -> None:
     """Roll out `variants` on TASKS x `episodes`, each finished episode saved at once into
     EPISODES/<variant>.json (resumable; separate runs may score disjoint variants in parallel).
-    Order: episode by episode, cheap variants first, so whatever finishes pairs up."""
+    Order: cheapest variant first, all its episodes, so whatever finishes has intervals."""
     chosen = [v for v in VARIANTS if v.name in variants]
     done = {v.name: _episodes(v.name) for v in chosen}
     jobs = [
         (v, t, e)
-        for e in range(episodes)
         for v in sorted(chosen, key=_cost)
+        for e in range(episodes)
         for t in TASKS
         if f"{t}/{e}" not in done[v.name]
     ]
@@ -392,7 +392,24 @@ env seeds, provenance). Student: `mt30_1M_steps_045dist_fp16.pt` (the paper's pu
 - **Pareto**: no other scored variant is both faster and higher-scoring.
 
 """
-REPORT_TAIL = ""
+REPORT_TAIL = """## Reading it
+
+- **Variants.** `mppi-<setting>-<precision>`: the exported MPPI step at TD-MPC2's settings
+  (`full`: 6 iterations x 512 samples, 64 elites, 24 policy trajectories, horizon 3) or reduced
+  ones (`iI-sS`: I iterations x S samples, elites and policy trajectories scaled alike); `fp32`
+  is the `torch.export` program (`.pt2`), `int8` ONNX Runtime's dynamic int8 quantization of the
+  same graph (`.onnx`), `fp32-onnx` the unquantized graph in ONNX Runtime (same math as `fp32`,
+  timed to separate runtime from precision). `prior-*`: the policy prior's mean action, no
+  planning. bf16 is exported and timed only on CPUs with native bf16.
+- **Timing under load.** Absolute milliseconds depend on what else runs: the machine is shared
+  by several engineers' test suites, so compare rows of one run (they alternate round by round)
+  rather than with numbers from other files. On a quiet core the library's full MPPI takes
+  ~250 ms per action (`bench/results/planning.json`).
+- **Scores.** Variants missing from the score columns did not finish their episodes in the run
+  that produced this file (`unfinished` in the JSON lists what each has); `bench/deploy.py
+  scoring` resumes where it stopped (finished episodes are kept in
+  `bench/results/deploy_episodes/`).
+"""
 
 
 def goals(result: dict) -> list[str]:

@@ -201,7 +201,7 @@ def test_controller_runs_where_tdmpc_ray_cannot_be_imported(student, exported):
     for action, want in zip(got["actions"], expected, strict=True):
         torch.testing.assert_close(action, want, atol=1e-4, rtol=0)
     prior, _ = _planner_actions(student, PlannerConfig(mpc=False), [obs], eval_mode=True)
-    torch.testing.assert_close(got["prior"], prior[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got["prior"], prior[0], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize(
