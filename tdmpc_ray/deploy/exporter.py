@@ -33,7 +33,10 @@ FORMAT = "tdmpc_ray.controller"
 FORMAT_VERSION = 1
 EXPORT_PRECISIONS = (*PRECISIONS, "int8")
 ONNX_OPSET = 18
-_ONNX_EXTRA = "ONNX output needs the deploy extra: pip install 'tdmpc-ray[deploy]'"
+_ONNX_EXTRA = (
+    "ONNX and int8 output need the deploy extra: pip install 'tdmpc-ray[deploy]' "
+    "(or --precision fp32)"
+)
 
 
 @dataclass(frozen=True)
