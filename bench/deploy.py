@@ -251,35 +251,42 @@ def _episodes(name: str) -> dict[str, dict]:
 
 
 def summarize_scores() -> dict:
-    """Scores with intervals of the variants that finished at least one episode of every task, on
-    the episodes all of those finished (the same env seeds for all), and each one's paired
-    comparison with full fp32 MPPI when that is among them; the rest are listed as unfinished."""
+    """Each variant that finished an episode of every task: its score with an interval on its
+    first k_t episodes of each task t (k_t: as many as it finished in a row), and its paired
+    comparison with full fp32 MPPI on the episodes both finished (same env seeds)."""
     done = {v.name: _episodes(v.name) for v in VARIANTS}
     counts = {
-        name: {t: sum(1 for k in eps if k.startswith(t + "/")) for t in TASKS}
+        name: {t: next(e for e in range(10**4) if f"{t}/{e}" not in eps) for t in TASKS}
         for name, eps in done.items()
         if eps
     }
     complete = [name for name, c in counts.items() if min(c.values()) >= 1]
-    per_task = {t: min((counts[n][t] for n in complete), default=0) for t in TASKS}
-    returns = {
-        name: {t: [done[name][f"{t}/{e}"]["return"] for e in range(k)] for t, k in per_task.items()}
-        for name in complete
-    }
+
+    def returns(name: str, per_task: dict[str, int]) -> dict[str, list[float]]:
+        return {
+            t: [done[name][f"{t}/{e}"]["return"] for e in range(k)] for t, k in per_task.items()
+        }
+
     out = {
         "tasks": TASKS,
-        "episodes_per_task": per_task,
         "eval_mode": False,
-        "returns": returns,
+        "episodes_per_task": {},
+        "returns": {},
         "variants": {},
         "unfinished": {n: counts[n] for n in counts if n not in complete},
     }
-    for name, r in returns.items():
-        seconds = [done[name][f"{t}/{e}"]["seconds"] for t, k in per_task.items() for e in range(k)]
+    for name in complete:
+        r = returns(name, counts[name])
+        seconds = [
+            done[name][f"{t}/{e}"]["seconds"] for t, k in counts[name].items() for e in range(k)
+        ]
         entry = {"score": stats.score_interval(r).to_dict(), "seconds_per_episode": _mean(seconds)}
-        if name != BASELINE and BASELINE in returns:
-            entry["vs_full_fp32"] = stats.compare(r, returns[BASELINE])
+        if name != BASELINE and BASELINE in complete:
+            common = {t: min(counts[name][t], counts[BASELINE][t]) for t in TASKS}
+            entry["vs_full_fp32"] = stats.compare(returns(name, common), returns(BASELINE, common))
         out["variants"][name] = entry
+        out["episodes_per_task"][name] = counts[name]
+        out["returns"][name] = r
     return out
 
 
@@ -386,7 +393,10 @@ def _report_facts(result: dict) -> dict:
         "flags": ", ".join(timing_.get("cpu_flags", [])) or "?",
         "bf16": timing_.get("native_bf16", "?"),
         "load": _number(m.get("load_average_1m")),
-        "episodes": ", ".join(f"{t} {k}" for t, k in scoring_.get("episodes_per_task", {}).items()),
+        "episodes": "; ".join(
+            f"{n}: {', '.join(str(k) for k in c.values())}"
+            for n, c in scoring_.get("episodes_per_task", {}).items()
+        ),
         "tasks": ", ".join(TASKS),
         "library": _number(timing_.get("rows", {}).get(BASELINE_LIBRARY, {}).get("ms_per_action")),
         "scale": _number(_quiet_scale(result), 3),
@@ -430,6 +440,9 @@ REPORT_TAIL = """## Reading it
   by several engineers' test suites, so compare rows of one run (they alternate round by round)
   rather than with numbers from other files. On a quiet core the library's full MPPI takes
   ~250 ms per action (`bench/results/planning.json`).
+- **Size.** The programs in this run's table were exported before `export` stripped the ONNX
+  exporter's debug metadata from its files; `tdmpc-ray export --precision int8` at the full
+  settings now writes `mppi-int8.onnx` of 1.76 MiB (the table's 2.70 MiB less the metadata).
 - **Scores.** Variants missing from the score columns did not finish their episodes in the run
   that produced this file (`unfinished` in the JSON lists what each has); `bench/deploy.py
   scoring` resumes where it stopped (finished episodes are kept in
