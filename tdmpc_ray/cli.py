@@ -16,6 +16,7 @@ _VERB_MODULES = (
     "tdmpc_ray.data.commands",
     "tdmpc_ray.train.commands",
     "tdmpc_ray.quantize.commands",
+    "tdmpc_ray.deploy.commands",
     "tdmpc_ray.sweep.commands",
     "tdmpc_ray.dashboard.commands",
 )

@@ -9,7 +9,16 @@ from tdmpc_ray.cli import build_parser, main
 
 def test_every_verb_is_registered():
     verbs = build_parser()._subparsers._group_actions[0].choices
-    assert set(verbs) == {"quickstart", "eval", "data", "train", "quantize", "sweep", "dashboard"}
+    assert set(verbs) == {
+        "quickstart",
+        "eval",
+        "data",
+        "train",
+        "quantize",
+        "export",
+        "sweep",
+        "dashboard",
+    }
 
 
 @pytest.mark.parametrize(
