@@ -12,6 +12,7 @@ import sys
 
 _VERB_MODULES = (
     "tdmpc_ray.quickstart",
+    "tdmpc_ray.model.commands",
     "tdmpc_ray.evaluate.commands",
     "tdmpc_ray.data.commands",
     "tdmpc_ray.train.commands",

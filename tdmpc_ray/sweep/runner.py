@@ -22,7 +22,7 @@ from tdmpc_ray.sweep.spec import SweepSpec
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.loop import STUDENT_FILE, validate_checkpoint
 from tdmpc_ray.train.teacher import get_teacher
-from tdmpc_ray.train.trainer import build_trainer
+from tdmpc_ray.train.trainer import build_trainer, check_inputs
 
 log = logging.getLogger(__name__)
 _validate = ray.remote(num_cpus=0, scheduling_strategy="DEFAULT")(validate_checkpoint)
@@ -123,9 +123,11 @@ def _concurrency(spec: SweepSpec) -> int:
 
 
 def _shared_teachers(spec: SweepSpec) -> list:
-    """One teacher actor per distinct teacher of the sweep, held for its whole run."""
-    teachers = {(c.teacher, c.task_set): c.teacher_gpus for c in spec.trial_configs() if c.distilling}
-    return [get_teacher(path, task_set, gpus) for (path, task_set), gpus in sorted(teachers.items())]
+    """One teacher actor per distinct teacher of the sweep, held for its whole run; each teacher
+    is checked (and a published name fetched) by `check_inputs` before any trial starts."""
+    distinct = {(c.teacher, c.task_set): c for c in spec.trial_configs() if c.distilling}
+    checked = [check_inputs(c) for _, c in sorted(distinct.items())]
+    return [get_teacher(c.teacher, c.task_set, c.teacher_gpus) for c in checked]
 
 
 def run_sweep(spec: SweepSpec, resume: bool = False) -> dict:

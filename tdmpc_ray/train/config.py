@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from tdmpc_ray.model.config import ModelConfig, model_config
+from tdmpc_ray.model.published import published, resolve_checkpoint
 from tdmpc_ray.model.world_model import WorldModel
 from tdmpc_ray.train.distill import BRIDGES
 from tdmpc_ray.train.losses import LossConfig
@@ -148,9 +149,11 @@ class TrainConfig:
         return self.name or f"{self.task_set}-{size}-{recipe}-b{self.batch_size}-s{self.seed}"
 
     def resolved(self) -> TrainConfig:
-        """A copy with local `data` and `teacher` paths made absolute, so Ray workers, actors and
-        Tune trials (which run in other directories) find them."""
-        return dataclasses.replace(self, data=absolute(self.data), teacher=absolute(self.teacher))
+        """A copy with a published teacher name replaced by its local copy (downloaded on first
+        use) and local `data` and `teacher` paths made absolute, so Ray workers, actors and Tune
+        trials (which run in other directories) find them."""
+        teacher = str(resolve_checkpoint(self.teacher)) if self.teacher else self.teacher
+        return dataclasses.replace(self, data=absolute(self.data), teacher=absolute(teacher))
 
     def check(self) -> None:
         """Fail with one line on values that cannot train."""
@@ -185,7 +188,8 @@ def parameter_count(cfg: ModelConfig) -> int:
 
 
 def absolute(path: str | None) -> str | None:
-    """`path` made absolute unless it is empty, None or a URI (`scheme://...`)."""
-    if not path or "://" in path:
+    """`path` made absolute unless it is empty, None, a URI (`scheme://...`) or the name of a
+    published checkpoint with no such file here (it resolves when a run starts)."""
+    if not path or "://" in path or (published(path) and not Path(path).exists()):
         return path
     return str(Path(path).resolve())

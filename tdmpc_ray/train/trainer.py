@@ -27,7 +27,7 @@ from tdmpc_ray.atomic import write_json
 from tdmpc_ray.data.dataset_info import DatasetInfo, dataset_info
 from tdmpc_ray.data.episode_store import EpisodeStore
 from tdmpc_ray.data.layout import teacher_terms
-from tdmpc_ray.model.checkpoint import checkpoint_hash
+from tdmpc_ray.model.checkpoint import checkpoint_hash, load_world_model
 from tdmpc_ray.provenance import provenance
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.distill import fit_pca
@@ -57,6 +57,17 @@ def _latent_bridge_inputs(cfg: TrainConfig, info: DatasetInfo, teacher) -> dict:
         student_dim = cfg.model().latent_dim
         out["pca"] = fit_pca(latents["latent"], student_dim)
     return out
+
+
+def check_inputs(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` checked and resolved (a published teacher name fetched, paths made absolute), with
+    its teacher checkpoint loaded once to prove it is a world model of the run's task set: bad
+    input fails here with one line, before Ray starts or a run folder exists."""
+    cfg.check()
+    cfg = cfg.resolved()
+    if cfg.teacher is not None:
+        load_world_model(cfg.teacher, cfg.task_set)
+    return cfg
 
 
 def build_trainer(
@@ -146,6 +157,7 @@ class StepProgress(UserCallback):
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train to completion (resuming after failures) and return a summary with output paths."""
+    cfg = check_inputs(cfg)
     callbacks = [StepProgress(cfg.steps, cfg.run_name())] if progress else None
     trainer, record, _teacher = build_trainer(cfg, callbacks)
     run_dir = Path(cfg.out) / cfg.run_name() if "://" not in cfg.out else None
