@@ -104,7 +104,8 @@ def test_a_recipe_sweep_trains_each_recipe_with_its_terms(ray_session, tmp_path)
     generate(GenerateConfig(tasks="cartpole-balance", episodes_per_task=2, max_steps=24), data,
              progress=False)  # fmt: skip
     overrides = {
-        "data": str(data), "steps": "4", "batch_size": "16", "checkpoint_every": "4",
+        "data": str(data), "teacher": str(shared_checkpoint("mt30-1M-fp16")), "steps": "4",
+        "batch_size": "16", "checkpoint_every": "4",
         "log_every": "2", "eval_freq": "0", "storage_path": str(tmp_path / "sweeps"), "pca_samples": "64",
         "max_concurrent_trials": "1",
     }  # fmt: skip

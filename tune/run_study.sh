@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MUJOCO_GL=egl PYTHONUNBUFFERED=1
-TEACHER=../shared/checkpoints/mt30_1M_steps_045dist_fp16.pt
+TEACHER=mt30-1M-fp16   # the published student (tdmpc-ray download; fetched on first use)
 TASKS=walker-stand,walker-walk,cartpole-swingup,cup-catch,finger-spin,reacher-easy
 DATA=runs/study-data
 OUT=docs/results/distill_study

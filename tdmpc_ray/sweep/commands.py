@@ -24,11 +24,20 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `sweep` verb; its help lists every spec key and training setting."""
+    from tdmpc_ray.config import format_fields
+    from tdmpc_ray.sweep.spec import SweepSpec
+    from tdmpc_ray.train.config import TrainConfig
+
     parser = subparsers.add_parser(
         "sweep",
         help="sweep the distillation recipe with Ray Tune (specs in tune/)",
-        description="Run a sweep spec (tune/*.yaml). key=value sets spec keys (name, storage_path, "
-        "num_samples, max_concurrent_trials, trial_cpus) or trial settings (e.g. data=DIR steps=1000).",
+        description="Run a sweep spec (tune/*.yaml). key=value sets a spec key (any below but "
+        "base and space) or a training setting of every trial (e.g. data=DIR steps=1000).",
+        epilog=f"spec keys:\n{format_fields(SweepSpec)}\n\n"
+        f"training settings (under base:, recipes: or space:, or key=value):\n"
+        f"{format_fields(TrainConfig)}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("spec", help="sweep spec YAML, e.g. tune/quick.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")

@@ -50,17 +50,25 @@ class SweepSpec:
     """A parsed, validated sweep spec."""
 
     name: str
+    """Experiment name: results go to `<storage_path>/<name>` (default: the spec file's stem)."""
     description: str = ""
+    """What the sweep reproduces, for people reading the results."""
     base: dict[str, Any] = field(default_factory=dict)
+    """Training settings shared by every trial (TrainConfig keys)."""
     space: dict[str, dict[str, list]] = field(default_factory=dict)
+    """Searched training settings: `key: {grid|choice|uniform|loguniform|randint: [...]}`."""
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Named bundles of settings that change together; each trial runs one (`recipe`)."""
     num_samples: int = 1
+    """Repeats of the grid (random spaces are redrawn each time)."""
     scheduler: dict[str, Any] | None = None
+    """Optional `{type: asha, ...}` early stopping on `normalized_score` at evaluation steps."""
     trial_cpus: float = 0.5
+    """CPUs of each trial's own Tune function (besides its Train workers)."""
     storage_path: str = "sweeps"
+    """Local folder or URI (s3://, gs://) under which the experiment is stored."""
     max_concurrent_trials: int | None = None
-    """None: as many as the cluster's CPUs and GPUs fit."""
+    """Trials running at once; None: as many as the cluster's CPUs and GPUs fit."""
 
     def trial_configs(self) -> list[TrainConfig]:
         """One TrainConfig per grid point (random spaces at their lower bound): validates keys

@@ -23,23 +23,29 @@ class TrainConfig:
     data: str = ""
     """Folder of Parquet episodes (`tdmpc-ray data convert|generate`)."""
     teacher: str | None = None
-    """Teacher checkpoint; unset trains from scratch (the paper's baseline)."""
+    """Teacher checkpoint: a path or a published name (`mt30-1M-fp16`, ...: `tdmpc-ray download`);
+    unset trains from scratch (the paper's baseline)."""
     teacher_gpus: float | None = None
     """GPUs for the shared teacher actor; None: one when the cluster has a GPU at start (set 1
     on an autoscaling cluster whose GPU workers start from zero)."""
     task_set: str = "mt30"
+    """Task set of the data and the student: `mt30`, `mt80`, or one task's name (single-task)."""
     model_size: int = 1
     """Student size preset (M parameters): 1, 5, 19, 48 or 317."""
     enc_dim: int | None = None
-    """Custom student width/size overrides of the preset (None keeps the preset's)."""
+    """Encoder width, overriding the preset's (None keeps it)."""
     mlp_dim: int | None = None
+    """Width of the dynamics, reward, policy and Q MLPs, overriding the preset's (None keeps it)."""
     latent_dim: int | None = None
+    """Latent state size, overriding the preset's (None keeps it)."""
     num_q: int | None = None
+    """Q-functions in the ensemble, overriding the preset's (None keeps it)."""
     steps: int = 200_000
     """Gradient updates (the paper: 200K for its tables, 1M for its best student)."""
     batch_size: int = 256
     """Global batch: split evenly over `num_workers`."""
     horizon: int = 3
+    """Steps of each training window the world model is unrolled over (TD-MPC2: 3)."""
     d_coef: float = 0.45
     """Reward distillation coefficient (the paper's published students: 0.45); ignored without a
     teacher."""
@@ -54,19 +60,31 @@ class TrainConfig:
     policy_d_coef: float = LossConfig.policy_d_coef
     """Policy distillation: student vs teacher mean action of the policy prior (off by default)."""
     distill_all_steps: bool = LossConfig.distill_all_steps
+    """Distil at every horizon step (rho-weighted) instead of only the first."""
     consistency_coef: float = LossConfig.consistency_coef
+    """Weight of the latent consistency loss (TD-MPC2: 20)."""
     reward_coef: float = LossConfig.reward_coef
+    """Weight of the reward prediction loss (TD-MPC2: 0.1)."""
     value_coef: float = LossConfig.value_coef
+    """Weight of the Q (value) loss (TD-MPC2: 0.1)."""
     rho: float = LossConfig.rho
+    """Weight decay of later horizon steps: step t counts rho**t."""
     entropy_coef: float = LossConfig.entropy_coef
+    """Entropy bonus of the policy prior's loss (TD-MPC2: 1e-4)."""
     lr: float = OptimConfig.lr
+    """Adam learning rate (TD-MPC2: 3e-4)."""
     enc_lr_scale: float = OptimConfig.enc_lr_scale
+    """The encoder learns at lr * enc_lr_scale."""
     grad_clip_norm: float = OptimConfig.grad_clip_norm
+    """Gradients are clipped to this global norm (TD-MPC2: 20)."""
     tau: float = OptimConfig.tau
+    """Polyak rate of the target Qs and of the running Q scale."""
     num_workers: int = 1
     """Ray Train workers (data-parallel; gradients averaged)."""
     use_gpu: bool = False
+    """Give each Train worker a GPU."""
     cpus_per_worker: float = 1.0
+    """CPUs reserved for each Train worker."""
     read_cpus: float = 0.25
     """CPUs per Ray Data read task (small, so reads fit beside workers on a busy node)."""
     max_resident_episodes: int | None = None
@@ -74,18 +92,25 @@ class TrainConfig:
     eval_freq: int = 0
     """Evaluate every this many steps with rollout actors, asynchronously (0 = off)."""
     eval_tasks: str = "mt30"
+    """Tasks of the periodic evaluation: `mt30`, or comma-separated task names."""
     eval_episodes: int = 1
+    """Episodes per task of each periodic evaluation."""
     eval_actors: int = 1
+    """Rollout actors of each periodic evaluation."""
     eval_mpc: bool = True
+    """Evaluate with MPPI planning; false acts with the policy prior (much faster)."""
     eval_cpus: float = 1.0
     """CPUs per evaluation rollout actor."""
     eval_max_steps: int | None = None
     """Cut evaluation episodes short (tests); scores are then not comparable to 500 steps."""
     checkpoint_every: int = 10_000
+    """Save a checkpoint every this many steps (and at the last)."""
     log_every: int = 100
+    """Report training metrics every this many steps."""
     max_failures: int = 3
     """Worker/node failures survived by resuming from the last checkpoint."""
     seed: int = 1
+    """Run seed: model init, sampling and evaluation seeds derive from it."""
     out: str = "runs"
     """Storage path (local folder, NFS or object-store URI) for checkpoints and results."""
     name: str | None = None
