@@ -109,6 +109,7 @@ def test_lockstep_rollout_records_trajectories_in_the_episode_layout() -> None:
 
 
 @needs_checkpoint
+@pytest.mark.slow
 def test_evaluate_reports_each_task_and_the_normalized_score(reference: dict) -> None:
     assert list(reference["tasks"]) == TASKS
     for row in reference["tasks"].values():
@@ -127,6 +128,7 @@ def test_evaluate_reports_each_task_and_the_normalized_score(reference: dict) ->
 
 
 @needs_checkpoint
+@pytest.mark.slow
 def test_results_do_not_depend_on_the_number_of_actors(reference: dict) -> None:
     single = evaluate(CHECKPOINT, TASKS, EPISODES, num_actors=1, cfg=CFG)
     assert _returns(single) == _returns(reference)
@@ -134,6 +136,7 @@ def test_results_do_not_depend_on_the_number_of_actors(reference: dict) -> None:
 
 
 @needs_checkpoint
+@pytest.mark.slow
 def test_in_memory_model_scores_like_its_checkpoint(pool, reference: dict) -> None:
     model = load_world_model(CHECKPOINT)
     from_state = evaluate(model.state_dict(), TASKS, EPISODES, cfg=CFG, pool=pool)
@@ -142,6 +145,7 @@ def test_in_memory_model_scores_like_its_checkpoint(pool, reference: dict) -> No
 
 
 @needs_checkpoint
+@pytest.mark.slow
 def test_killed_actors_are_replaced_and_their_episodes_rerun(pool, reference: dict) -> None:
     """Both actors are killed when the first episode is in: one job is then still waiting, so
     at least one job is sent to or running on a dead actor, whichever finished first."""
@@ -160,6 +164,7 @@ def test_killed_actors_are_replaced_and_their_episodes_rerun(pool, reference: di
 
 
 @needs_checkpoint
+@pytest.mark.slow
 def test_a_physics_error_is_retried_with_a_fresh_env_seed(ray_session, reference: dict) -> None:
     broken = EpisodeSpec(CFG.seed, "pendulum-swingup", 7, episode=1)
     with EvalPool(1, CFG.cpus_per_actor, env_factory=DivergeOnce(broken.env_seed)) as faulty:
@@ -175,6 +180,7 @@ def test_a_physics_error_is_retried_with_a_fresh_env_seed(ray_session, reference
 
 
 @needs_checkpoint
+@pytest.mark.slow
 def test_eval_cli_writes_json_csv_and_summary(ray_session, tmp_path, capsys, monkeypatch) -> None:
     """Films each task's first episode too when the `video` extra is installed."""
     monkeypatch.setenv("MUJOCO_GL", "egl")

@@ -8,9 +8,12 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+
 from tdmpc_ray.cli import main
 
 
+@pytest.mark.slow
 def test_tiny_quickstart_runs_every_stage_and_scores_both_students(ray_session, tmp_path):
     out = tmp_path / "qs"
     printed = io.StringIO()

@@ -42,6 +42,7 @@ def test_bad_specs_fail_with_one_line(tmp_path):
         load_spec(tmp_path / "missing.yaml")
 
 
+@pytest.mark.slow
 def test_quick_sweep_runs_scratch_and_distilled_trials(ray_session, tmp_path):
     from tdmpc_ray.data.generate import GenerateConfig, generate
     from tdmpc_ray.sweep.runner import format_table, run_sweep
@@ -96,6 +97,7 @@ def test_recipes_grid_with_seeds_and_pool_scores_over_seeds(tmp_path):
         load_spec(spec_path)
 
 
+@pytest.mark.slow
 def test_a_recipe_sweep_trains_each_recipe_with_its_terms(ray_session, tmp_path):
     from tdmpc_ray.data.generate import GenerateConfig, generate
     from tdmpc_ray.sweep.runner import run_sweep
