@@ -191,9 +191,14 @@ def _fetch(entry: PublishedCheckpoint, url: str, dest: Path, progress: bool) -> 
         part.unlink()
         have = 0
     if have < entry.size:
-        _transfer(url, part, have, entry.size, f"{entry.name}", progress)
+        _transfer(url, part, have, entry.size, entry.name, progress)
     got = part.stat().st_size
-    if got != entry.size:
+    if got > entry.size:
+        part.unlink()
+        raise DownloadError(
+            f"{url}: sent {got} bytes, the published file has {entry.size}: deleted"
+        )
+    if got < entry.size:
         raise DownloadError(
             f"{url}: got {got} of {entry.size} bytes; run again to resume from {part}"
         )
@@ -219,9 +224,11 @@ def _transfer(url: str, part: Path, have: int, size: int, desc: str, progress: b
             start = start if response.status == 206 else 0
             if start not in (0, have):
                 raise DownloadError(f"{url}: server sent bytes from {start}, asked from {have}")
-            bar = tqdm(total=size, initial=start, unit="B", unit_scale=True, desc=desc,
-                       disable=not progress)  # fmt: skip
-            with open(part, "ab" if start else "wb") as f, bar:
+            with (
+                open(part, "ab" if start else "wb") as f,
+                tqdm(total=size, initial=start, unit="B", unit_scale=True, desc=desc,
+                     disable=not progress) as bar,
+            ):  # fmt: skip
                 while block := response.read(1 << 16):
                     f.write(block)
                     bar.update(len(block))
