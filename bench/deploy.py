@@ -34,16 +34,17 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "disable")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SHARED_CHECKPOINTS, machine, write_result  # noqa: E402
+from common import RESULTS, machine, write_result  # noqa: E402
 
 from tdmpc_ray.atomic import atomic_path, write_json  # noqa: E402
 from tdmpc_ray.deploy.exporter import ExportConfig, export_controller  # noqa: E402
 from tdmpc_ray.deploy.runtime import ExportedPolicy, read_manifest  # noqa: E402
 from tdmpc_ray.evaluate import stats  # noqa: E402
+from tdmpc_ray.model.published import resolve_checkpoint  # noqa: E402
 from tdmpc_ray.planning import PlannerConfig  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "results"
-CHECKPOINT = SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
+CHECKPOINT = "mt30-1M-fp16"
 TASKS = [
     "walker-walk",
     "cheetah-jump",
@@ -522,7 +523,7 @@ def main() -> None:
             "command": " ".join(sys.argv),
         }
     result["scoring"] = summarize_scores()
-    result["checkpoint"] = CHECKPOINT.name
+    result["checkpoint"] = resolve_checkpoint(CHECKPOINT).name
     result["settings"] = {k: v.__dict__ for k, v in SETTINGS.items()}
     result["programs"] = {
         v.name: {

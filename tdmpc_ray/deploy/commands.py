@@ -48,7 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "step and the policy prior as programs whose warm start and noise are explicit inputs, "
         "a manifest.json and a README with the control loop.",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file (any layout)")
+    p.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="checkpoint file (any layout) or a published name, e.g. mt30-1M-fp16",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write (new or empty)")
     p.add_argument(
         "--precision",

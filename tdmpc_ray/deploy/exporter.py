@@ -25,6 +25,7 @@ from tdmpc_ray.atomic import write_json
 from tdmpc_ray.deploy.controller import PRECISIONS, MPPIStep, PriorStep
 from tdmpc_ray.deploy.runtime import MANIFEST, load_program
 from tdmpc_ray.model import WorldModel, checkpoint_hash, load_world_model
+from tdmpc_ray.model.published import resolve_checkpoint
 from tdmpc_ray.planning import PlannerConfig
 from tdmpc_ray.provenance import provenance
 from tdmpc_ray.tasks.task_sets import task_dims
@@ -219,7 +220,7 @@ def export_controller(
     """
     cfg = cfg or ExportConfig()
     cfg.check()
-    checkpoint, out = Path(checkpoint), Path(out)
+    checkpoint, out = resolve_checkpoint(checkpoint), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out}: exists and is not an empty folder")
     model = load_world_model(checkpoint, task_set=None)
