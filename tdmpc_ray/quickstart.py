@@ -124,9 +124,11 @@ def check_resources(cfg: QuickstartConfig, out: Path, published: Path | None) ->
     from tdmpc_ray import resources as res
 
     cap = res.capacity()
-    rollouts = res.Demand((res.Part("rollout actors", ACTORS, 1.0),))
+    rollouts = res.Demand((res.Part("rollout actor", 1.0, count=ACTORS),))
     res.check(rollouts, cap, "data generation", {"CPU": "start Ray with 2 CPUs", "GPU": ""})
-    labelling = res.Demand((res.Part("labelling actor", 1, 1.0), res.Part("file listing", 1, 1.0)))
+    labelling = res.Demand(
+        (res.Part("labelling actor", 1.0, count=1), res.Part("file listing", 1.0))
+    )
     res.check(labelling, cap, "labelling", {"CPU": "start Ray with 2 CPUs", "GPU": ""})
     if published is None:
         res.check_training(_teacher_run(cfg, out), cap)

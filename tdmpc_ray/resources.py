@@ -40,18 +40,24 @@ class ResourceError(ValueError):
 
 @dataclass(frozen=True)
 class Part:
-    """One kind of thing a run holds while it runs: `count` of them at `cpus` and `gpus` each."""
+    """One thing a run holds while it runs, or `count` alike ones, at `cpus` and `gpus` each."""
 
     name: str
-    count: int
     cpus: float
     gpus: float = 0.0
+    count: int | None = None
+    """How many (workers, actors); None: one, named as a whole (reads, the teachers)."""
+
+    @property
+    def number(self) -> int:
+        return 1 if self.count is None else self.count
 
     def describe(self, resource: str) -> str:
-        each = self.cpus if resource == "CPU" else self.gpus
-        return (
-            f"{self.count} {self.name} x {each:g}" if self.count != 1 else f"{self.name} {each:g}"
-        )
+        """`2 workers x 1`, `1 worker x 0.5`, `reads 0.25`."""
+        each = f"{self.cpus if resource == 'CPU' else self.gpus:g}"
+        if self.count is None:
+            return f"{self.name} {each}"
+        return f"{self.count} {self.name}{'s' if self.count != 1 else ''} x {each}"
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class Demand:
 
     def total(self, resource: str) -> float:
         each = (lambda p: p.cpus) if resource == "CPU" else (lambda p: p.gpus)
-        return sum(p.count * each(p) for p in self.parts)
+        return sum(p.number * each(p) for p in self.parts)
 
     def describe(self, resource: str) -> str:
         """`2.25 CPUs (2 workers x 1 + reads 0.25)`."""
@@ -71,7 +77,8 @@ class Demand:
             for p in self.parts
             if (p.cpus if resource == "CPU" else p.gpus) > 0
         ]
-        return f"{self.total(resource):g} {resource}s ({' + '.join(used)})"
+        total = self.total(resource)
+        return f"{total:g} {resource}{'s' if total != 1 else ''} ({' + '.join(used)})"
 
 
 def capacity() -> dict[str, float]:
@@ -125,18 +132,18 @@ def training_parts(cfg: TrainConfig) -> list[Part]:
     """What one training run holds besides the teacher: its workers, one Ray Data read task
     (more run when CPUs are spare; one is enough to load) and its evaluation actors."""
     parts = [
-        Part("workers", cfg.num_workers, cfg.cpus_per_worker or 0.0, 1.0 if cfg.use_gpu else 0.0),
-        Part("reads", 1, cfg.read_cpus),
+        Part("worker", cfg.cpus_per_worker or 0.0, 1.0 if cfg.use_gpu else 0.0, cfg.num_workers),
+        Part("reads", cfg.read_cpus),
     ]
     if cfg.eval_freq:
-        parts.append(Part("eval actors", cfg.eval_actors, cfg.eval_cpus))
+        parts.append(Part("eval actor", cfg.eval_cpus, count=cfg.eval_actors))
     return parts
 
 
 def _teachers(configs: Sequence[TrainConfig], cap: dict[str, float]) -> Part:
     """The shared teacher actors of `configs`: one per distinct teacher file (0 CPUs each)."""
     teachers = {(c.teacher, c.task_set): teacher_gpus(c, cap) for c in configs if c.distilling}
-    return Part("teachers", 1, 0.0, sum(teachers.values()))
+    return Part("teachers", 0.0, sum(teachers.values()))
 
 
 def fit_workers(cfg: TrainConfig, cap: dict[str, float], reserved: float = 0.0) -> TrainConfig:
@@ -144,7 +151,7 @@ def fit_workers(cfg: TrainConfig, cap: dict[str, float], reserved: float = 0.0) 
     that fits beside the run's other parts and `reserved` CPUs (e.g. a Tune trial's own)."""
     if cfg.cpus_per_worker is not None:
         return cfg
-    others = sum(p.count * p.cpus for p in training_parts(cfg)[1:]) + reserved
+    others = Demand(tuple(training_parts(cfg)[1:])).total("CPU") + reserved
     share = min(1.0, round_down((cap.get("CPU", 0.0) - others) / cfg.num_workers))
     return dataclasses.replace(cfg, cpus_per_worker=share if share > 0 else 1.0)
 
@@ -190,17 +197,17 @@ def plan_sweep(
     takes them; a fixed one runs them in turn). Raises ResourceError when one trial cannot fit."""
     teachers = _teachers(configs, cap)
     configs = [fit_workers(c, cap, reserved=trial_cpus) for c in configs]
-    trials = [Demand((Part("trial function", 1, trial_cpus), *training_parts(c))) for c in configs]
+    trials = [Demand((Part("trial function", trial_cpus), *training_parts(c))) for c in configs]
     for cfg, trial in zip(configs, trials, strict=True):
         whole = Demand((*trial.parts, teachers))
         check(whole, cap, "one trial", _fixes(cfg, cap, whole))
-    fits = len(configs)
+    fits = []
     for resource in ("CPU", "GPU"):
         need = max(t.total(resource) for t in trials)
         if need > 0:
             free = cap.get(resource, 0.0) - Demand((teachers,)).total(resource)
-            fits = min(fits, math.floor(free / need + 1e-9))
-    fits = max(1, fits)
+            fits.append(math.floor(free / need + 1e-9))
+    fits = max(1, min(fits))
     if max_concurrent and max_concurrent > fits:
         log.warning(
             "max_concurrent_trials=%d: %d trial(s) fit the cluster now; the others wait for it "
@@ -212,7 +219,7 @@ def plan_sweep(
 def check_evaluation(num_actors: int, cpus_per_actor: float, cap: dict[str, float]) -> None:
     """Fail unless every rollout actor can run at once: each is handed its own episodes, so an
     actor that never starts holds them forever."""
-    demand = Demand((Part("actors", num_actors, cpus_per_actor),))
+    demand = Demand((Part("actor", cpus_per_actor, count=num_actors),))
     actors = math.floor(cap.get("CPU", 0.0) / cpus_per_actor + 1e-9)
     share = round_down(cap.get("CPU", 0.0) / num_actors)
     fix = f"use at most {actors} actor(s)" + (f", or {share:g} CPUs per actor" if share else "")

@@ -43,10 +43,10 @@ def test_a_run_that_cannot_fit_fails_with_one_line_saying_what_to_change():
     with pytest.raises(ResourceError, match=r"needs 2 GPUs \(2 workers x 1\), the cluster has 1: "
                        r"set num_workers=1$"):  # fmt: skip
         check_training(TrainConfig(data="d", num_workers=2, use_gpu=True), {"CPU": 8.0, "GPU": 1.0})
-    with pytest.raises(ResourceError, match=r"needs 1 GPUs \(teachers 1\).*: set teacher_gpus=0$"):
+    with pytest.raises(ResourceError, match=r"needs 1 GPU \(teachers 1\).*: set teacher_gpus=0$"):
         check_training(TrainConfig(data="d", teacher="t.pt", teacher_gpus=1.0), TWO_CPUS)
     with pytest.raises(
-        ResourceError, match=r"needs 3.25 CPUs .*eval actors 2.*: set eval_actors=1"
+        ResourceError, match=r"needs 3.25 CPUs .*1 eval actor x 2.*: set eval_actors=1"
     ):
         check_training(TrainConfig(data="d", eval_freq=5, eval_cpus=2.0), TWO_CPUS)
 
@@ -66,7 +66,7 @@ def test_sweep_runs_as_many_trials_as_fit_and_refuses_a_trial_that_never_fits():
     assert concurrency == 1 and {c.cpus_per_worker for c in configs} == {1.0}
     assert plan_sweep(evaluated, 0.25, 3, TWO_CPUS)[1] == 3  # asked for: warned, not refused
     with pytest.raises(ResourceError, match=r"^one trial needs 2.5 CPUs \(trial function 0.25 \+ "
-                       r"workers 2 \+ reads 0.25\), the cluster has 2: set cpus_per_worker=1.5$"):  # fmt: skip
+                       r"1 worker x 2 \+ reads 0.25\), the cluster has 2: set cpus_per_worker=1.5$"):  # fmt: skip
         plan_sweep([TrainConfig(data="d", cpus_per_worker=2.0)], 0.25, None, TWO_CPUS)
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    os.environ.setdefault("MUJOCO_GL", "disable")  # before dm_control loads, here and in workers
     from tdmpc_ray.config import parse_overrides
     from tdmpc_ray.sweep.runner import format_groups, format_table, run_sweep
     from tdmpc_ray.sweep.spec import load_spec
