@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ PUBLISHED_TEACHER = "mt30_1M_steps_045dist_fp16.pt"
 """The paper's published 1M MT30 student (fp16), the teacher wherever it is on this machine."""
 ACTORS = 2
 """Rollout actors of the data generation and evaluation stages (1 CPU each)."""
+RAY_DATA_LOGGING = "ray_data_logging.yaml"
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,26 @@ def find_published(name: str) -> Path | None:
         if (folder / name).is_file():
             return (folder / name).resolve()
     return None
+
+
+def start_ray() -> None:
+    """Join the cluster at RAY_ADDRESS, or start a local Ray (inheriting this process's
+    environment) whose processes reach its state API by its address rather than by looking for
+    "the" local Ray instance: Ray Train's placement-group cleaner asks it, and fails with a
+    traceback when other Ray instances run on the machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level=logging.ERROR)
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(address="local", include_dashboard=True, dashboard_port=port,
+             logging_level=logging.ERROR)  # fmt: skip
 
 
 def _stage(index: int, total: int, text: str, started: float) -> None:
@@ -148,8 +170,6 @@ def _score(result: dict) -> dict:
 
 def run(cfg: QuickstartConfig) -> dict:
     """Run every stage and return the summary (also written to `<out>/summary.json`)."""
-    import ray
-
     from tdmpc_ray.dashboard.server import export_html
     from tdmpc_ray.data.generate import GenerateConfig, generate
     from tdmpc_ray.data.label import label
@@ -165,8 +185,7 @@ def run(cfg: QuickstartConfig) -> dict:
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out}: already holds files; pass another --out or remove it")
     published = find_published(PUBLISHED_TEACHER)
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.ERROR)
+    start_ray()
     check_resources(cfg, out, published)
     started, stages = time.perf_counter(), 7
     data = out / "data"
@@ -274,6 +293,8 @@ def format_summary(summary: dict) -> str:
         ),
         f"distilled - scratch: {Interval(**versus['difference']).format()}: {versus['verdict']}; "
         f"P(distilled > scratch) {improvement}",
+        f"  (one student per recipe, training seed {cfg['seed']}: it compares these two students "
+        "on these episodes, not the recipes)",
         f"size of the distilled student: {summary['student_mib']['fp32']:.2f} MiB fp32 -> "
         f"{summary['student_mib']['int8']:.2f} MiB int8",
         "paths:",
@@ -291,6 +312,9 @@ def _quickstart(args: argparse.Namespace) -> int:
     # Before dm_control and Ray Data are imported, for this process and the local Ray's workers.
     os.environ.setdefault("MUJOCO_GL", "disable")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault(
+        "RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name(RAY_DATA_LOGGING))
+    )
     cfg = dataclasses.replace(TINY if args.tiny else QuickstartConfig(), out=args.out)
     print(format_summary(run(cfg)))
     return 0

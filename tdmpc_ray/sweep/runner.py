@@ -165,12 +165,23 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
 
 
 def error_line(err: BaseException) -> str:
-    """The first line of the error that started `err`'s chain (a trial's error arrives wrapped
-    in Tune's and Ray's own)."""
-    while (inner := getattr(err, "cause", None) or err.__cause__) is not None and inner is not err:
+    """One line for a trial's error: `Exception: message` of the innermost error inside Tune's,
+    Ray's and Ray Train's wrappers (read off its traceback text where only that crossed over)."""
+    while True:
+        failures = getattr(err, "worker_failures", None) or {}
+        inner = (
+            (failures[min(failures)] if failures else None)
+            or getattr(err, "controller_failure", None)
+            or getattr(err, "cause", None)
+            or err.__cause__
+        )
+        if inner is None or inner is err:
+            break
         err = inner
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        return [line for line in lines if not line[0].isspace()][-1]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 CURVE_METRICS = ("total_loss", "consistency_loss", "reward_loss", "value_loss", "pi_loss",

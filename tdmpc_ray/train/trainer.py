@@ -17,7 +17,9 @@ import torch
 from ray.experimental import tqdm_ray
 from ray.train import (
     CheckpointConfig,
+    DataConfig,
     FailureConfig,
+    LoggingConfig,
     RunConfig,
     ScalingConfig,
     UserCallback,
@@ -147,8 +149,12 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=3),
             callbacks=callbacks,
+            # Ray Train's INFO lines (worker group start, each checkpoint) are not progress.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
         datasets={"train": episode_dataset(info, cfg.read_cpus)},
+        # Ray Train's default ingest options warn (a deprecated argument) on every run.
+        dataset_config=DataConfig(execution_options=ray.data.ExecutionOptions()),
         validation_config=validation,
     )
     record = {
