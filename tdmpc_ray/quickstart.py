@@ -281,7 +281,6 @@ def format_summary(summary: dict) -> str:
         "scratch": f"{summary['parameters']['student']:,} parameters, "
         f"{cfg['student_steps']} steps, no teacher",
     }
-    improvement = Interval(**versus["probability_of_improvement"]).format()
     lines = [
         f"quickstart finished in {summary['seconds']:.0f} s",
         f"normalized score [95% bootstrap interval] on {cfg['tasks']}: policy prior, "
@@ -291,8 +290,7 @@ def format_summary(summary: dict) -> str:
             f"  {name:<10} {Interval(**s['normalized_score']).format():<24} {about[name]}"
             for name, s in scores.items()
         ),
-        f"distilled - scratch: {Interval(**versus['difference']).format()}: {versus['verdict']}; "
-        f"P(distilled > scratch) {improvement}",
+        f"distilled - scratch: {Interval(**versus['difference']).format(3)}: {versus['verdict']}",
         f"  (one student per recipe, training seed {cfg['seed']}: it compares these two students "
         "on these episodes, not the recipes)",
         f"size of the distilled student: {summary['student_mib']['fp32']:.2f} MiB fp32 -> "

@@ -31,7 +31,9 @@ def test_tiny_quickstart_is_clean_short_and_compares_the_students_with_an_interv
     assert re.search(rf"^distilled - scratch: {interval}: ", run.stdout, re.MULTILINE), run.stdout
 
 
-def test_quickstart_refuses_a_folder_that_holds_files(tmp_path, capsys):
+def test_quickstart_refuses_a_folder_that_holds_files(tmp_path, capsys, monkeypatch):
+    for name in ("MUJOCO_GL", "RAY_DATA_DISABLE_PROGRESS_BARS", "RAY_DATA_LOGGING_CONFIG"):
+        monkeypatch.delenv(name, raising=False)  # the verb sets them; restored after the test
     (tmp_path / "old.txt").write_text("an earlier run")
     assert main(["quickstart", "--tiny", "--out", str(tmp_path)]) == 2
     assert "already holds files" in capsys.readouterr().err
