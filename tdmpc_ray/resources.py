@@ -191,10 +191,11 @@ def plan_sweep(
     trial_cpus: float,
     max_concurrent: int | None,
     cap: dict[str, float],
-) -> tuple[list[TrainConfig], int]:
-    """Trial configs with worker CPUs fitted, and how many trials run at once: as many as fit
-    beside the shared teachers. A `max_concurrent` beyond that only warns (a growing cluster
-    takes them; a fixed one runs them in turn). Raises ResourceError when one trial cannot fit."""
+) -> int:
+    """How many trials run at once: as many as fit beside the shared teachers, each trial's
+    workers fitted beside its Tune function (`fit_workers`, as `run_trial` does). A
+    `max_concurrent` beyond that only warns (a growing cluster takes them; a fixed one runs them
+    in turn). Raises ResourceError when one trial cannot fit."""
     teachers = _teachers(configs, cap)
     configs = [fit_workers(c, cap, reserved=trial_cpus) for c in configs]
     trials = [Demand((Part("trial function", trial_cpus), *training_parts(c))) for c in configs]
@@ -213,7 +214,7 @@ def plan_sweep(
             "max_concurrent_trials=%d: %d trial(s) fit the cluster now; the others wait for it "
             "to grow", max_concurrent, fits,
         )  # fmt: skip
-    return configs, max_concurrent or fits
+    return max_concurrent or fits
 
 
 def check_evaluation(num_actors: int, cpus_per_actor: float, cap: dict[str, float]) -> None:

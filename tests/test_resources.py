@@ -59,12 +59,11 @@ def test_warn_mode_logs_instead_of_failing(monkeypatch, caplog):
 
 def test_sweep_runs_as_many_trials_as_fit_and_refuses_a_trial_that_never_fits():
     students = [TrainConfig(data="d", teacher=t, cpus_per_worker=0.5) for t in ("a.pt", None)]
-    configs, concurrency = plan_sweep(students, 0.25, None, TWO_CPUS)
-    assert concurrency == 2  # 2 x (0.25 trial + 0.5 worker + 0.25 reads) = 2
+    assert plan_sweep(students, 0.25, None, TWO_CPUS) == 2  # 2 x (0.25 + 0.5 + reads 0.25)
     evaluated = [TrainConfig(data="d", eval_freq=10, eval_cpus=0.25) for _ in range(3)]
-    configs, concurrency = plan_sweep(evaluated, 0.25, None, TWO_CPUS)
-    assert concurrency == 1 and {c.cpus_per_worker for c in configs} == {1.0}
-    assert plan_sweep(evaluated, 0.25, 3, TWO_CPUS)[1] == 3  # asked for: warned, not refused
+    assert plan_sweep(evaluated, 0.25, None, TWO_CPUS) == 1
+    assert fit_workers(evaluated[0], TWO_CPUS, reserved=0.25).cpus_per_worker == 1.0
+    assert plan_sweep(evaluated, 0.25, 3, TWO_CPUS) == 3  # asked for: warned, not refused
     with pytest.raises(ResourceError, match=r"^one trial needs 2.5 CPUs \(trial function 0.25 \+ "
                        r"1 worker x 2 \+ reads 0.25\), the cluster has 2: set cpus_per_worker=1.5$"):  # fmt: skip
         plan_sweep([TrainConfig(data="d", cpus_per_worker=2.0)], 0.25, None, TWO_CPUS)

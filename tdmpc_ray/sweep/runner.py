@@ -122,7 +122,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
     check_inputs(spec)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
-    _, concurrency = plan_sweep(
+    concurrency = plan_sweep(
         spec.trial_configs(), spec.trial_cpus, spec.max_concurrent_trials, capacity()
     )
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # results reach the dashboard sooner
