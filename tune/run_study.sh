@@ -23,8 +23,8 @@ if [ ! -d "$DATA" ]; then
 fi
 tdmpc-ray eval --checkpoint "$TEACHER" --tasks "$TASKS" --episodes 4 --no-mpc --eval-mode \
   --num-actors 2 --seed 1 --out "$OUT/teacher_eval"
-# Two trials at once need 2 x 0.75 logical CPUs plus 1 for Ray Data's file listing: a local
-# Ray with 4 logical CPUs on the 2 cores (every trial is one thread).
+# Two trials at once need 2 x 1.25 logical CPUs (trial function, worker, reads, eval actor): a
+# local Ray with 4 logical CPUs on the 2 cores (every trial is one thread).
 python - "$@" <<'PY'
 import sys
 

@@ -83,8 +83,9 @@ class TrainConfig:
     """Ray Train workers (data-parallel; gradients averaged)."""
     use_gpu: bool = False
     """Give each Train worker a GPU."""
-    cpus_per_worker: float = 1.0
-    """CPUs reserved for each Train worker."""
+    cpus_per_worker: float | None = None
+    """CPUs per Train worker; None: 1, or the share that fits beside the run's reads and
+    evaluation actors on a smaller cluster (`tdmpc_ray.resources`)."""
     read_cpus: float = 0.25
     """CPUs per Ray Data read task (small, so reads fit beside workers on a busy node)."""
     max_resident_episodes: int | None = None
@@ -199,9 +200,13 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         coefs = ("d_coef", "latent_d_coef", "value_d_coef", "policy_d_coef", "eval_freq")
-        for name in coefs:
+        for name in (*coefs, "read_cpus"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        for name in ("cpus_per_worker", "eval_cpus"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
         if self.latent_bridge not in BRIDGES:
             raise ValueError(f"latent_bridge must be one of {BRIDGES}, not {self.latent_bridge!r}")
 
