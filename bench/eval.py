@@ -9,7 +9,7 @@ how the public TD-MPC2 reference evaluates, ~391 ms per action on one core of th
 ../shared/REFERENCE-NOTES.md). Episodes are cut at a few steps (`max_steps`) to keep it short;
 the speed-up is lockstep env-steps/s over baseline env-steps/s.
 
-    python bench/eval.py [--mpc-steps 16] [--prior-steps 200] [--repeats 2] [--checkpoint PATH]
+    python bench/eval.py [--mpc-steps 16] [--prior-steps 200] [--repeats 2] [--checkpoint NAME|PATH]
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ import ray
 
 os.environ.setdefault("MUJOCO_GL", "disable")  # before dm_control is imported: no renderer needed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_CHECKPOINTS, write_result  # noqa: E402
+from common import write_result  # noqa: E402
 
 from tdmpc_ray.evaluate.config import EvalConfig  # noqa: E402
 from tdmpc_ray.evaluate.pool import EvalPool  # noqa: E402
 from tdmpc_ray.evaluate.score import evaluate  # noqa: E402
 from tdmpc_ray.model import WorldModel, load_world_model  # noqa: E402
+from tdmpc_ray.model.published import resolve_checkpoint  # noqa: E402
 from tdmpc_ray.planning import PlannerConfig  # noqa: E402
 
 TASKS = ["walker-walk", "cheetah-run", "cartpole-swingup", "finger-spin"]
@@ -94,7 +95,7 @@ def main() -> None:
     parser.add_argument("--prior-steps", type=int, default=200, help="per policy-prior episode")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each setting")
     parser.add_argument(
-        "--checkpoint", type=Path, default=SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
+        "--checkpoint", type=resolve_checkpoint, default="mt30-1M-fp16"
     )
     args = parser.parse_args()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")

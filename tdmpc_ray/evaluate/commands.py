@@ -167,7 +167,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "env seeds and the normalized score with its 95% interval (stratified bootstrap) and "
         "IQM to eval.json and eval.csv.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="world-model checkpoint")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="world-model checkpoint: a path, or a published name (mt30-1M-fp16, ...)",
+    )
     p.add_argument("--out", metavar="DIR", help="output folder (default eval/<ckpt>-<time>)")
     p.add_argument("--video", metavar="DIR", help="write an mp4 of each task's first episode")
     eval_options(p)
