@@ -19,6 +19,7 @@ def test_every_verb_is_registered():
         "quickstart",
         "download",
         "eval",
+        "compare",
         "data",
         "train",
         "quantize",
