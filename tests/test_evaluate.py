@@ -10,11 +10,13 @@ import csv
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import ray.cloudpickle
+import torch
 
 from tdmpc_ray import cli
 from tdmpc_ray.evaluate.config import EvalConfig
@@ -36,6 +38,7 @@ TASKS = ["cartpole-balance", "pendulum-swingup", "cup-catch"]
 EPISODES = 2
 STEPS = 40
 CFG = EvalConfig(planner=TINY, seed=3, envs_per_actor=2, cpus_per_actor=0.5, max_steps=STEPS)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 HAS_VIDEO = all(importlib.util.find_spec(m) for m in ("imageio", "imageio_ffmpeg"))
 TINY_ARGS = ["--iterations", "1", "--num-samples", "32", "--num-elites", "8",
              "--num-pi-trajs", "4", "--horizon", "2", "--no-compile"]  # fmt: skip
@@ -128,10 +131,24 @@ def test_evaluate_reports_each_task_and_the_normalized_score(reference: dict) ->
 
 
 @needs_checkpoint
-def test_results_do_not_depend_on_the_number_of_actors(reference: dict) -> None:
-    single = evaluate(CHECKPOINT, TASKS, EPISODES, num_actors=1, cfg=CFG)
-    assert _returns(single) == _returns(reference)
-    assert single["config"]["num_actors"] == 1
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_returns_do_not_depend_on_the_layout(request, device: str) -> None:
+    """Jobs fix every seed: two actors or one, with half a CPU or a whole one, and on a GPU two
+    actors sharing it or one holding it, give the same returns. (A device's arithmetic and
+    random stream differ from another's, so each device is compared with itself.)"""
+    gpus = 1.0 if device == "cuda" else 0.0
+    if device == "cpu":
+        first = request.getfixturevalue("reference")
+    else:
+        first = evaluate(CHECKPOINT, TASKS, EPISODES, 2, replace(CFG, gpus_per_actor=gpus / 2))
+    layouts = [
+        evaluate(CHECKPOINT, TASKS, EPISODES, 1, replace(CFG, gpus_per_actor=gpus)),
+        evaluate(
+            CHECKPOINT, TASKS, EPISODES, 1, replace(CFG, cpus_per_actor=1.0, gpus_per_actor=gpus)
+        ),
+    ]
+    assert first["config"]["num_actors"] == 2
+    assert all(_returns(r) == _returns(first) for r in layouts)
 
 
 @needs_checkpoint
@@ -211,6 +228,7 @@ def test_eval_cli_writes_json_csv_and_summary(ray_session, tmp_path, capsys, mon
         (["--tasks", "cup-catch,cup-catch"], "given more than once"),
         (["--episodes", "0"], "must be at least 1"),
         (["--envs-per-actor", "0"], "envs_per_actor must be at least 1"),
+        (["--gpus-per-actor", "-1"], "gpus_per_actor must be non-negative"),
     ],
 )
 def test_eval_cli_bad_arguments_fail_with_one_line(capsys, args, message) -> None:

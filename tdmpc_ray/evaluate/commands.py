@@ -57,6 +57,7 @@ def _eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         envs_per_actor=args.envs_per_actor,
         cpus_per_actor=args.cpus_per_actor,
+        gpus_per_actor=args.gpus_per_actor,
         max_steps=args.max_steps,
         video_dir=args.video,
     )
@@ -93,6 +94,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="episodes one actor steps together; fixes the planner noise (default %(default)s)",
     )
     p.add_argument("--cpus-per-actor", type=float, default=EvalConfig.cpus_per_actor)
+    p.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=EvalConfig.gpus_per_actor,
+        help="GPU share per actor, e.g. 0.125 for 8 actors on one GPU; each actor then plans "
+        "its environments in one pass on it (default %(default)s: CPU)",
+    )
     p.add_argument("--seed", type=int, default=EvalConfig.seed, help="run seed (default 0)")
     p.add_argument(
         "--eval-mode",

@@ -20,6 +20,8 @@ class EvalConfig:
     envs_per_actor: int = 10
     """Episodes stepped together by one actor (one batched plan per step)."""
     cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    """GPU share of each actor (e.g. 1/8: eight actors on one GPU); 0 plans on the CPU."""
     max_steps: int | None = None
     """Cut episodes after this many agent steps; for tests and benchmarks (scores then are not
     comparable with full 500-step episodes)."""
@@ -36,5 +38,7 @@ class EvalConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.cpus_per_actor <= 0:
             raise ValueError(f"cpus_per_actor must be positive, got {self.cpus_per_actor}")
+        if self.gpus_per_actor < 0:
+            raise ValueError(f"gpus_per_actor must be non-negative, got {self.gpus_per_actor}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be non-negative, got {self.max_retries}")

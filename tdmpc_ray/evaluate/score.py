@@ -131,7 +131,10 @@ def evaluate(
     settings = RolloutSettings(cfg.planner, cfg.eval_mode, cfg.max_steps)
     owned = pool is None
     if owned:
-        pool = EvalPool(num_actors, cfg.cpus_per_actor, env_vars=_actor_env(cfg))
+        pool = EvalPool(
+            num_actors, cfg.cpus_per_actor, env_vars=_actor_env(cfg),
+            gpus_per_actor=cfg.gpus_per_actor,
+        )  # fmt: skip
     num_actors = len(pool.actors)
     bar = _TaskProgress(names, episodes, progress, on_result)
     try:
