@@ -151,6 +151,20 @@ def test_returns_do_not_depend_on_the_layout(request, device: str) -> None:
     assert all(_returns(r) == _returns(first) for r in layouts)
 
 
+def test_job_size_is_the_cpu_planner_block_or_a_gpu_batch() -> None:
+    assert EvalConfig().job_size() == 2
+    assert EvalConfig(gpus_per_actor=0.25).job_size() == 10
+    assert EvalConfig(planner=PlannerConfig(mpc=False)).job_size() == 10
+    assert EvalConfig(envs_per_actor=7, gpus_per_actor=1.0).job_size() == 7
+
+
+@needs_checkpoint
+def test_no_more_actors_start_than_there_are_jobs(ray_session) -> None:
+    """Two episodes in jobs of two are one job: a second actor would only idle."""
+    result = evaluate(CHECKPOINT, TASKS[:1], 2, num_actors=3, cfg=CFG)
+    assert result["config"]["num_actors"] == 1 and result["config"]["envs_per_actor"] == 2
+
+
 @needs_checkpoint
 def test_in_memory_model_scores_like_its_checkpoint(pool, reference: dict) -> None:
     model = load_world_model(CHECKPOINT)

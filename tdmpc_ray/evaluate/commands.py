@@ -91,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--envs-per-actor",
         type=int,
         default=EvalConfig.envs_per_actor,
-        help="episodes one actor steps together; fixes the planner noise (default %(default)s)",
+        help="episodes one actor steps together as a job; fixes the planner noise (default: 2 "
+        "for MPPI on CPU, 10 on GPU or with --no-mpc)",
     )
     p.add_argument("--cpus-per-actor", type=float, default=EvalConfig.cpus_per_actor)
     p.add_argument(
