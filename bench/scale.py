@@ -80,6 +80,8 @@ def _name(pid: int) -> str:
     words = [a.decode(errors="replace") for a in args if a]
     if words and words[0].startswith("ray::"):
         return words[0].split(" ")[0]
+    if "-c" in words:
+        return "python -c"
     script = next((w for w in words[1:] if w.endswith(".py")), words[0] if words else "?")
     return script.rsplit("/", 1)[-1]
 
@@ -165,18 +167,20 @@ def _in_child(log: Path, fn: Callable[..., dict], *args: object) -> tuple[dict, 
     return json.loads(lines[-1][5:]), seconds, peaks
 
 
-def _ray_init() -> None:
-    """A local Ray with 2 CPUs; tried twice, since on this shared, loaded machine the raylet
-    can miss Ray's fixed 30 s start-up wait."""
+def _ray_init(attempts: int = 3) -> None:
+    """A local Ray with 2 CPUs; tried again when the raylet misses Ray's fixed 30 s start-up
+    wait, which happens on this shared machine under heavy load."""
     import ray
 
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    except Exception as err:  # Ray raises a bare Exception here
-        if "timed out during startup" not in str(err):
-            raise
-        ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    for attempt in range(attempts):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+            return
+        except Exception as err:  # Ray raises a bare Exception here
+            if "timed out during startup" not in str(err) or attempt == attempts - 1:
+                raise
+            ray.shutdown()
+            time.sleep(10)
 
 
 def stage_chunk(work: Path, episodes: int) -> dict:
@@ -274,8 +278,8 @@ def _store_sampling(dst: str, resident: str, batches: int = 1000) -> dict:
 
     _ray_init()
     try:
-        before = peak_rss_bytes()
         shard = ray.data.read_parquet(str(dst)).streaming_split(1)[0]
+        before = peak_rss_bytes()
         started = time.perf_counter()
         store = EpisodeStore.load(shard, max_resident_episodes=int(resident), rotate_every=100)
         load_s = time.perf_counter() - started
@@ -339,8 +343,8 @@ def _load_shard(paths: str, hold: str) -> dict:
 
     _ray_init()
     try:
-        before = peak_rss_bytes()
         shard = ray.data.read_parquet(json.loads(paths)).streaming_split(1)[0]
+        before = peak_rss_bytes()
         started = time.perf_counter()
         if hold:
             source = list(shard.iter_batches(batch_format="pyarrow", batch_size=None))
@@ -379,9 +383,8 @@ def stage_label(work: Path, parts: int, teacher: Path, num_actors: int) -> dict:
         "--num-actors", str(num_actors), str(slice_dir),
     ]  # fmt: skip
     seconds, peaks = _run(argv, work / "label.log")
-    text = (work / "label.log").read_text()
-    transitions = _transitions(text)
-    rate = transitions / seconds
+    transitions, labelling_s = _transitions((work / "label.log").read_text())
+    rate = transitions / labelling_s
     labelled = sum(p.stat().st_size for p in out.glob("part-*.parquet"))
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(slice_dir, ignore_errors=True)
@@ -391,7 +394,8 @@ def stage_label(work: Path, parts: int, teacher: Path, num_actors: int) -> dict:
         "teacher": teacher.name,
         "num_actors": num_actors,
         "wall_s": round(seconds, 1),
-        "transitions_per_s_wall": round(rate),
+        "labelling_s": labelling_s,
+        "transitions_per_s": round(rate),
         "labelled_bytes": labelled,
         "peak_rss_bytes": peaks,
         "full_dataset_estimate": {
@@ -402,11 +406,12 @@ def stage_label(work: Path, parts: int, teacher: Path, num_actors: int) -> dict:
     }
 
 
-def _transitions(summary: str) -> int:
-    """Transitions labelled, from the summary line 'N transitions in S s'."""
+def _transitions(summary: str) -> tuple[int, float]:
+    """Transitions labelled and seconds taken, from the summary line 'N transitions in S s'."""
     for line in summary.splitlines():
         if " transitions in " in line:
-            return int(line.split(" transitions in ")[0].replace(",", "").split()[-1])
+            count, rest = line.split(" transitions in ")
+            return int(count.replace(",", "").split()[-1]), float(rest.split(" s ")[0])
     raise RuntimeError("the label summary has no transitions line")
 
 
@@ -418,8 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store-parts", type=int, default=40, help="parts loaded whole")
     parser.add_argument("--resident", type=int, default=20_000, help="max_resident_episodes")
     parser.add_argument("--steps", type=int, default=1000, help="training steps")
-    parser.add_argument("--label-parts", type=int, default=10, help="parts to label")
-    parser.add_argument("--label-actors", type=int, default=1)
+    parser.add_argument("--label-parts", type=int, default=6, help="parts to label")
+    parser.add_argument("--label-actors", type=int, default=2)
     parser.add_argument("--teacher", type=Path, default=TEACHER)
     parser.add_argument("--out", type=Path, default=RESULT, help="result file")
     parser.add_argument("--clean", action="store_true", help="delete --work at the end")
