@@ -213,11 +213,13 @@ def _actor_pids(pool: EvalPool) -> list[int]:
 
 
 def scaling(model: WorldModel, steps: int, repeats: int) -> dict:
-    """1 vs 2 actors on the same two jobs of 4 episodes, alternating, warm pools."""
+    """1 vs 2 actors on the same two jobs of 4 episodes, alternating, warm pools. Both pools
+    live side by side, so each actor asks Ray for half a CPU (it still plans on one thread);
+    the pool that is not measured idles."""
     cfg = EvalConfig(planner=POLICIES["mppi"], envs_per_actor=4, max_steps=steps)
     warm = dataclasses.replace(cfg, max_steps=2)
     runs: dict[int, list[dict]] = {1: [], 2: []}
-    pools = {n: EvalPool(n) for n in runs}
+    pools = {n: EvalPool(n, cpus_per_actor=0.5) for n in runs}
     try:
         for pool in pools.values():
             evaluate(model, TASKS, EPISODES, cfg=warm, pool=pool)
