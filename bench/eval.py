@@ -17,7 +17,7 @@ defaults, compiled as `tdmpc-ray eval` does), episodes cut at a few steps (`max_
   baseline of one environment per job (how the public reference evaluates, ~391 ms per action
   on one core of this machine kind, ../shared/REFERENCE-NOTES.md), for 1 and 2 actors.
 
-    python bench/eval.py [--mpc-steps 16] [--prior-steps 200] [--repeats 2] [--checkpoint PATH]
+    python bench/eval.py [--mpc-steps 16] [--prior-steps 200] [--repeats 2] [--checkpoint NAME|PATH]
 
 `--mt30-gpu` instead runs the full MT30 evaluation (30 tasks x 10 episodes x 500 steps, the
 paper's protocol) on the machine's GPUs (`mt30_gpu`, also called by bench/device_check.py) and
@@ -42,12 +42,13 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "disable")  # before dm_control is imported: no renderer needed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_CHECKPOINTS, median_seconds, write_result  # noqa: E402
+from common import median_seconds, write_result  # noqa: E402
 
 from tdmpc_ray.evaluate.config import EvalConfig  # noqa: E402
 from tdmpc_ray.evaluate.pool import EvalPool  # noqa: E402
 from tdmpc_ray.evaluate.score import evaluate  # noqa: E402
 from tdmpc_ray.model import WorldModel, load_world_model  # noqa: E402
+from tdmpc_ray.model.published import resolve_checkpoint  # noqa: E402
 from tdmpc_ray.planning import Planner, PlannerConfig  # noqa: E402
 from tdmpc_ray.tasks.dmcontrol import make_env  # noqa: E402
 
@@ -58,7 +59,7 @@ POLICIES = {
     "mppi": PlannerConfig(compile=True),
     "policy_prior": PlannerConfig(mpc=False, compile=True),
 }
-CHECKPOINT = SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
+CHECKPOINT = "mt30-1M-fp16"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -369,7 +370,9 @@ def main() -> None:
     parser.add_argument("--mpc-steps", type=int, default=16, help="agent steps per MPPI episode")
     parser.add_argument("--prior-steps", type=int, default=200, help="per policy-prior episode")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each setting")
-    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
+    parser.add_argument(
+        "--checkpoint", type=resolve_checkpoint, default="mt30-1M-fp16"
+    )
     parser.add_argument("--mt30-gpu", action="store_true", help="the full MT30 evaluation on GPU")
     args = parser.parse_args()
     if args.mt30_gpu:

@@ -5,7 +5,7 @@ one environment at a time through the world model's plain heads (concatenated ta
 separate dynamics and reward layers). The reference itself measured 391 ms per action on one
 core of this machine kind (../shared/REFERENCE-NOTES.md).
 
-    python bench/planning.py [--repeats 3] [--checkpoint PATH]
+    python bench/planning.py [--repeats 3] [--checkpoint NAME|PATH]
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_CHECKPOINTS, matmul_peak_gflops, median_seconds, write_result  # noqa: E402
+from common import matmul_peak_gflops, median_seconds, write_result  # noqa: E402
 
 from tdmpc_ray.model import WorldModel, load_world_model  # noqa: E402
+from tdmpc_ray.model.published import resolve_checkpoint  # noqa: E402
 from tdmpc_ray.planning import Planner, PlannerConfig  # noqa: E402
 
 REFERENCE_MS_PER_ACTION = 391.0
@@ -108,7 +109,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--checkpoint", type=Path, default=SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
+        "--checkpoint", type=resolve_checkpoint, default="mt30-1M-fp16"
     )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

@@ -44,17 +44,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import SHARED_CHECKPOINTS, machine  # noqa: E402
+from common import machine  # noqa: E402
 from data import STEPS, write_synthetic_chunk  # noqa: E402
 
 from tdmpc_ray.atomic import write_json  # noqa: E402
+from tdmpc_ray.model.published import resolve_checkpoint  # noqa: E402
 from tdmpc_ray.provenance import provenance  # noqa: E402
 
 RESULT = REPO / "bench" / "results" / "scale.json"
 FULL_EPISODES = 690_000
 FULL_TRANSITIONS = 345_690_000
 STAGES = ("chunk", "convert", "store", "train", "label")
-TEACHER = SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
+TEACHER = "mt30-1M-fp16"
 
 
 def _status(pid: int) -> dict[str, int]:
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1000, help="training steps")
     parser.add_argument("--label-parts", type=int, default=6, help="parts to label")
     parser.add_argument("--label-actors", type=int, default=2)
-    parser.add_argument("--teacher", type=Path, default=TEACHER)
+    parser.add_argument("--teacher", type=resolve_checkpoint, default=TEACHER)
     parser.add_argument("--out", type=Path, default=RESULT, help="result file")
     parser.add_argument("--clean", action="store_true", help="delete --work at the end")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_CHECKPOINTS, median_seconds, write_result  # noqa: E402
+from common import median_seconds, write_result  # noqa: E402
 
 from tdmpc_ray.data.episode_store import Batch  # noqa: E402
 from tdmpc_ray.model import (  # noqa: E402
@@ -28,6 +28,7 @@ from tdmpc_ray.model import (  # noqa: E402
     predicted_reward,  # noqa: E402
 )
 from tdmpc_ray.model.math import soft_ce  # noqa: E402
+from tdmpc_ray.model.published import find_published  # noqa: E402
 from tdmpc_ray.train.losses import LossConfig  # noqa: E402
 from tdmpc_ray.train.update import Learner  # noqa: E402
 
@@ -152,9 +153,9 @@ def main() -> None:
             "ratio_to_reference": round(ours_ups / REFERENCE_UPDATES_PER_S[batch_size], 2),
         })  # fmt: skip
         print(rows[-1], flush=True)
-    teacher_path = SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
+    teacher_path = find_published("mt30-1M-fp16")
     overhead = {}
-    if teacher_path.is_file():
+    if teacher_path is not None:
         from tdmpc_ray.model import load_world_model
 
         teacher = load_world_model(teacher_path)

@@ -6,7 +6,10 @@ with one line naming the key. The resolved config is written with every run.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -108,3 +111,60 @@ def build_config(
 def config_dict(cfg: object) -> dict:
     """A plain dict of a dataclass config, for JSON/YAML records."""
     return dataclasses.asdict(cfg)
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under each field of dataclass `cls` and its dataclass bases."""
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = next(node for node in tree.body if isinstance(node, ast.ClassDef)).body
+        for stmt, after in zip(body, body[1:], strict=False):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[stmt.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+def describe_fields(cls: type) -> list[tuple[str, str, Any, str]]:
+    """`(key, type, default, meaning)` of every field of dataclass `cls`, in order, taken from
+    the source (the docstring under each field; "" when it has none). Fields that are dataclasses
+    themselves are walked and their keys listed flat, as `key=value` overrides name them. A
+    field without a default has `dataclasses.MISSING`."""
+    hints = typing.get_type_hints(cls)
+    docs = _field_docs(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            out.extend(describe_fields(hint))
+            continue
+        default = f.default
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        out.append((f.name, _type_name(hint), default, docs.get(f.name, "")))
+    return out
+
+
+def format_fields(cls: type, width: int = 100) -> str:
+    """`describe_fields(cls)` as help text: one `key: type = default  meaning` entry per key."""
+    entries = []
+    for key, kind, default, doc in describe_fields(cls):
+        shown = "required" if default is dataclasses.MISSING else repr(default)
+        entries.append(
+            textwrap.fill(f"{key}: {kind} = {shown}  {doc}".rstrip(), width, initial_indent="  ",
+                          subsequent_indent="      ", break_long_words=False,
+                          break_on_hyphens=False)
+        )  # fmt: skip
+    return "\n".join(entries)

@@ -100,6 +100,7 @@ def copy_trial(sweep: Path, d_coef: float, dest: Path) -> Path:
     return Path(shutil.copytree(sweep / trial["dir"], dest / trial["dir"]))
 
 
+@pytest.mark.slow
 def test_reader_on_finished_sweep(sweep: Path) -> None:
     payload = ResultsReader(sweep).read()
     trials = by_d_coef(payload)
@@ -120,6 +121,7 @@ def test_reader_on_finished_sweep(sweep: Path) -> None:
     assert payload["varying"] == ["d_coef"] and payload["shared"]["batch_size"] == 256
 
 
+@pytest.mark.slow
 def test_status_inferred_without_experiment_state(sweep: Path, tmp_path: Path) -> None:
     for d_coef in (0.4, FAILING_D_COEF):
         copy_trial(sweep, d_coef, tmp_path)
@@ -127,6 +129,7 @@ def test_status_inferred_without_experiment_state(sweep: Path, tmp_path: Path) -
     assert statuses == {0.4: "RUNNING", FAILING_D_COEF: "ERROR"}
 
 
+@pytest.mark.slow
 def test_reader_tolerates_files_caught_mid_copy(sweep: Path, tmp_path: Path) -> None:
     trial_dir = copy_trial(sweep, 0.4, tmp_path)
     result = trial_dir / "result.json"
@@ -144,6 +147,7 @@ def test_reader_tolerates_files_caught_mid_copy(sweep: Path, tmp_path: Path) -> 
     assert reader.read()["trials"][0]["step"] == 4000
 
 
+@pytest.mark.slow
 def test_missing_empty_and_parent_folders_explain_themselves(sweep: Path, tmp_path: Path) -> None:
     missing = ResultsReader(tmp_path / "nope").read()
     assert missing["trials"] == [] and "No results folder" in missing["message"]
@@ -153,6 +157,7 @@ def test_missing_empty_and_parent_folders_explain_themselves(sweep: Path, tmp_pa
     assert "is a file" in ResultsReader(tmp_path / "file").read()["message"]
 
 
+@pytest.mark.slow
 def test_reader_follows_a_running_sweep(
     ray_session: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -177,6 +182,7 @@ def test_reader_follows_a_running_sweep(
     assert [(t["status"], t["step"]) for t in trials] == [("TERMINATED", 4000)] * len(live)
 
 
+@pytest.mark.slow
 def test_export_is_self_contained(
     sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -255,6 +261,7 @@ def open_page(browser: object, url: str) -> tuple[object, list[str]]:
     return page, errors
 
 
+@pytest.mark.slow
 def test_page_in_headless_chromium(
     browser: object, serve: Callable[[Path], str], sweep: Path, tmp_path: Path
 ) -> None:
@@ -292,6 +299,7 @@ def test_page_explains_a_missing_folder(
     assert page.locator("#content").is_hidden() and errors == []
 
 
+@pytest.mark.slow
 def test_exported_page_renders_offline(browser: object, sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     export_html(sweep, out)

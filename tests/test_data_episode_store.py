@@ -114,6 +114,7 @@ def test_rotating_store_holds_a_small_data_set_whole(tmp_path):
         store.rotate()
 
 
+@pytest.mark.slow
 def test_store_loads_ray_data_shards_arrow_and_pandas_batches_alike(ray_session, tmp_path):
     path = write_parts(tmp_path, episodes=7, steps=9, per_part=3)
     dataset = ray_session.data.read_parquet(str(path))

@@ -30,6 +30,8 @@ from tdmpc_ray.tasks.dmcontrol import make_env
 from tdmpc_ray.tasks.task_sets import MT30, get_task_set, task_dims
 from tdmpc_ray.train.teacher import get_teacher
 
+pytestmark = pytest.mark.slow  # every test rolls out dm_control episodes on Ray actors
+
 FP16 = "mt30_1M_steps_045dist_fp16.pt"
 INT8 = "mt30_1M_steps_045dist_int8.pt"
 STEPS = 20

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,14 +23,14 @@ from tdmpc_ray.evaluate.pool import EvalPool
 from tdmpc_ray.evaluate.rollout import EpisodeSpec, run_lockstep
 from tdmpc_ray.evaluate.score import evaluate, normalized_score
 from tdmpc_ray.model import load_world_model
+from tdmpc_ray.model.published import find_published
 from tdmpc_ray.planning import Planner, PlannerConfig
 from tdmpc_ray.tasks.dmcontrol import make_env
 
-CHECKPOINT = (
-    Path(__file__).resolve().parents[2] / "shared/checkpoints/mt30_1M_steps_045dist_fp16.pt"
-)
+CHECKPOINT = find_published("mt30-1M-fp16")
 needs_checkpoint = pytest.mark.skipif(
-    not CHECKPOINT.is_file(), reason=f"shared checkpoint {CHECKPOINT} is absent"
+    CHECKPOINT is None,
+    reason="published student mt30-1M-fp16 not found locally (tdmpc-ray download, or ../shared)",
 )
 TINY = PlannerConfig(iterations=1, num_samples=32, num_elites=8, num_pi_trajs=4, horizon=2)
 TASKS = ["cartpole-balance", "pendulum-swingup", "cup-catch"]
@@ -113,6 +112,7 @@ def test_lockstep_rollout_records_trajectories_in_the_episode_layout() -> None:
 
 
 @needs_checkpoint
+@pytest.mark.slow
 def test_evaluate_reports_each_task_and_the_normalized_score(reference: dict) -> None:
     assert list(reference["tasks"]) == TASKS
     for row in reference["tasks"].values():
@@ -165,7 +165,15 @@ def test_no_more_actors_start_than_there_are_jobs(ray_session) -> None:
     assert result["config"]["num_actors"] == 1 and result["config"]["envs_per_actor"] == 2
 
 
+@pytest.mark.slow
+def test_results_do_not_depend_on_the_number_of_actors(reference: dict) -> None:
+    single = evaluate(CHECKPOINT, TASKS, EPISODES, num_actors=1, cfg=CFG)
+    assert _returns(single) == _returns(reference)
+    assert single["config"]["num_actors"] == 1
+
+
 @needs_checkpoint
+@pytest.mark.slow
 def test_in_memory_model_scores_like_its_checkpoint(pool, reference: dict) -> None:
     model = load_world_model(CHECKPOINT)
     from_state = evaluate(model.state_dict(), TASKS, EPISODES, cfg=CFG, pool=pool)
@@ -174,6 +182,7 @@ def test_in_memory_model_scores_like_its_checkpoint(pool, reference: dict) -> No
 
 
 @needs_checkpoint
+@pytest.mark.slow
 def test_killed_actors_are_replaced_and_their_episodes_rerun(pool, reference: dict) -> None:
     """Both actors are killed when the first episode is in: one job is then still waiting, so
     at least one job is sent to or running on a dead actor, whichever finished first."""
@@ -192,6 +201,7 @@ def test_killed_actors_are_replaced_and_their_episodes_rerun(pool, reference: di
 
 
 @needs_checkpoint
+@pytest.mark.slow
 def test_a_physics_error_is_retried_with_a_fresh_env_seed(ray_session, reference: dict) -> None:
     broken = EpisodeSpec(CFG.seed, "pendulum-swingup", 7, episode=1)
     with EvalPool(1, CFG.cpus_per_actor, env_factory=DivergeOnce(broken.env_seed)) as faulty:
@@ -207,6 +217,7 @@ def test_a_physics_error_is_retried_with_a_fresh_env_seed(ray_session, reference
 
 
 @needs_checkpoint
+@pytest.mark.slow
 def test_eval_cli_writes_json_csv_and_summary(ray_session, tmp_path, capsys, monkeypatch) -> None:
     """Films each task's first episode too when the `video` extra is installed."""
     monkeypatch.setenv("MUJOCO_GL", "egl")

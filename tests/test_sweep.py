@@ -6,10 +6,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from tdmpc_ray.cli import main
 from tdmpc_ray.sweep.spec import load_spec
 from tests.helpers import REPO, shared_checkpoint
 
@@ -42,6 +44,7 @@ def test_bad_specs_fail_with_one_line(tmp_path):
         load_spec(tmp_path / "missing.yaml")
 
 
+@pytest.mark.slow
 def test_quick_sweep_runs_scratch_and_distilled_trials(ray_session, tmp_path):
     from tdmpc_ray.data.generate import GenerateConfig, generate
     from tdmpc_ray.sweep.runner import format_table, run_sweep
@@ -96,6 +99,7 @@ def test_recipes_grid_with_seeds_and_pool_scores_over_seeds(tmp_path):
         load_spec(spec_path)
 
 
+@pytest.mark.slow
 def test_a_recipe_sweep_trains_each_recipe_with_its_terms(ray_session, tmp_path):
     from tdmpc_ray.data.generate import GenerateConfig, generate
     from tdmpc_ray.sweep.runner import run_sweep
@@ -104,7 +108,8 @@ def test_a_recipe_sweep_trains_each_recipe_with_its_terms(ray_session, tmp_path)
     generate(GenerateConfig(tasks="cartpole-balance", episodes_per_task=2, max_steps=24), data,
              progress=False)  # fmt: skip
     overrides = {
-        "data": str(data), "steps": "4", "batch_size": "16", "checkpoint_every": "4",
+        "data": str(data), "teacher": str(shared_checkpoint("mt30-1M-fp16")), "steps": "4",
+        "batch_size": "16", "checkpoint_every": "4",
         "log_every": "2", "eval_freq": "0", "storage_path": str(tmp_path / "sweeps"), "pca_samples": "64",
         "max_concurrent_trials": "1",
     }  # fmt: skip
@@ -121,3 +126,76 @@ def test_a_recipe_sweep_trains_each_recipe_with_its_terms(ray_session, tmp_path)
     metrics = {row["metric"] for row in curves}
     assert {"latent_distill_loss", "value_distill_loss", "policy_distill_loss"} <= metrics
     assert json.loads((experiment / "summary.json").read_text())["groups"]
+
+
+def test_spec_paths_are_relative_to_the_spec_and_overrides_to_the_working_directory(
+    tmp_path, monkeypatch
+):
+    specs = tmp_path / "project" / "specs"
+    specs.mkdir(parents=True)
+    (specs / "s.yaml").write_text(
+        "base: {data: ../data, teacher: t.pt}\n"
+        "recipes:\n  scratch: {d_coef: 0.0}\n  other: {teacher: ../other.pt}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    spec = load_spec("../project/specs/s.yaml")
+    assert spec.base["data"] == str(tmp_path / "project" / "data")
+    assert spec.base["teacher"] == str(specs / "t.pt")
+    assert spec.recipes["other"]["teacher"] == str(tmp_path / "project" / "other.pt")
+    spec = load_spec(specs / "s.yaml", {"data": "mine", "teacher": "none", "storage_path": "out"})
+    assert spec.base["data"] == str(elsewhere / "mine") and spec.base["teacher"] == "none"
+    assert spec.storage_path == "out"  # outputs: relative to where the sweep runs
+
+
+@pytest.mark.slow
+def test_a_sweep_checks_its_data_and_teacher_before_any_trial(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tdmpc_ray.sweep.spec import check_inputs
+
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text("base: {data: data, teacher: t.pt}\n")
+    with pytest.raises(FileNotFoundError) as err:
+        check_inputs(load_spec(spec_path))
+    assert str(err.value) == f"data={tmp_path / 'data'}: no such file or directory"
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "data" / "part-00000.parquet")
+    with pytest.raises(ValueError, match=r"^data=.*/data: .*part-00000.parquet: no .* metadata"):
+        check_inputs(load_spec(spec_path))
+
+    from tdmpc_ray.data.generate import GenerateConfig, generate
+
+    generate(GenerateConfig(tasks="cartpole-balance", episodes_per_task=1, max_steps=4),
+             tmp_path / "episodes", progress=False)  # fmt: skip
+    spec_path.write_text("base: {data: episodes, teacher: t.pt}\n")
+    with pytest.raises(FileNotFoundError, match=r"^teacher=.*/t.pt: no such checkpoint file$"):
+        check_inputs(load_spec(spec_path))
+    (tmp_path / "t.pt").write_bytes(b"not a checkpoint")
+    assert main(["sweep", str(spec_path)]) == 2  # through the CLI: one line, before Ray
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"tdmpc-ray sweep: error: teacher={tmp_path / 't.pt'}: ")
+
+
+@pytest.mark.slow
+def test_a_sweep_with_a_failed_trial_exits_non_zero_and_names_it(ray_session, tmp_path, capsys):
+    from tdmpc_ray.data.generate import GenerateConfig, generate
+
+    generate(GenerateConfig(tasks="cartpole-balance", episodes_per_task=2, max_steps=24),
+             tmp_path / "data", progress=False)  # fmt: skip
+    spec_path = tmp_path / "failing.yaml"
+    spec_path.write_text(
+        "base: {data: data, steps: 4, batch_size: 16, log_every: 2, checkpoint_every: 4,\n"
+        "       cpus_per_worker: 0.5}\n"
+        "space:\n  horizon: {grid: [3, 40]}\n"  # 40 steps do not fit the 25-step episodes
+        f"storage_path: {tmp_path / 'sweeps'}\n"
+    )
+    assert main(["sweep", str(spec_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    failed = [line for line in err if line.startswith("tdmpc-ray sweep: trial ")]
+    assert len(failed) == 1, err
+    assert re.search(
+        r"trial \S+ failed: ValueError: horizon 40 needs episodes longer than 25", failed[0]
+    )

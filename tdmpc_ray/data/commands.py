@@ -105,7 +105,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--policy",
         default="random",
         metavar="random|CHECKPOINT",
-        help="uniform random actions, or a world-model checkpoint's policy prior (default random)",
+        help="uniform random actions, or a world-model checkpoint's policy prior (a path or a "
+        "published name, e.g. mt30-1M-fp16; default random)",
     )
     p.add_argument(
         "--noise",
@@ -156,7 +157,12 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
         "skips the parts already labelled, so an interrupted run resumes.",
     )
     p.add_argument("data", metavar="DATA", help="data set directory or one part file")
-    p.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint")
+    p.add_argument(
+        "--teacher",
+        required=True,
+        metavar="CKPT",
+        help="teacher checkpoint (a path or a published name, e.g. mt30-1M-fp16)",
+    )
     p.add_argument("--out", metavar="DST", help="write labelled parts here (default: in place)")
     p.add_argument(
         "--batch-episodes",

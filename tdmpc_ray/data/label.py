@@ -50,6 +50,7 @@ from tdmpc_ray.data.layout import (
     write_part,
 )
 from tdmpc_ray.model import checkpoint_hash, load_world_model, teacher_outputs
+from tdmpc_ray.model.published import resolve_checkpoint
 from tdmpc_ray.model.world_model import WorldModel
 from tdmpc_ray.provenance import provenance
 
@@ -286,7 +287,7 @@ def label(
         )
     parts = _read_parts(data)
     meta = parts[0].meta
-    teacher = Path(teacher).resolve()
+    teacher = resolve_checkpoint(teacher).resolve()
     load_world_model(teacher, meta.task_set)  # an unusable checkpoint fails here, in one line
     dst = _destination(data, out)
     digest = checkpoint_hash(teacher)

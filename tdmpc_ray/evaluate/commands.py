@@ -83,7 +83,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "environments in lockstep with one batched plan per step) and write per-task returns "
         "and the normalized score to eval.json and eval.csv.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="world-model checkpoint")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="world-model checkpoint: a path, or a published name (mt30-1M-fp16, ...)",
+    )
     p.add_argument("--tasks", default="mt30", help="mt30, or comma-separated task names")
     p.add_argument("--episodes", type=int, default=10, help="per task (default %(default)s)")
     p.add_argument("--num-actors", type=int, default=1, help="rollout actors (default 1)")

@@ -33,6 +33,7 @@ from tdmpc_ray.evaluate.rollout import (
 )
 from tdmpc_ray.model import ModelConfig, WorldModel
 from tdmpc_ray.planning import Planner, PlannerConfig
+from tdmpc_ray.resources import capacity, check_evaluation
 from tdmpc_ray.tasks.dmcontrol import make_env
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,9 @@ class EvalPool:
 
     A physics error reruns that episode with its next attempt's env seed; an actor found dead
     when a job fails on it (or is sent to it) is replaced and its whole job rerun unchanged.
-    Each is reported as a `Retry`; past `max_retries` of one episode or job the run fails. Use
+    Each is reported as a `Retry`; past `max_retries` of one episode or job the run fails. Every
+    actor must fit the cluster at once (an actor that never starts would hold its jobs forever):
+    more fail at once with `ResourceError`. Use
     as a context manager, or call `shutdown()`; keep one alive to evaluate repeatedly without
     restarting processes.
     """
@@ -166,12 +169,7 @@ class EvalPool:
         if env_vars:
             self._options["runtime_env"] = {"env_vars": env_vars}
         self._args = (env_factory, max(1, int(cpus_per_actor)))
-        cluster_cpus = ray.cluster_resources().get("CPU", 0)
-        if num_actors * cpus_per_actor > cluster_cpus:
-            log.warning(
-                "%d actors x %g CPUs exceed the cluster's %g CPUs: some wait for resources",
-                num_actors, cpus_per_actor, cluster_cpus,
-            )  # fmt: skip
+        check_evaluation(num_actors, cpus_per_actor, capacity())
         self.actors = [self._spawn() for _ in range(num_actors)]
 
     def _spawn(self) -> ray.actor.ActorHandle:

@@ -32,6 +32,7 @@ from tdmpc_ray.evaluate.rollout import EpisodeResult, EpisodeSpec
 from tdmpc_ray.evaluate.video import require_writer
 from tdmpc_ray.model import ModelConfig, WorldModel, checkpoint_hash, load_world_model
 from tdmpc_ray.model.checkpoint import infer_config
+from tdmpc_ray.model.published import resolve_checkpoint
 from tdmpc_ray.planning import Planner
 from tdmpc_ray.provenance import provenance
 from tdmpc_ray.tasks.task_sets import TASK_SETS, get_task_set
@@ -176,7 +177,8 @@ def _world_model(
         model = WorldModel(model_config or infer_config(dict(source)))
         model.load_state_dict(source)
         return model, None
-    return load_world_model(source, task_set=None), Path(source)
+    path = resolve_checkpoint(source)
+    return load_world_model(path, task_set=None), path
 
 
 def _actor_env(cfg: EvalConfig) -> dict[str, str]:

@@ -18,7 +18,8 @@ from ray.tune.schedulers import ASHAScheduler
 
 from tdmpc_ray.atomic import atomic_path, write_json
 from tdmpc_ray.config import build_config
-from tdmpc_ray.sweep.spec import SweepSpec
+from tdmpc_ray.resources import capacity, fit_workers, plan_sweep
+from tdmpc_ray.sweep.spec import SweepSpec, check_inputs
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.loop import STUDENT_FILE, validate_checkpoint
 from tdmpc_ray.train.teacher import get_teacher
@@ -75,13 +76,16 @@ class EvaluateAndReport(TuneReportCallback):
                 }
 
 
-def run_trial(config: dict, recipes: dict[str, dict] | None = None) -> None:
+def run_trial(
+    config: dict, recipes: dict[str, dict] | None = None, trial_cpus: float = 0.0
+) -> None:
     """Tune function: one training run of `config` (TrainConfig fields, and the name of one of
-    the spec's `recipes` when it has them)."""
+    the spec's `recipes` when it has them), its worker CPUs fitted beside `trial_cpus` as the
+    sweep planned them."""
     config = dict(config)
     if recipes:
         config.update(recipes[config.pop("recipe")])
-    cfg = build_config(TrainConfig, None, config)
+    cfg = fit_workers(build_config(TrainConfig, None, config), capacity(), reserved=trial_cpus)
     cfg = dataclasses.replace(
         cfg, out=f"{cfg.out}/{tune.get_context().get_trial_name()}", name="train"
     )
@@ -104,41 +108,32 @@ def _param_space(spec: SweepSpec, experiment: str) -> dict:
     return space
 
 
-DATA_HEADROOM_CPUS = 1.0
-"""Kept free for Ray Data's file-listing task (1 CPU) when trials load their shards."""
-
-
-def _concurrency(spec: SweepSpec) -> int:
-    """Trials that fit the cluster at once: CPUs (and GPUs) over one trial's needs, leaving
-    `DATA_HEADROOM_CPUS` so the trials' data loading is never starved."""
-    if spec.max_concurrent_trials:
-        return spec.max_concurrent_trials
-    cfg = spec.trial_configs()[0]
-    resources = ray.cluster_resources()
-    per_trial = spec.trial_cpus + cfg.num_workers * cfg.cpus_per_worker
-    fits = math.floor((resources.get("CPU", 1) - DATA_HEADROOM_CPUS) / per_trial + 1e-9)
-    if cfg.use_gpu:
-        fits = min(fits, math.floor(resources.get("GPU", 0) / cfg.num_workers))
-    return max(1, fits)
-
-
 def _shared_teachers(spec: SweepSpec) -> list:
-    """One teacher actor per distinct teacher of the sweep, held for its whole run."""
-    teachers = {(c.teacher, c.task_set): c.teacher_gpus for c in spec.trial_configs() if c.distilling}
-    return [get_teacher(path, task_set, gpus) for (path, task_set), gpus in sorted(teachers.items())]
+    """One teacher actor per distinct teacher of the sweep, held for its whole run (each teacher
+    was checked, and a published name fetched, by `check_inputs`)."""
+    configs = [c.resolved() for c in spec.trial_configs() if c.distilling]
+    teachers = {(c.teacher, c.task_set): c.teacher_gpus for c in configs}
+    return [get_teacher(path, task, gpus) for (path, task), gpus in sorted(teachers.items())]
 
 
-def run_sweep(spec: SweepSpec, resume: bool = False) -> dict:
-    """Run (or resume) the sweep; returns the trials sorted by score and the best student."""
+def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
+    """Run (or resume) the sweep; returns the trials sorted by score, the best student and
+    `errors` (trial -> first line of its error). Inputs and resources are checked before any
+    trial starts. `verbose` is Tune's console verbosity (0: silent)."""
+    check_inputs(spec)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
+    concurrency = plan_sweep(
+        spec.trial_configs(), spec.trial_cpus, spec.max_concurrent_trials, capacity()
+    )
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # results reach the dashboard sooner
     teachers = _shared_teachers(spec)
     storage = (
         spec.storage_path if "://" in spec.storage_path else str(Path(spec.storage_path).resolve())
     )
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, recipes=spec.recipes), {"CPU": spec.trial_cpus}
+        tune.with_parameters(run_trial, recipes=spec.recipes, trial_cpus=spec.trial_cpus),
+        {"CPU": spec.trial_cpus},
     )
     experiment = f"{storage.rstrip('/')}/{spec.name}"
     if resume and tune.Tuner.can_restore(experiment):
@@ -156,9 +151,9 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict:
             tune_config=tune.TuneConfig(
                 num_samples=spec.num_samples,
                 scheduler=scheduler,
-                max_concurrent_trials=_concurrency(spec),
+                max_concurrent_trials=concurrency,
             ),  # fmt: skip
-            run_config=tune.RunConfig(name=spec.name, storage_path=storage),
+            run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=verbose),
         )
     grid = tuner.fit()
     del teachers
@@ -166,7 +161,28 @@ def run_sweep(spec: SweepSpec, resume: bool = False) -> dict:
     if "://" not in experiment:
         write_json(Path(experiment) / "summary.json", summary)
         write_curves(Path(experiment) / "curves.csv", grid, summary["space"])
-    return summary
+    errors = {Path(r.path).name: error_line(r.error) for r in grid if r.error is not None}
+    return {**summary, "errors": errors}
+
+
+def error_line(err: BaseException) -> str:
+    """One line for a trial's error: `Exception: message` of the innermost error inside Tune's,
+    Ray's and Ray Train's wrappers (read off its traceback text where only that crossed over)."""
+    while True:
+        failures = getattr(err, "worker_failures", None) or {}
+        inner = (
+            (failures[min(failures)] if failures else None)
+            or getattr(err, "controller_failure", None)
+            or getattr(err, "cause", None)
+            or err.__cause__
+        )
+        if inner is None or inner is err:
+            break
+        err = inner
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        return [line for line in lines if not line[0].isspace()][-1]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 CURVE_METRICS = ("total_loss", "consistency_loss", "reward_loss", "value_loss", "pi_loss",

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from tdmpc_ray.model.config import ModelConfig, model_config
+from tdmpc_ray.model.published import published, resolve_checkpoint
 from tdmpc_ray.model.world_model import WorldModel
 from tdmpc_ray.train.distill import BRIDGES
 from tdmpc_ray.train.losses import LossConfig
@@ -22,23 +23,29 @@ class TrainConfig:
     data: str = ""
     """Folder of Parquet episodes (`tdmpc-ray data convert|generate`)."""
     teacher: str | None = None
-    """Teacher checkpoint; unset trains from scratch (the paper's baseline)."""
+    """Teacher checkpoint: a path or a published name (`mt30-1M-fp16`, ...: `tdmpc-ray download`);
+    unset trains from scratch (the paper's baseline)."""
     teacher_gpus: float | None = None
     """GPUs for the shared teacher actor; None: one when the cluster has a GPU at start (set 1
     on an autoscaling cluster whose GPU workers start from zero)."""
     task_set: str = "mt30"
+    """Task set of the data and the student: `mt30`, `mt80`, or one task's name (single-task)."""
     model_size: int = 1
     """Student size preset (M parameters): 1, 5, 19, 48 or 317."""
     enc_dim: int | None = None
-    """Custom student width/size overrides of the preset (None keeps the preset's)."""
+    """Encoder width, overriding the preset's (None keeps it)."""
     mlp_dim: int | None = None
+    """Width of the dynamics, reward, policy and Q MLPs, overriding the preset's (None keeps it)."""
     latent_dim: int | None = None
+    """Latent state size, overriding the preset's (None keeps it)."""
     num_q: int | None = None
+    """Q-functions in the ensemble, overriding the preset's (None keeps it)."""
     steps: int = 200_000
     """Gradient updates (the paper: 200K for its tables, 1M for its best student)."""
     batch_size: int = 256
     """Global batch: split evenly over `num_workers`."""
     horizon: int = 3
+    """Steps of each training window the world model is unrolled over (TD-MPC2: 3)."""
     d_coef: float = 0.45
     """Reward distillation coefficient (the paper's published students: 0.45); ignored without a
     teacher."""
@@ -53,19 +60,32 @@ class TrainConfig:
     policy_d_coef: float = LossConfig.policy_d_coef
     """Policy distillation: student vs teacher mean action of the policy prior (off by default)."""
     distill_all_steps: bool = LossConfig.distill_all_steps
+    """Distil at every horizon step (rho-weighted) instead of only the first."""
     consistency_coef: float = LossConfig.consistency_coef
+    """Weight of the latent consistency loss (TD-MPC2: 20)."""
     reward_coef: float = LossConfig.reward_coef
+    """Weight of the reward prediction loss (TD-MPC2: 0.1)."""
     value_coef: float = LossConfig.value_coef
+    """Weight of the Q (value) loss (TD-MPC2: 0.1)."""
     rho: float = LossConfig.rho
+    """Weight decay of later horizon steps: step t counts rho**t."""
     entropy_coef: float = LossConfig.entropy_coef
+    """Entropy bonus of the policy prior's loss (TD-MPC2: 1e-4)."""
     lr: float = OptimConfig.lr
+    """Adam learning rate (TD-MPC2: 3e-4)."""
     enc_lr_scale: float = OptimConfig.enc_lr_scale
+    """The encoder learns at lr * enc_lr_scale."""
     grad_clip_norm: float = OptimConfig.grad_clip_norm
+    """Gradients are clipped to this global norm (TD-MPC2: 20)."""
     tau: float = OptimConfig.tau
+    """Polyak rate of the target Qs and of the running Q scale."""
     num_workers: int = 1
     """Ray Train workers (data-parallel; gradients averaged)."""
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    """Give each Train worker a GPU."""
+    cpus_per_worker: float | None = None
+    """CPUs per Train worker; None: 1, or the share that fits beside the run's reads and
+    evaluation actors on a smaller cluster (`tdmpc_ray.resources`)."""
     read_cpus: float = 0.25
     """CPUs per Ray Data read task (small, so reads fit beside workers on a busy node)."""
     max_resident_episodes: int | None = None
@@ -73,18 +93,25 @@ class TrainConfig:
     eval_freq: int = 0
     """Evaluate every this many steps with rollout actors, asynchronously (0 = off)."""
     eval_tasks: str = "mt30"
+    """Tasks of the periodic evaluation: `mt30`, or comma-separated task names."""
     eval_episodes: int = 1
+    """Episodes per task of each periodic evaluation."""
     eval_actors: int = 1
+    """Rollout actors of each periodic evaluation."""
     eval_mpc: bool = True
+    """Evaluate with MPPI planning; false acts with the policy prior (much faster)."""
     eval_cpus: float = 1.0
     """CPUs per evaluation rollout actor."""
     eval_max_steps: int | None = None
     """Cut evaluation episodes short (tests); scores are then not comparable to 500 steps."""
     checkpoint_every: int = 10_000
+    """Save a checkpoint every this many steps (and at the last)."""
     log_every: int = 100
+    """Report training metrics every this many steps."""
     max_failures: int = 3
     """Worker/node failures survived by resuming from the last checkpoint."""
     seed: int = 1
+    """Run seed: model init, sampling and evaluation seeds derive from it."""
     out: str = "runs"
     """Storage path (local folder, NFS or object-store URI) for checkpoints and results."""
     name: str | None = None
@@ -148,9 +175,11 @@ class TrainConfig:
         return self.name or f"{self.task_set}-{size}-{recipe}-b{self.batch_size}-s{self.seed}"
 
     def resolved(self) -> TrainConfig:
-        """A copy with local `data` and `teacher` paths made absolute, so Ray workers, actors and
-        Tune trials (which run in other directories) find them."""
-        return dataclasses.replace(self, data=absolute(self.data), teacher=absolute(self.teacher))
+        """A copy with a published teacher name replaced by its local copy (downloaded on first
+        use) and local `data` and `teacher` paths made absolute, so Ray workers, actors and Tune
+        trials (which run in other directories) find them."""
+        teacher = str(resolve_checkpoint(self.teacher)) if self.teacher else self.teacher
+        return dataclasses.replace(self, data=absolute(self.data), teacher=absolute(teacher))
 
     def check(self) -> None:
         """Fail with one line on values that cannot train."""
@@ -171,9 +200,13 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         coefs = ("d_coef", "latent_d_coef", "value_d_coef", "policy_d_coef", "eval_freq")
-        for name in coefs:
+        for name in (*coefs, "read_cpus"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        for name in ("cpus_per_worker", "eval_cpus"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
         if self.latent_bridge not in BRIDGES:
             raise ValueError(f"latent_bridge must be one of {BRIDGES}, not {self.latent_bridge!r}")
 
@@ -185,7 +218,8 @@ def parameter_count(cfg: ModelConfig) -> int:
 
 
 def absolute(path: str | None) -> str | None:
-    """`path` made absolute unless it is empty, None or a URI (`scheme://...`)."""
-    if not path or "://" in path:
+    """`path` made absolute unless it is empty, None, a URI (`scheme://...`) or the name of a
+    published checkpoint with no such file here (it resolves when a run starts)."""
+    if not path or "://" in path or (published(path) and not Path(path).exists()):
         return path
     return str(Path(path).resolve())

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import ray.data
 import torch
 from ray.experimental import tqdm_ray
 from ray.train import (
     CheckpointConfig,
+    DataConfig,
     FailureConfig,
+    LoggingConfig,
     RunConfig,
     ScalingConfig,
     UserCallback,
@@ -27,8 +32,9 @@ from tdmpc_ray.atomic import write_json
 from tdmpc_ray.data.dataset_info import DatasetInfo, dataset_info
 from tdmpc_ray.data.episode_store import EpisodeStore
 from tdmpc_ray.data.layout import teacher_terms
-from tdmpc_ray.model.checkpoint import checkpoint_hash
+from tdmpc_ray.model.checkpoint import checkpoint_hash, load_world_model
 from tdmpc_ray.provenance import provenance
+from tdmpc_ray.resources import capacity, check_training
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.distill import fit_pca
 from tdmpc_ray.train.loop import STUDENT_FILE, train_loop_per_worker, validate_checkpoint
@@ -53,10 +59,52 @@ def _latent_bridge_inputs(cfg: TrainConfig, info: DatasetInfo, teacher) -> dict:
         store = EpisodeStore.load([p.path for p in info.parts], max_resident_episodes=min(info.episodes, 512), seed=cfg.seed)  # fmt: skip
         batch = store.sample(cfg.pca_samples, 1, torch.Generator().manual_seed(cfg.seed))
         store.close()
-        latents = ray.get(teacher.outputs.remote(batch.obs[0], batch.action[0], batch.task, ("latent",)))
+        latents = ray.get(
+            teacher.outputs.remote(batch.obs[0], batch.action[0], batch.task, ("latent",))
+        )
         student_dim = cfg.model().latent_dim
         out["pca"] = fit_pca(latents["latent"], student_dim)
     return out
+
+
+def check_inputs(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` checked and resolved (a published teacher name fetched, paths made absolute), with
+    its teacher checkpoint loaded once to prove it is a world model of the run's task set: bad
+    input fails here with one line, before Ray starts or a run folder exists."""
+    cfg.check()
+    cfg = cfg.resolved()
+    if cfg.teacher is not None:
+        load_world_model(cfg.teacher, cfg.task_set)
+    return cfg
+def _read_parts(batch: pa.Table) -> Iterator[pa.Table]:
+    """Episodes of the part files named in `batch`, one row group at a time."""
+    for path in batch["path"].to_pylist():
+        part = pq.ParquetFile(path)
+        for group in range(part.num_row_groups):
+            yield part.read_row_group(group)
+
+
+def episode_dataset(info: DatasetInfo, read_cpus: float) -> ray.data.Dataset:
+    """The data set's episodes as a Ray Dataset whose only tasks are reads of `read_cpus` CPUs,
+    one part file each, without progress bars.
+
+    Not `ray.data.read_parquet`: in Ray 2.60 it starts a file-listing task (the `ListFiles`
+    operator) that always asks for a whole CPU, which never runs beside Train workers holding
+    all but a fraction of the CPUs; the part files are known from their footers anyway."""
+    paths = [{"path": str(p.path)} for p in info.parts]
+    dataset = ray.data.from_items(paths, override_num_blocks=len(paths)).map_batches(
+        _read_parts, batch_size=1, batch_format="pyarrow", num_cpus=read_cpus
+    )
+    dataset.context.enable_progress_bars = False
+    return dataset
+
+
+def _worker_loop(config: dict) -> None:
+    """`train_loop_per_worker` with INFO logs of the worker process off: Ray Train logs every
+    report there ("Reporting training result N: TrainingReport(...)") under a logger its
+    `LoggingConfig` does not reach, and forwards each line to the driver's console."""
+    logging.getLogger().setLevel(logging.WARNING)
+    train_loop_per_worker(config)
 
 
 def build_trainer(
@@ -79,19 +127,20 @@ def build_trainer(
     cached = cached_terms(cfg, info)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
+    cfg = check_training(cfg, capacity())
     asked = set(cfg.losses().teacher_terms()) - set(cached)
     teacher = get_teacher(cfg.teacher, cfg.task_set, cfg.teacher_gpus) if asked else None
-    dataset = ray.data.read_parquet(
-        [str(p.path) for p in info.parts], num_cpus=cfg.read_cpus
-    )
     validation = None
     if cfg.eval_freq and validate:
         validation = ValidationConfig(
-            validate_checkpoint, ValidationTaskConfig(fn_kwargs=cfg.eval_kwargs())
+            validate_checkpoint,
+            ValidationTaskConfig(fn_kwargs=cfg.eval_kwargs()),
+            # It only waits on its rollout actors (counted in the run's resources).
+            ray_remote_kwargs={"num_cpus": 0},
         )
     storage = cfg.out if "://" in cfg.out else str(Path(cfg.out).resolve())
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        _worker_loop,
         train_loop_config={
             "train": asdict(cfg),
             "cached_terms": cached,
@@ -109,8 +158,12 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=3),
             callbacks=callbacks,
+            # Ray Train's INFO lines (worker group start, each checkpoint) are not progress.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
-        datasets={"train": dataset},
+        datasets={"train": episode_dataset(info, cfg.read_cpus)},
+        # Ray Train's default ingest options warn (a deprecated argument) on every run.
+        dataset_config=DataConfig(execution_options=ray.data.ExecutionOptions()),
         validation_config=validation,
     )
     record = {
@@ -120,7 +173,9 @@ def build_trainer(
             "task_set": info.meta.task_set,
             "teacher_labels": info.meta.teacher_checkpoint,
         },
-        "teacher_source": {t: "labels" if t in cached else "actor" for t in cfg.losses().teacher_terms()},
+        "teacher_source": {
+            t: "labels" if t in cached else "actor" for t in cfg.losses().teacher_terms()
+        },
         **provenance(),
     }
     return trainer, record, teacher
@@ -146,6 +201,7 @@ class StepProgress(UserCallback):
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train to completion (resuming after failures) and return a summary with output paths."""
+    cfg = check_inputs(cfg)
     callbacks = [StepProgress(cfg.steps, cfg.run_name())] if progress else None
     trainer, record, _teacher = build_trainer(cfg, callbacks)
     run_dir = Path(cfg.out) / cfg.run_name() if "://" not in cfg.out else None
