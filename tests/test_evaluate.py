@@ -10,10 +10,12 @@ import csv
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import ray.cloudpickle
+import torch
 
 from tdmpc_ray import cli
 from tdmpc_ray.evaluate.config import EvalConfig
@@ -37,6 +39,7 @@ TASKS = ["cartpole-balance", "pendulum-swingup", "cup-catch"]
 EPISODES = 2
 STEPS = 40
 CFG = EvalConfig(planner=TINY, seed=3, envs_per_actor=2, cpus_per_actor=0.5, max_steps=STEPS)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 HAS_VIDEO = all(importlib.util.find_spec(m) for m in ("imageio", "imageio_ffmpeg"))
 TINY_ARGS = ["--iterations", "1", "--num-samples", "32", "--num-elites", "8",
              "--num-pi-trajs", "4", "--horizon", "2", "--no-compile"]  # fmt: skip
@@ -155,6 +158,40 @@ def test_one_episode_per_task_says_no_interval(pool) -> None:
 
 
 @needs_checkpoint
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_returns_do_not_depend_on_the_layout(request, device: str) -> None:
+    """Jobs fix every seed: two actors or one, with half a CPU or a whole one, and on a GPU two
+    actors sharing it or one holding it, give the same returns. (A device's arithmetic and
+    random stream differ from another's, so each device is compared with itself.)"""
+    gpus = 1.0 if device == "cuda" else 0.0
+    if device == "cpu":
+        first = request.getfixturevalue("reference")
+    else:
+        first = evaluate(CHECKPOINT, TASKS, EPISODES, 2, replace(CFG, gpus_per_actor=gpus / 2))
+    layouts = [
+        evaluate(CHECKPOINT, TASKS, EPISODES, 1, replace(CFG, gpus_per_actor=gpus)),
+        evaluate(
+            CHECKPOINT, TASKS, EPISODES, 1, replace(CFG, cpus_per_actor=1.0, gpus_per_actor=gpus)
+        ),
+    ]
+    assert first["config"]["num_actors"] == 2
+    assert all(_returns(r) == _returns(first) for r in layouts)
+
+
+def test_job_size_is_the_cpu_planner_block_or_a_gpu_batch() -> None:
+    assert EvalConfig().job_size() == 2
+    assert EvalConfig(gpus_per_actor=0.25).job_size() == 10
+    assert EvalConfig(planner=PlannerConfig(mpc=False)).job_size() == 10
+    assert EvalConfig(envs_per_actor=7, gpus_per_actor=1.0).job_size() == 7
+
+
+@needs_checkpoint
+def test_no_more_actors_start_than_there_are_jobs(ray_session) -> None:
+    """Two episodes in jobs of two are one job: a second actor would only idle."""
+    result = evaluate(CHECKPOINT, TASKS[:1], 2, num_actors=3, cfg=CFG)
+    assert result["config"]["num_actors"] == 1 and result["config"]["envs_per_actor"] == 2
+
+
 @pytest.mark.slow
 def test_results_do_not_depend_on_the_number_of_actors(reference: dict) -> None:
     single = evaluate(CHECKPOINT, TASKS, EPISODES, num_actors=1, cfg=CFG)
@@ -254,6 +291,7 @@ def test_eval_cli_writes_json_csv_and_summary(ray_session, tmp_path, capsys, mon
         (["--tasks", "cup-catch,cup-catch"], "given more than once"),
         (["--episodes", "0"], "must be at least 1"),
         (["--envs-per-actor", "0"], "envs_per_actor must be at least 1"),
+        (["--gpus-per-actor", "-1"], "gpus_per_actor must be non-negative"),
     ],
 )
 def test_eval_cli_bad_arguments_fail_with_one_line(capsys, args, message) -> None:

@@ -5,6 +5,11 @@ A job is a fixed group of episodes stepped together by one actor with one planne
 actors, fix the planner's random stream (`planner_seed` of the group), so a result does not
 depend on which actor ran a job, on how many actors there were, or on a job being rerun after
 its actor died.
+
+Devices: an actor given a GPU share by Ray (`gpus_per_actor`) holds its model on that GPU and
+plans each job's environments there in one batched pass per step; the environments step on the
+actor's CPU. Without one, the same code plans on the CPU with `int(cpus_per_actor)` torch
+threads. (Why one planner per job and not a shared planner actor: docs/decisions.md.)
 """
 
 from __future__ import annotations
@@ -68,6 +73,15 @@ def model_payload(model: WorldModel) -> dict:
     return {"config": model.cfg.to_dict(), "state_dict": state}
 
 
+def actor_device() -> torch.device:
+    """The GPU Ray gave this worker (its share is visible as cuda:0), else the CPU."""
+    if not ray.get_runtime_context().get_accelerator_ids().get("GPU"):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("this rollout actor was given a GPU, but torch here has no CUDA")
+    return torch.device("cuda", 0)
+
+
 @ray.remote
 class RolloutActor:
     """Holds environments, a model copy and a `Planner`; runs one lockstep job per call.
@@ -81,6 +95,7 @@ class RolloutActor:
     def __init__(self, env_factory: EnvFactory, num_threads: int) -> None:
         absl_logging.set_verbosity(absl_logging.ERROR)
         torch.set_num_threads(num_threads)
+        self._device = actor_device()
         self._env_factory = env_factory
         self._weights_id: str | None = None
         self._model: WorldModel | None = None
@@ -90,6 +105,7 @@ class RolloutActor:
             payload = ray.get(weights)
             model = WorldModel(ModelConfig.from_dict(payload["config"]))
             model.load_state_dict(payload["state_dict"])
+            model = model.to(self._device)
             self._model, self._weights_id = model.eval(), weights.hex()
         return self._model
 
@@ -139,12 +155,14 @@ class EvalPool:
         cpus_per_actor: float = 1.0,
         env_factory: EnvFactory = make_env,
         env_vars: dict[str, str] | None = None,
+        gpus_per_actor: float = 0.0,
     ) -> None:
         if num_actors < 1:
             raise ValueError(f"num_actors must be at least 1, got {num_actors}")
         # "DEFAULT": never placed inside a caller's placement group (a Train or Tune trial's).
         self._options = {
             "num_cpus": cpus_per_actor,
+            "num_gpus": gpus_per_actor,
             "max_restarts": 0,
             "scheduling_strategy": "DEFAULT",
         }

@@ -3,10 +3,11 @@ reports per-task returns and TD-MPC2's normalized score.
 
 Seeds: episode e of task T under run seed S has env seed derive_seed("env", S, T, e, attempt),
 whatever actor runs it. Episodes are grouped in (task, episode) order into jobs of
-`envs_per_actor`, and a job's planner is seeded from its members, so results are reproducible for
-a given `envs_per_actor` whatever the number of actors, their scheduling or a rerun after an
-actor died. The planner draws one random stream per job (not per environment), so changing
-`envs_per_actor` changes the planner noise, not the env seeds.
+`envs_per_actor` (`EvalConfig.job_size`), and a job's planner is seeded from its members, so
+results are reproducible for a given job size and device kind whatever the number of actors,
+their CPU or GPU shares, their scheduling or a rerun after an actor died. The planner draws one
+random stream per job (not per environment), so changing the job size changes the planner
+noise, not the env seeds. Never more actors start than there are jobs.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def evaluate(
     Planner(model, dataclasses.replace(cfg.planner, compile=False))  # bad settings fail here
     if cfg.video_dir is not None:
         require_writer()
+    cfg = dataclasses.replace(cfg, envs_per_actor=cfg.job_size())
     specs = episode_specs(names, episodes, model.cfg, cfg)
     groups = [specs[i : i + cfg.envs_per_actor] for i in range(0, len(specs), cfg.envs_per_actor)]
     if not ray.is_initialized():
@@ -134,7 +136,10 @@ def evaluate(
     settings = RolloutSettings(cfg.planner, cfg.eval_mode, cfg.max_steps)
     owned = pool is None
     if owned:
-        pool = EvalPool(num_actors, cfg.cpus_per_actor, env_vars=_actor_env(cfg))
+        pool = EvalPool(
+            min(num_actors, len(groups)), cfg.cpus_per_actor, env_vars=_actor_env(cfg),
+            gpus_per_actor=cfg.gpus_per_actor,
+        )  # fmt: skip
     num_actors = len(pool.actors)
     bar = _TaskProgress(names, episodes, progress, on_result)
     try:
