@@ -14,7 +14,6 @@ from tdmpc_ray.atomic import write_json
 from tdmpc_ray.provenance import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SHARED_CHECKPOINTS = Path(__file__).resolve().parent.parent.parent / "shared" / "checkpoints"
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

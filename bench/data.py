@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,37 +39,70 @@ from tdmpc_ray.provenance import provenance  # noqa: E402
 from tdmpc_ray.tasks.task_sets import get_task_set  # noqa: E402
 
 STEPS = 501
+BLOCK_EPISODES = 1000
 BATCH, HORIZON = 256, 3
 REFERENCE_UPDATE_MS = 324.0
 """TD-MPC2 reference update of the 1M model at batch 256 on this machine kind
 (../shared/REFERENCE-NOTES.md); used while our own update is not built."""
 
 
-def write_synthetic_chunk(path: Path, episodes: int) -> None:
+def write_synthetic_chunk(path: Path, episodes: int, seed: int = 0) -> None:
     """A chunk in the public layout whose padding and value ranges look like MT30's: task
-    e % 30 for episode e, random-walk obs and uniform actions in the task's own dims."""
+    e % 30 for episode e, random-walk obs and uniform actions in the task's own dims.
+
+    Made in blocks of `BLOCK_EPISODES` (each seeded by (seed, block), so the data depend only
+    on `seed` and `episodes`) into file-backed tensors beside `path`, which `torch.save` then
+    streams into the chunk: memory stays at one block however big the chunk (a real one is
+    12.8 GB); the disk briefly holds the chunk twice."""
     from tensordict import TensorDict
 
     task_set = get_task_set("mt30")
+    shapes = {
+        "obs": ((episodes, STEPS, task_set.obs_dim), torch.float32),
+        "action": ((episodes, STEPS, task_set.action_dim), torch.float32),
+        "reward": ((episodes, STEPS), torch.float32),
+        "task": ((episodes, STEPS), torch.int32),
+    }
+    raw = {name: path.with_name(f".{path.name}.{name}.raw") for name in shapes}
+    try:
+        fields = {
+            name: torch.from_file(str(raw[name]), shared=True, size=int(np.prod(shape)),
+                                  dtype=dtype).view(shape)
+            for name, (shape, dtype) in shapes.items()
+        }  # fmt: skip
+        for first in range(0, episodes, BLOCK_EPISODES):
+            block = _synthetic_block(first, min(first + BLOCK_EPISODES, episodes), seed)
+            for name, values in block.items():
+                fields[name][first : first + len(values)] = values
+        torch.save(TensorDict(fields, batch_size=[episodes, STEPS]), path)
+    finally:
+        for file in raw.values():
+            file.unlink(missing_ok=True)
+
+
+def _synthetic_block(first: int, stop: int, seed: int) -> dict[str, torch.Tensor]:
+    """Episodes [first, stop) of `write_synthetic_chunk`."""
+    task_set = get_task_set("mt30")
     num_tasks = len(task_set.tasks)
-    generator = torch.Generator().manual_seed(0)
-    obs = torch.zeros(episodes, STEPS, task_set.obs_dim)
-    action = torch.zeros(episodes, STEPS, task_set.action_dim)
-    reward = torch.rand(episodes, STEPS, generator=generator)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + first // BLOCK_EPISODES)
+    count = stop - first
+    task = torch.arange(first, stop, dtype=torch.int32) % num_tasks
+    obs = torch.zeros(count, STEPS, task_set.obs_dim)
+    action = torch.zeros(count, STEPS, task_set.action_dim)
+    reward = torch.rand(count, STEPS, generator=generator)
     for k, (obs_dim, action_dim) in enumerate(
         zip(task_set.obs_dims, task_set.action_dims, strict=True)
     ):
-        n = len(range(k, episodes, num_tasks))
-        walk = torch.randn(n, STEPS, obs_dim, generator=generator).mul_(0.1).cumsum(1)
-        obs[k::num_tasks, :, :obs_dim] = walk
-        action[k::num_tasks, :, :action_dim] = (
-            torch.rand(n, STEPS, action_dim, generator=generator) * 2 - 1
+        rows = (task == k).nonzero().squeeze(1)
+        walk = torch.randn(len(rows), STEPS, obs_dim, generator=generator).mul_(0.1).cumsum(1)
+        obs[rows, :, :obs_dim] = walk
+        action[rows, :, :action_dim] = (
+            torch.rand(len(rows), STEPS, action_dim, generator=generator) * 2 - 1
         )
     action[:, 0] = float("nan")
     reward[:, 0] = float("nan")
-    task = (torch.arange(episodes, dtype=torch.int32) % num_tasks).unsqueeze(1).repeat(1, STEPS)
-    fields = {"obs": obs, "action": action, "reward": reward, "task": task}
-    torch.save(TensorDict(fields, batch_size=[episodes, STEPS]), path)
+    return {"obs": obs, "action": action, "reward": reward,
+            "task": task.unsqueeze(1).expand(count, STEPS)}  # fmt: skip
 
 
 def _read_speed(path: Path) -> float:

@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_CHECKPOINTS, write_result  # noqa: E402
+from common import write_result  # noqa: E402
 
 from tdmpc_ray.data.episode_store import EpisodeStore  # noqa: E402
 from tdmpc_ray.model import WorldModel, model_config  # noqa: E402
+from tdmpc_ray.model.published import resolve_checkpoint  # noqa: E402
 from tdmpc_ray.train.losses import LossConfig, distill_loss, world_model_loss  # noqa: E402
 from tdmpc_ray.train.update import Learner  # noqa: E402
 
@@ -72,7 +73,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--teacher", type=Path, default=SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
+        "--teacher", type=resolve_checkpoint, default="mt30-1M-fp16"
     )
     parser.add_argument("--data", type=Path, help="labelled episodes (made when absent)")
     parser.add_argument("--steps", type=int, default=300)

@@ -23,8 +23,9 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from common import SHARED_CHECKPOINTS  # noqa: E402
 from train import _commit, _run  # noqa: E402
+
+from tdmpc_ray.model.published import resolve_checkpoint  # noqa: E402
 
 SETTINGS = {"reference": (1, False), "eager_1": (1, False), "compiled_1": (1, True),
             "eager_30": (30, False), "compiled_30": (30, True)}  # fmt: skip
@@ -58,7 +59,7 @@ def main() -> None:
         "--reference-python", default=sys.executable, help="python of the reference's venv"
     )
     parser.add_argument(
-        "--checkpoint", type=Path, default=SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
+        "--checkpoint", type=resolve_checkpoint, default="mt30-1M-fp16"
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=5, help="timed plans per setting and round")

@@ -1,7 +1,7 @@
 """Quantization of the published student: sizes, output errors and CPU inference speed, written to
 bench/results/quantize.json.
 
-    /work/venv/bin/python bench/quantize.py [--source ../shared/checkpoints/...fp16.pt] [--threads 1]
+    /work/venv/bin/python bench/quantize.py [--source mt30-1M-fp16|PATH] [--threads 1]
 
 1. Quantizes the source (the paper's published FP16 student) in every mode, and `int8` once more
    with fp16 scales: file and tensor MiB, output errors against the source on the 256-row probe
@@ -29,20 +29,17 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_CHECKPOINTS, write_result  # noqa: E402
+from common import write_result  # noqa: E402
 
 from tdmpc_ray.model import WorldModel, checkpoint_hash, load_world_model  # noqa: E402
+from tdmpc_ray.model.published import find_published, resolve_checkpoint  # noqa: E402
 from tdmpc_ray.planning import Planner, PlannerConfig  # noqa: E402
 from tdmpc_ray.quantize import MODES  # noqa: E402
 from tdmpc_ray.quantize.export import quantize_checkpoint  # noqa: E402
 from tdmpc_ray.quantize.inference import inference_autocast  # noqa: E402
 from tdmpc_ray.quantize.measure import OUTPUTS, probe_batch, probe_outputs  # noqa: E402
 
-SOURCE = SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
-PUBLISHED = {
-    "mixed": "mt30_1M_steps_045dist_mixed.pt",
-    "int8-paper": "mt30_1M_steps_045dist_int8.pt",
-}
+PUBLISHED = {"mixed": "mt30-1M-mixed", "int8-paper": "mt30-1M-int8"}
 
 
 def _interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict]:
@@ -84,12 +81,11 @@ def bench_modes(source: Path, tmp: Path) -> dict:
     for name, (mode, scale_dtype) in variants.items():
         report = quantize_checkpoint(source, tmp / f"{name}.pt", mode, scale_dtype=scale_dtype)
         out[name] = {k: v for k, v in report.to_dict().items() if k not in ("source", "out")}
-        if name in PUBLISHED and (SHARED_CHECKPOINTS / PUBLISHED[name]).is_file():
-            out[name]["published_file_mib"] = (
-                SHARED_CHECKPOINTS / PUBLISHED[name]
-            ).stat().st_size / 2**20
+        published = find_published(PUBLISHED[name]) if name in PUBLISHED else None
+        if published is not None:
+            out[name]["published_file_mib"] = published.stat().st_size / 2**20
             out[name]["value_mismatches_vs_published"] = _stored_value_mismatches(
-                tmp / f"{name}.pt", SHARED_CHECKPOINTS / PUBLISHED[name]
+                tmp / f"{name}.pt", published
             )
     loads = {name: lambda p=tmp / f"{name}.pt": load_world_model(p) for name in variants}
     loads["source"] = lambda: load_world_model(source)
@@ -182,13 +178,13 @@ def autocast_errors(source: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default=str(SOURCE))
+    parser.add_argument("--source", type=resolve_checkpoint, default="mt30-1M-fp16")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
-    source = Path(args.source)
+    source = args.source
     if not source.is_file():
-        raise SystemExit(f"{source}: no such checkpoint (../shared/checkpoints beside the repo?)")
+        raise SystemExit(f"{source}: no such checkpoint")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="tdmpc_ray_bench_quantize_") as tmp:
         modes = bench_modes(source, Path(tmp))

@@ -21,9 +21,10 @@ import ray
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_CHECKPOINTS, write_result  # noqa: E402
+from common import write_result  # noqa: E402
 
 from tdmpc_ray.model import checkpoint_hash  # noqa: E402
+from tdmpc_ray.model.published import resolve_checkpoint  # noqa: E402
 from tdmpc_ray.train.teacher import teacher_pool  # noqa: E402
 
 ROWS = (256, 1024, 8192, 65536)
@@ -103,7 +104,7 @@ def serve(checkpoint: Path) -> list[dict]:
 def main() -> None:
     torch.set_num_threads(1)
     ray.init(num_cpus=2, logging_level=logging.WARNING)
-    checkpoint = SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
+    checkpoint = resolve_checkpoint("mt30-1M-fp16")
     write_result("teacher", {
         "what": "teacher queries on CPU: round-trip ms per way of passing N rows to an actor, and the "
                 "TeacherActor's rows/s with the published 1M student (fp32, bf16)",

@@ -12,10 +12,12 @@ import sys
 
 _VERB_MODULES = (
     "tdmpc_ray.quickstart",
+    "tdmpc_ray.model.commands",
     "tdmpc_ray.evaluate.commands",
     "tdmpc_ray.data.commands",
     "tdmpc_ray.train.commands",
     "tdmpc_ray.quantize.commands",
+    "tdmpc_ray.deploy.commands",
     "tdmpc_ray.sweep.commands",
     "tdmpc_ray.dashboard.commands",
 )

@@ -6,7 +6,10 @@ with one line naming the key. The resolved config is written with every run.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -178,3 +181,66 @@ def _get(values: dict, path: tuple[str, ...]) -> Any:
     for name in path:
         values = values[name]
     return values
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under each field of dataclass `cls` and its dataclass bases."""
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = next(node for node in tree.body if isinstance(node, ast.ClassDef)).body
+        for stmt, after in zip(body, body[1:], strict=False):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[stmt.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+def describe_fields(
+    cls: type, defaults: object | None = None
+) -> list[tuple[str, str, Any, str]]:
+    """`(key, type, default, meaning)` of every field of dataclass `cls`, in order, taken from
+    the source (the docstring under each field; "" when it has none). Fields that are dataclasses
+    themselves are walked and their keys listed flat, as `key=value` overrides name them, with
+    the defaults of the enclosing field's default instance (`defaults`). A field without a
+    default has `dataclasses.MISSING`."""
+    hints = typing.get_type_hints(cls)
+    docs = _field_docs(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = f.default
+        if _nested(hint):
+            out.extend(describe_fields(hint, None if default is dataclasses.MISSING else default))
+            continue
+        out.append((f.name, _type_name(hint), default, docs.get(f.name, "")))
+    return out
+
+
+def format_fields(cls: type, width: int = 100) -> str:
+    """`describe_fields(cls)` as help text: one `key: type = default  meaning` entry per key."""
+    entries = []
+    for key, kind, default, doc in describe_fields(cls):
+        shown = "required" if default is dataclasses.MISSING else repr(default)
+        entries.append(
+            textwrap.fill(f"{key}: {kind} = {shown}  {doc}".rstrip(), width, initial_indent="  ",
+                          subsequent_indent="      ", break_long_words=False,
+                          break_on_hyphens=False)
+        )  # fmt: skip
+    return "\n".join(entries)

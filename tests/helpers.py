@@ -6,18 +6,22 @@ from pathlib import Path
 
 import pytest
 
+from tdmpc_ray.model.published import find_published
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-SHARED_CHECKPOINTS = REPO.parent / "shared" / "checkpoints"
-FP16_STUDENT = SHARED_CHECKPOINTS / "mt30_1M_steps_045dist_fp16.pt"
+FP16_STUDENT = "mt30_1M_steps_045dist_fp16.pt"
 
 
 def shared_checkpoint(name: str) -> Path:
-    """A file of ../shared/checkpoints, or skip the test with the reason."""
-    path = SHARED_CHECKPOINTS / name
-    if not path.is_file():
+    """A verified local copy of the published student `name` (a short or file name, found in the
+    download cache or ../shared/checkpoints by `find_published`), or skip the test with the
+    reason."""
+    path = find_published(name)
+    if path is None:
         pytest.skip(
-            f"shared checkpoint {path} is absent (../shared/checkpoints not beside the repo)"
+            f"published student {name} not found locally (run `tdmpc-ray download`, or keep "
+            "../shared/checkpoints beside the repo)"
         )
     return path
 

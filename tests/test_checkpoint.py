@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import warnings
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 
+from tdmpc_ray import cli
 from tdmpc_ray.model import (
     CheckpointError,
     WorldModel,
@@ -127,14 +132,86 @@ def test_truncated_and_corrupted_files_fail_with_one_line(tmp_path):
 
 
 class _Payload:
+    """Pickles as a call of `open(marker, "w")`: loading it would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
     def __reduce__(self):
-        return (print, ("a checkpoint must never run code",))
+        return (open, (str(self.marker), "w"))
 
 
-def test_checkpoints_that_would_run_code_are_refused(tmp_path):
-    torch.save({"model": _Payload()}, tmp_path / "evil.pt", pickle_module=pickle)
-    with pytest.raises(CheckpointError, match="refused to load"):
-        load_world_model(tmp_path / "evil.pt")
+def _foreign_zip(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes/a.txt", "hello")
+        archive.writestr("b.txt", "world")
+
+
+BAD_FILES = {
+    "text": (lambda p: p.write_text("hello, I am a text file\n"), "not a PyTorch checkpoint"),
+    "random": (lambda p: p.write_bytes(b"\x17" + os.urandom(4095)), "not a PyTorch checkpoint"),
+    "random-pickle-like": (
+        lambda p: p.write_bytes(b"\x80\xb8" + os.urandom(4094)),
+        "not a readable PyTorch checkpoint",
+    ),
+    "empty": (lambda p: p.write_bytes(b""), "empty file"),
+    "foreign-zip": (_foreign_zip, "a zip archive but not a PyTorch checkpoint"),
+    "code": (
+        lambda p: torch.save({"model": _Payload(p.with_suffix(".ran"))}, p, pickle_module=pickle),
+        "refused: loading it would call io.open",
+    ),
+    "list": (lambda p: torch.save([torch.zeros(2)], p), "expected a dict, found list"),
+    "dict": (lambda p: torch.save({"steps": 5, "w": torch.zeros(3)}, p), "not a TD-MPC2 world model"),
+    "model-entry": (lambda p: torch.save({"model": 5}, p), "'model' entry is not a state dict"),
+    "bad-shapes": (
+        lambda p: torch.save({"_Qs.params.0.weight": torch.zeros(3), "_task_emb.weight": torch.zeros(3)}, p),
+        "not a TD-MPC2 world model checkpoint",
+    ),
+}  # fmt: skip
+
+
+@pytest.fixture(params=sorted(BAD_FILES))
+def bad_file(request, tmp_path) -> tuple[Path, str]:
+    """A file that is not a world-model checkpoint, named x.pt, and what its error says."""
+    make, message = BAD_FILES[request.param]
+    path = tmp_path / "x.pt"
+    make(path)
+    return path, message
+
+
+def test_a_file_that_is_not_a_checkpoint_fails_with_one_line_naming_it(bad_file):
+    path, message = bad_file
+    with pytest.raises(CheckpointError) as err:
+        load_world_model(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not path.with_suffix(".ran").exists()
+
+
+@pytest.mark.parametrize("verb", ["eval", "quantize"])
+def test_the_cli_refuses_a_bad_checkpoint_with_one_line_and_exit_2(bad_file, verb, capsys):
+    path, message = bad_file
+    argv = {"eval": ["eval", "--checkpoint", str(path)],
+            "quantize": ["quantize", str(path), "--mode", "fp16", "--out", str(path.with_name("q.pt"))]}  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(argv[verb]) == 2
+    assert not [str(w.message) for w in caught]
+    err = capsys.readouterr().err
+    assert err == f"tdmpc-ray {verb}: error: {path}: {err.split(f'{path}: ', 1)[1]}"
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not path.with_name("q.pt").exists() and not path.with_suffix(".ran").exists()
+
+
+def test_train_checks_its_teacher_before_ray_and_leaves_no_run_folder(tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _Payload(tmp_path / "evil.ran")}, evil, pickle_module=pickle)
+    runs = tmp_path / "runs"
+    argv = ["train", f"data={tmp_path / 'data'}", f"teacher={evil}", f"out={runs}"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tdmpc-ray train: error: {evil}: refused") and err.count("\n") == 1
+    assert not runs.exists() and not (tmp_path / "evil.ran").exists()
 
 
 def test_missing_key_is_named(tmp_path):

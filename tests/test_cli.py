@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
+
 import pytest
 
 from tdmpc_ray.cli import build_parser, main
+from tdmpc_ray.config import describe_fields
+from tdmpc_ray.sweep.spec import SweepSpec
+from tdmpc_ray.train.config import TrainConfig
 
 
 def test_every_verb_is_registered():
     verbs = build_parser()._subparsers._group_actions[0].choices
-    assert set(verbs) == {"quickstart", "eval", "data", "train", "quantize", "sweep", "dashboard"}
+    assert set(verbs) == {
+        "quickstart",
+        "download",
+        "eval",
+        "compare",
+        "data",
+        "train",
+        "quantize",
+        "export",
+        "sweep",
+        "dashboard",
+    }
 
 
 @pytest.mark.parametrize(
@@ -25,3 +42,43 @@ def test_user_errors_print_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and err.startswith(f"tdmpc-ray {argv[0]}: error:")
+
+
+@pytest.mark.parametrize("verb", ["train", "sweep"])
+def test_help_lists_every_training_key_with_its_type_default_and_meaning(verb, capsys):
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    keys = describe_fields(TrainConfig) + (describe_fields(SweepSpec) if verb == "sweep" else [])
+    assert {key for key, *_ in describe_fields(TrainConfig)} == {
+        f.name for f in dataclasses.fields(TrainConfig)
+    }
+    for key, kind, default, doc in keys:
+        assert kind and doc, f"{key} has no type or no docstring"
+        shown = "required" if default is dataclasses.MISSING else repr(default)
+        assert f" {key}: {kind} = {shown} {doc}" in text
+
+
+@dataclass(frozen=True)
+class _Inner:
+    lr: float = 3e-4
+    """Learning rate."""
+    tau: float = 0.01
+
+
+@dataclass(frozen=True)
+class _Outer:
+    steps: int = 10
+    """Updates."""
+    optim: _Inner = field(default_factory=_Inner)
+    tags: list[str] = field(default_factory=list)
+    """Labels."""
+
+
+def test_describe_fields_walks_nested_configs_and_flattens_their_keys():
+    assert describe_fields(_Outer) == [
+        ("steps", "int", 10, "Updates."),
+        ("lr", "float", 3e-4, "Learning rate."),
+        ("tau", "float", 0.01, ""),
+        ("tags", "list[str]", [], "Labels."),
+    ]

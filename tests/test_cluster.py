@@ -272,6 +272,7 @@ def head(tmp_path_factory) -> Iterator[Head]:
         log.close()
 
 
+@pytest.mark.slow
 def test_head_requires_the_token(head):
     """Token auth is on: a client without RAY_AUTH_MODE sends no token (401), one with another
     token is refused (403)."""
@@ -287,6 +288,7 @@ def test_head_requires_the_token(head):
     assert result.returncode != 0 and "Invalid authentication token" in result.stderr
 
 
+@pytest.mark.slow
 def test_submitted_job_trains_a_student(head):
     """`ray job submit --working-dir <repo> --runtime-env cluster/runtime_env.yaml -- tdmpc-ray
     train ...` on the head: the job's driver joins that cluster (RAY_ADDRESS, set by Ray for the

@@ -4,17 +4,22 @@ page itself in headless Chromium."""
 from __future__ import annotations
 
 import http.client
+import json
+import os
 import re
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import ray.cloudpickle
 
 from tdmpc_ray.cli import main
 from tdmpc_ray.dashboard import ResultsReader, export_html, make_server
+from tdmpc_ray.dashboard.results import effective_config, split_config, summarize_rows
 from tdmpc_ray.dashboard.server import DashboardServer
 from tdmpc_ray.tasks import MT30
 
@@ -27,27 +32,75 @@ SVG_NAMESPACE = "http://www.w3.org/2000/svg"
 D_COEFS = [0.0, 0.2, 0.4, 0.45]
 FAILING_D_COEF = 0.2
 REPORTS = 4
+EPISODES = 3
+SCREENSHOT = os.environ.get("DASHBOARD_SCREENSHOT")
+"""Also save the page's screenshot here (docs/results/dashboard.png is made this way)."""
+
+# Tune workers cannot import this test module: ship the trainable's helpers by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def evaluation(seed: int, quality: float, step: int) -> dict:
+    """A synthetic evaluation in the real result format (`score._scores`: returns, env seeds,
+    intervals): EPISODES episodes of every MT30 task whose returns grow with `quality` and
+    the step, with noise mostly fixed by the env seed (so trials of one seed pair) and partly
+    the agent's own."""
+    from tdmpc_ray.evaluate.rollout import EpisodeResult, EpisodeSpec
+    from tdmpc_ray.evaluate.score import _scores
+
+    specs = [EpisodeSpec(seed, task, k, e) for k, task in enumerate(MT30) for e in range(EPISODES)]
+    results = [
+        EpisodeResult(s, ret=min(1000.0, (100 + 30 * (s.task_id % 7)) * quality * step / 4000
+                                 + s.env_seed % 101 + (s.env_seed + round(quality * 97)) % 23),
+                      length=500)
+        for s in specs
+    ]  # fmt: skip
+    return _scores(results, MT30, specs)
+
+
+def write_run(out: Path, run_dir: str, config: dict) -> None:
+    """The run.json the sweep runner writes: the effective config (no teacher without
+    distillation) and the recipe."""
+    from tdmpc_ray.atomic import write_json
+
+    distilling = config.get("d_coef", 0) > 0 or config.get("recipe", "scratch") != "scratch"
+    run = {**config, "teacher": config.get("teacher") if distilling else None}
+    write_json(
+        out / run_dir / "run.json",
+        {"config": run, "recipe": "distill" if distilling else "scratch"},
+    )
+
+
+def report_row(out: Path, run_dir: str, config: dict, i: int, quality: float) -> dict:
+    """Report number `i` as the sweep runner sends it to Tune: training metrics and `run_dir`
+    always; every second one also a finished evaluation (its file written like
+    `validate_checkpoint`'s, its metrics like `training_metrics`)."""
+    from tdmpc_ray.atomic import write_json
+    from tdmpc_ray.evaluate.report import training_metrics
+
+    row = {"step": 1000 * i, "total_loss": 2.0 / i, "updates_per_s": 40.0 + i, "run_dir": run_dir}
+    if i % 2 == 0:
+        step = 1000 * i
+        result = evaluation(config["seed"], quality, step)
+        file = f"{run_dir}/evals/step_{step:09d}.json"
+        write_json(out / file, {"step": step, **result})
+        row.update(training_metrics(result), eval_step=step, eval_file=file)
+    return row
 
 
 def make_trainable(gate: Path | None = None) -> Callable[[dict], None]:
-    """A Tune function trainable reporting like the sweep runner: `REPORTS` rows of step, loss
-    and updates/s, with an evaluation (normalized score and per-task scores) every second row.
-    It fails after its third report when d_coef is FAILING_D_COEF, and with `gate` it waits after
-    its second report until that file exists."""
+    """A Tune function trainable reporting like the sweep runner (`report_row`), with quality
+    1 + d_coef. It fails after its third report when d_coef is FAILING_D_COEF, and with `gate`
+    it waits after its second report until that file exists."""
 
     def trainable(config: dict) -> None:
         from ray import tune
 
+        run_dir = f"{tune.get_context().get_trial_name()}/train"
+        out = Path(config["out"])
+        write_run(out, run_dir, config)
         for i in range(1, REPORTS + 1):
-            row = {"step": 1000 * i, "total_loss": 2.0 / i, "updates_per_s": 40.0 + i}
-            if i % 2 == 0:
-                scores = {
-                    f"score/{task}": (10 + 3 * (k % 7)) * (1 + config["d_coef"]) * i / REPORTS
-                    for k, task in enumerate(MT30)
-                }
-                row["normalized_score"] = sum(scores.values()) / len(scores)
-                row.update(scores)
-            tune.report(row)
+            tune.report(report_row(out, run_dir, config, i, 1 + config["d_coef"]))
             while gate is not None and i == 2 and not gate.exists():
                 time.sleep(0.05)
             if config["d_coef"] == FAILING_D_COEF and i == 3:
@@ -71,11 +124,12 @@ def run_sweep(
         make_trainable(gate),
         param_space={
             "d_coef": tune.grid_search(d_coefs),
-            "teacher": None,
+            "teacher": "teacher.pt",
             "batch_size": 256,
             "steps": 1000 * REPORTS,
             "seed": 1,
             "model_size": 1,
+            "out": str(storage / name),
         },
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
@@ -91,7 +145,7 @@ def sweep(ray_session: object, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def by_d_coef(payload: dict) -> dict[float, dict]:
-    return {t["d_coef"]: t for t in payload["trials"]}
+    return {t["params"]["d_coef"]: t for t in payload["trials"]}
 
 
 def copy_trial(sweep: Path, d_coef: float, dest: Path) -> Path:
@@ -100,6 +154,85 @@ def copy_trial(sweep: Path, d_coef: float, dest: Path) -> Path:
     return Path(shutil.copytree(sweep / trial["dir"], dest / trial["dir"]))
 
 
+def recipe_sweep(root: Path) -> Path:
+    """An experiment folder written as the sweep runner and Tune write it (params.json,
+    result.json, run.json, evaluation files), without running Tune: recipes scratch and
+    reward, seeds 1 and 2, and batch size 256 except one trial."""
+    grid = [("scratch", 1, 256), ("scratch", 2, 256), ("reward", 1, 256), ("reward", 2, 512)]
+    for n, (recipe, seed, batch) in enumerate(grid):
+        config = {"recipe": recipe, "seed": seed, "batch_size": batch, "teacher": "t.pt",
+                  "out": str(root)}  # fmt: skip
+        folder = root / f"run_trial_{n:05d}_{recipe}_{seed}"
+        folder.mkdir(parents=True)
+        (folder / "params.json").write_text(json.dumps(config))
+        run_dir = f"run_trial_{n:05d}/train"
+        write_run(root, run_dir, config)
+        quality = 1.5 if recipe == "reward" else 1.0
+        rows = [report_row(root, run_dir, config, i, quality) for i in range(1, REPORTS + 1)]
+        rows[-1]["done"] = True
+        (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_scores_appear_only_where_an_evaluation_ran() -> None:
+    rows = [
+        {"step": 100, "total_loss": 1.0},
+        {"step": 200, "normalized_score": 0.0},  # a placeholder, not an evaluation
+        {"step": 300, "normalized_score": 12.0, "normalized_score_low": 10.0,
+         "normalized_score_high": 14.0, "eval_step": 200, "eval_episodes": 2, "score/a": 12.0},
+        {"step": 400, "normalized_score": 12.0, "eval_step": 200},  # the same evaluation again
+        {"step": 500, "normalized_score": 20.0, "eval_step": 500},
+        {"step": 600, "eval_error": "step 600: boom"},
+    ]  # fmt: skip
+    summary = summarize_rows(rows)
+    assert summary["curve"] == [[200, 12.0, 10.0, 14.0], [500, 20.0, None, None]]
+    assert summary["latest_score"] == 20.0 and summary["latest_low"] is None
+    assert summary["best_score"] == 20.0 and summary["step"] == 600 and summary["eval_step"] == 500
+    assert summary["eval_error"] == "step 600: boom"
+    assert (
+        summarize_rows(rows[:2])["curve"] == [] and summarize_rows(rows[:2])["latest_score"] is None
+    )
+
+
+def test_shared_config_holds_only_keys_equal_in_every_trial() -> None:
+    configs = [{"a": 1, "b": 2, "t": "x"}, {"a": 1, "b": 3, "t": None}, {"a": 1, "b": 3}]
+    assert split_config(configs) == (["b", "t"], {"a": 1})
+    run = {"config": {"teacher": None, "out": "/x/trial", "d_coef": 0.0, "lr": 3e-4}}
+    params = {"teacher": "t.pt", "out": "/x", "d_coef": 0.0}
+    assert effective_config(params, run) == {"teacher": None, "out": "/x", "d_coef": 0.0}
+    assert effective_config(params, None) == params
+
+
+def test_payload_of_a_recipe_sweep(tmp_path: Path) -> None:
+    payload = ResultsReader(recipe_sweep(tmp_path)).read()
+    assert payload["message"] is None and len(payload["trials"]) == 4
+    assert payload["swept"] == ["batch_size", "recipe", "seed"]
+    assert "teacher" in payload["varying"] and "teacher" not in payload["shared"]
+    assert "out" not in payload["varying"] and payload["shared"]["out"] == str(tmp_path)
+    trials = {(t["params"]["recipe"], t["params"]["seed"]): t for t in payload["trials"]}
+    assert sorted(payload["scratch"]) == sorted(
+        t["id"] for k, t in trials.items() if k[0] == "scratch"
+    )
+    reward = trials[("reward", 1)]
+    assert (
+        reward["config"]["teacher"] == "t.pt"
+        and trials[("scratch", 1)]["config"]["teacher"] is None
+    )
+    assert [p[0] for p in reward["curve"]] == [2000, 4000]
+    assert reward["latest_low"] < reward["latest_score"] < reward["latest_high"]
+    assert reward["eval_episodes"] == EPISODES and set(reward["task_intervals"]) == set(MT30)
+    low, high = reward["task_intervals"]["walker-walk"]
+    assert low <= reward["tasks"]["walker-walk"] <= high
+    versus = reward["vs_scratch"]
+    assert versus["scratch"] == [trials[("scratch", 1)]["id"]] and versus["steps"] == [4000]
+    assert 0 < versus["difference"]["low"] <= versus["difference"]["high"]
+    assert versus["verdict"] == "trial scores higher"
+    assert trials[("reward", 2)]["vs_scratch"] is None  # batch 512 has no scratch partner
+    assert trials[("scratch", 1)]["vs_scratch"] is None
+    assert payload["best"] == reward["id"]
+
+
+@pytest.mark.slow
 def test_reader_on_finished_sweep(sweep: Path) -> None:
     payload = ResultsReader(sweep).read()
     trials = by_d_coef(payload)
@@ -116,10 +249,17 @@ def test_reader_on_finished_sweep(sweep: Path) -> None:
     best = trials[0.45]
     assert payload["best"] == best["id"] and best["best_score"] == best["latest_score"]
     assert best["eval_step"] == 4000 and best["updates_per_s"] == 44.0
-    assert set(best["tasks"]) == set(MT30)
-    assert payload["varying"] == ["d_coef"] and payload["shared"]["batch_size"] == 256
+    assert best["latest_low"] < best["latest_score"] < best["latest_high"]
+    assert set(best["tasks"]) == set(MT30) == set(best["task_intervals"])
+    assert payload["swept"] == ["d_coef"] and payload["varying"] == ["d_coef", "teacher"]
+    assert payload["shared"]["batch_size"] == 256 and "teacher" not in payload["shared"]
+    assert payload["scratch"] == [trials[0.0]["id"]] and trials[0.0]["config"]["teacher"] is None
+    assert trials[0.45]["vs_scratch"]["steps"] == [4000]
+    assert trials[FAILING_D_COEF]["vs_scratch"]["steps"] == [2000]
+    assert trials[0.45]["vs_scratch"]["difference"]["low"] > 0
 
 
+@pytest.mark.slow
 def test_status_inferred_without_experiment_state(sweep: Path, tmp_path: Path) -> None:
     for d_coef in (0.4, FAILING_D_COEF):
         copy_trial(sweep, d_coef, tmp_path)
@@ -127,6 +267,7 @@ def test_status_inferred_without_experiment_state(sweep: Path, tmp_path: Path) -
     assert statuses == {0.4: "RUNNING", FAILING_D_COEF: "ERROR"}
 
 
+@pytest.mark.slow
 def test_reader_tolerates_files_caught_mid_copy(sweep: Path, tmp_path: Path) -> None:
     trial_dir = copy_trial(sweep, 0.4, tmp_path)
     result = trial_dir / "result.json"
@@ -144,6 +285,7 @@ def test_reader_tolerates_files_caught_mid_copy(sweep: Path, tmp_path: Path) -> 
     assert reader.read()["trials"][0]["step"] == 4000
 
 
+@pytest.mark.slow
 def test_missing_empty_and_parent_folders_explain_themselves(sweep: Path, tmp_path: Path) -> None:
     missing = ResultsReader(tmp_path / "nope").read()
     assert missing["trials"] == [] and "No results folder" in missing["message"]
@@ -153,6 +295,7 @@ def test_missing_empty_and_parent_folders_explain_themselves(sweep: Path, tmp_pa
     assert "is a file" in ResultsReader(tmp_path / "file").read()["message"]
 
 
+@pytest.mark.slow
 def test_reader_follows_a_running_sweep(
     ray_session: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -177,6 +320,7 @@ def test_reader_follows_a_running_sweep(
     assert [(t["status"], t["step"]) for t in trials] == [("TERMINATED", 4000)] * len(live)
 
 
+@pytest.mark.slow
 def test_export_is_self_contained(
     sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -255,6 +399,7 @@ def open_page(browser: object, url: str) -> tuple[object, list[str]]:
     return page, errors
 
 
+@pytest.mark.slow
 def test_page_in_headless_chromium(
     browser: object, serve: Callable[[Path], str], sweep: Path, tmp_path: Path
 ) -> None:
@@ -265,20 +410,48 @@ def test_page_in_headless_chromium(
     rows = page.locator("#trials tbody tr")
     rows.nth(len(D_COEFS) - 1).wait_for()
     assert rows.count() == len(D_COEFS)
-    assert page.locator("#plot-dcoef circle").count() == len(D_COEFS)
-    assert page.locator("#plot-dcoef polyline").count() == 1
+    assert page.locator("#key-panels figure").count() == 1
+    assert page.locator("#plot-key-d_coef circle").count() == len(D_COEFS)
+    assert page.locator("#plot-key-d_coef g.errorbar").count() == len(D_COEFS)
+    assert page.locator("#plot-key-d_coef polyline").count() == 1
     assert page.locator("#plot-steps polyline").count() == len(D_COEFS) - 1
+    assert page.locator("#plot-steps g.errorbar").count() == 2 * len(D_COEFS) - 1
+    assert page.locator("#plot-scratch circle").count() == len(D_COEFS) - 1
+    assert page.locator("#plot-scratch g.errorbar").count() == len(D_COEFS) - 1
     assert page.locator("#plot-tasks rect.bar").count() == len(MT30)
-    assert "0.45" in page.locator("#best").inner_text()
-    assert "ERROR" in rows.nth(1).inner_text()
+    assert page.locator("#plot-tasks g.errorbar").count() == len(MT30)
+    best = page.locator("#best").inner_text()
+    assert "0.45" in best and "trial scores higher" in best
+    assert "ERROR" in rows.nth(1).inner_text() and "(scratch)" in rows.first.inner_text()
+    shared = page.locator("#shared").inner_text()
+    assert "batch_size=256" in shared and "teacher" not in shared
 
     first = rows.first
     first.click()
     assert "selected" in first.get_attribute("class")
-    assert "d_coef 0)" in page.locator("#tasks-caption").inner_text()
+    assert "d_coef=0)" in page.locator("#tasks-caption").inner_text()
+    rows.last.click()
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    if SCREENSHOT:
+        page.screenshot(path=SCREENSHOT, full_page=True)
     page.wait_for_timeout(1200)
     assert len(polls) >= 2 and rows.count() == len(D_COEFS)
+    assert errors == []
+
+
+def test_exported_recipe_sweep_has_a_score_panel_per_swept_key(
+    browser: object, tmp_path: Path
+) -> None:
+    out = tmp_path / "report.html"
+    export_html(recipe_sweep(tmp_path / "sweep"), out)
+    page, errors = open_page(browser, out.as_uri())
+    panels = page.locator("#key-panels figure")
+    assert [panels.nth(i).get_attribute("data-key") for i in range(panels.count())] == [
+        "batch_size", "recipe", "seed"]  # fmt: skip
+    categories = page.locator("#plot-key-recipe text.category").all_text_contents()
+    assert categories == ["reward", "scratch"]
+    assert page.locator("#plot-key-recipe g.errorbar").count() == 4
+    assert page.locator("#plot-scratch g.errorbar").count() == 1
     assert errors == []
 
 
@@ -292,6 +465,7 @@ def test_page_explains_a_missing_folder(
     assert page.locator("#content").is_hidden() and errors == []
 
 
+@pytest.mark.slow
 def test_exported_page_renders_offline(browser: object, sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     export_html(sweep, out)

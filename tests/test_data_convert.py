@@ -30,6 +30,7 @@ def _convert(capsys, *argv: object) -> tuple[int, str, str]:
     return rc, out, err
 
 
+@pytest.mark.slow
 def test_convert_reads_back_identical_numbers(ray_session, make_chunk, tmp_path, capsys):
     first = make_chunk("chunk_0.pt", 5, legacy=True)
     second = make_chunk("chunk_1.pt", 4, first=5)
@@ -172,6 +173,7 @@ def test_resume_refuses_parts_of_another_plan(ray_session, make_chunk, tmp_path,
     assert "part-00000.parquet: holds mt30 chunk_0.pt[0:2]" in err and "empty directory" in err
 
 
+@pytest.mark.slow
 def test_allow_list_alone_loads_both_pickle_formats(make_chunk):
     paths = [make_chunk("new.pt", 2, steps=3), make_chunk("old.pt", 2, steps=3, legacy=True)]
     script = textwrap.dedent(

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import tdmpc2_episodes
 
+from tdmpc_ray.data import episode_store
 from tdmpc_ray.data.episode_store import EpisodeStore
 from tdmpc_ray.data.layout import EpisodeMeta, episodes_to_table, part_name, write_part
 from tdmpc_ray.tasks.task_sets import MT30
@@ -113,6 +114,7 @@ def test_rotating_store_holds_a_small_data_set_whole(tmp_path):
         store.rotate()
 
 
+@pytest.mark.slow
 def test_store_loads_ray_data_shards_arrow_and_pandas_batches_alike(ray_session, tmp_path):
     path = write_parts(tmp_path, episodes=7, steps=9, per_part=3)
     dataset = ray_session.data.read_parquet(str(path))
@@ -127,3 +129,33 @@ def test_store_loads_ray_data_shards_arrow_and_pandas_batches_alike(ray_session,
         assert torch.equal(store.fields["episode_id"][order], torch.arange(7))
         assert torch.equal(store.fields["obs"][order], stores[-1].fields["obs"])
         assert torch.equal(store.fields["task"][order], torch.arange(7) % 30)
+
+
+@pytest.mark.parametrize("chunk_episodes", [1, 2, 3, 7])
+def test_ray_shards_load_in_chunks_into_identical_episodes(
+    ray_session, tmp_path, monkeypatch, chunk_episodes
+):
+    """A source of unknown size is gathered in host chunks (boundaries inside, at the end of
+    and across Ray blocks) and then moved into one storage: the episodes are the Parquet ones."""
+    path = write_parts(tmp_path, episodes=7, steps=9, per_part=3, teacher=True)
+    episode_bytes = pq.read_table(path / "part-00000.parquet").nbytes // 3
+    monkeypatch.setattr(episode_store, "CHUNK_BYTES", chunk_episodes * episode_bytes)
+    shard = ray_session.data.read_parquet(str(path)).streaming_split(1)[0]
+
+    store, whole = EpisodeStore.load(shard), EpisodeStore.load(path)
+
+    order = torch.argsort(store.fields["episode_id"])
+    assert set(store.fields) == set(whole.fields)
+    for name, tensor in whole.fields.items():
+        torch.testing.assert_close(store.fields[name][order], tensor, rtol=0, atol=0,
+                                   equal_nan=True, msg=name)  # fmt: skip
+        assert store.fields[name].is_contiguous()
+
+
+def test_chunks_of_different_episode_lengths_fail_with_one_line(tmp_path, monkeypatch):
+    short = pq.read_table(write_parts(tmp_path / "a", 2, 9, 2) / "part-00000.parquet")
+    long = pq.read_table(write_parts(tmp_path / "b", 2, 11, 2) / "part-00000.parquet")
+    monkeypatch.setattr(episode_store, "CHUNK_BYTES", 1)
+
+    with pytest.raises(ValueError, match="episodes of 11 and 9 steps in one store"):
+        EpisodeStore.load([short, long])

@@ -30,6 +30,8 @@ from tdmpc_ray.tasks.dmcontrol import make_env
 from tdmpc_ray.tasks.task_sets import MT30, get_task_set, task_dims
 from tdmpc_ray.train.teacher import get_teacher
 
+pytestmark = pytest.mark.slow  # every test rolls out dm_control episodes on Ray actors
+
 FP16 = "mt30_1M_steps_045dist_fp16.pt"
 INT8 = "mt30_1M_steps_045dist_int8.pt"
 STEPS = 20
@@ -212,7 +214,9 @@ def test_store_windows_pair_teacher_reward_like_reward(labelled) -> None:
     assert batch.teacher["policy"].shape == batch.action.shape
     model = load_world_model(shared_checkpoint(FP16))
     for k in range(3):
-        want = teacher_outputs(model, batch.obs[k], batch.action[k], batch.task, tuple(TEACHER_COLUMNS))
+        want = teacher_outputs(
+            model, batch.obs[k], batch.action[k], batch.task, tuple(TEACHER_COLUMNS)
+        )
         for term in TEACHER_COLUMNS:
             torch.testing.assert_close(batch.teacher[term][k], want[term], rtol=1e-5, atol=1e-5)
 
@@ -260,11 +264,36 @@ def test_bad_input_fails_with_one_line(argv, message, random_data, tmp_path, cap
 
 
 def test_label_refuses_more_actors_than_the_cluster_can_feed(random_data, capsys) -> None:
-    argv = ["data", "label", "--teacher", str(shared_checkpoint(FP16)), "--num-actors", "2",
+    argv = ["data", "label", "--teacher", str(shared_checkpoint(FP16)), "--num-actors", "3",
             str(random_data)]  # fmt: skip
 
     assert main(argv) == 2
 
     err = capsys.readouterr().err
-    assert "--num-actors 2 needs 3 CPUs (one per actor, one to read), the Ray cluster has 2" in err
+    assert "--num-actors 3 needs 3 CPUs (one per actor), the Ray cluster has 2" in err
     assert dataset_info(random_data).meta.teacher_checkpoint is None
+
+
+def test_an_interrupted_label_run_resumes_and_skips_finished_parts(random_data, tmp_path) -> None:
+    """Two replicas write the two parts; a rerun after losing one part (and leaving a
+    half-written temporary) writes only that part, leaves the other untouched, and a third run
+    writes nothing. Parts of another teacher in --out are refused."""
+    teacher, out = shared_checkpoint(FP16), tmp_path / "labelled"
+    first = label(random_data, teacher, out, num_actors=2, progress=False)
+    kept, lost = out / "part-00000.parquet", out / "part-00001.parquet"
+    assert first.written == 2 and first.paths == (kept, lost)
+    expected = _read(out)
+    stamp = (kept.stat().st_ino, kept.stat().st_mtime_ns)
+    lost.unlink()
+    (out / ".part-00001.parquet.x1.tmp").write_bytes(b"half")
+
+    second = label(random_data, teacher, out, progress=False)
+
+    assert second.written == 1 and "1 part(s) were already labelled" in second.format()
+    assert (kept.stat().st_ino, kept.stat().st_mtime_ns) == stamp
+    assert sorted(p.name for p in out.iterdir()) == [kept.name, lost.name]
+    for name, values in _read(out).items():
+        np.testing.assert_array_equal(values, expected[name])
+    assert label(random_data, teacher, out, progress=False).written == 0
+    with pytest.raises(ValueError, match="another teacher's labels; use an empty --out"):
+        label(random_data, shared_checkpoint(INT8), out, progress=False)

@@ -88,6 +88,7 @@ def test_each_term_is_zero_when_the_student_is_the_teacher(teacher, term):
 
 @pytest.mark.parametrize(("term", "bridge"), [("reward", None), ("latent", "linear"),
                                               ("latent", "pca"), ("value", None), ("policy", None)])  # fmt: skip
+@pytest.mark.slow
 def test_each_term_falls_on_a_fixed_batch(teacher, term, bridge):
     batch = _batch(teacher)
     torch.manual_seed(0)

@@ -10,32 +10,36 @@ import csv
 import importlib.util
 import json
 import sys
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import ray.cloudpickle
+import torch
 
 from tdmpc_ray import cli
 from tdmpc_ray.evaluate.config import EvalConfig
 from tdmpc_ray.evaluate.pool import EvalPool
+from tdmpc_ray.evaluate.report import format_summary, training_metrics
 from tdmpc_ray.evaluate.rollout import EpisodeSpec, run_lockstep
 from tdmpc_ray.evaluate.score import evaluate, normalized_score
+from tdmpc_ray.evaluate.stats import iqm_interval, score_interval, task_interval
 from tdmpc_ray.model import load_world_model
+from tdmpc_ray.model.published import find_published
 from tdmpc_ray.planning import Planner, PlannerConfig
 from tdmpc_ray.tasks.dmcontrol import make_env
 
-CHECKPOINT = (
-    Path(__file__).resolve().parents[2] / "shared/checkpoints/mt30_1M_steps_045dist_fp16.pt"
-)
+CHECKPOINT = find_published("mt30-1M-fp16")
 needs_checkpoint = pytest.mark.skipif(
-    not CHECKPOINT.is_file(), reason=f"shared checkpoint {CHECKPOINT} is absent"
+    CHECKPOINT is None,
+    reason="published student mt30-1M-fp16 not found locally (tdmpc-ray download, or ../shared)",
 )
 TINY = PlannerConfig(iterations=1, num_samples=32, num_elites=8, num_pi_trajs=4, horizon=2)
 TASKS = ["cartpole-balance", "pendulum-swingup", "cup-catch"]
 EPISODES = 2
 STEPS = 40
 CFG = EvalConfig(planner=TINY, seed=3, envs_per_actor=2, cpus_per_actor=0.5, max_steps=STEPS)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 HAS_VIDEO = all(importlib.util.find_spec(m) for m in ("imageio", "imageio_ffmpeg"))
 TINY_ARGS = ["--iterations", "1", "--num-samples", "32", "--num-elites", "8",
              "--num-pi-trajs", "4", "--horizon", "2", "--no-compile"]  # fmt: skip
@@ -110,6 +114,7 @@ def test_lockstep_rollout_records_trajectories_in_the_episode_layout() -> None:
 
 
 @needs_checkpoint
+@pytest.mark.slow
 def test_evaluate_reports_each_task_and_the_normalized_score(reference: dict) -> None:
     assert list(reference["tasks"]) == TASKS
     for row in reference["tasks"].values():
@@ -119,6 +124,20 @@ def test_evaluate_reports_each_task_and_the_normalized_score(reference: dict) ->
         assert len(set(row["env_seeds"])) == EPISODES
     means = [row["mean"] for row in reference["tasks"].values()]
     assert reference["normalized_score"] == pytest.approx(np.mean(means) / 10)
+    returns = _returns(reference)
+    score = score_interval(returns)
+    assert (reference["normalized_score_low"], reference["normalized_score_high"]) == (
+        score.low,
+        score.high,
+    )
+    assert reference["iqm"] == iqm_interval(returns).value and reference["iqm_low"] is not None
+    for task, row in reference["tasks"].items():
+        assert (row["mean_low"], row["mean_high"]) == (
+            task_interval(returns[task]).low,
+            task_interval(returns[task]).high,
+        )
+    assert reference["episodes_per_task"] == EPISODES
+    assert reference["bootstrap"]["samples"] == 5000 and reference["bootstrap"]["seed"] == 0
     assert reference["env_steps"] == len(TASKS) * EPISODES * STEPS
     assert reference["retries"] == []
     config = reference["config"]
@@ -128,13 +147,54 @@ def test_evaluate_reports_each_task_and_the_normalized_score(reference: dict) ->
 
 
 @needs_checkpoint
-def test_results_do_not_depend_on_the_number_of_actors(reference: dict) -> None:
-    single = evaluate(CHECKPOINT, TASKS, EPISODES, num_actors=1, cfg=CFG)
-    assert _returns(single) == _returns(reference)
-    assert single["config"]["num_actors"] == 1
+def test_one_episode_per_task_says_no_interval(pool) -> None:
+    result = evaluate(CHECKPOINT, TASKS[:1], 1, cfg=CFG, pool=pool)
+    assert result["normalized_score_low"] is None and result["normalized_score_high"] is None
+    assert result["tasks"][TASKS[0]]["mean_low"] is None and result["episodes_per_task"] == 1
+    summary = format_summary(result, [])
+    assert "no interval (1 tasks x 1 episode" in summary
+    assert training_metrics(result).keys() == {
+        "normalized_score", "iqm", "eval_episodes", f"score/{TASKS[0]}"}  # fmt: skip
 
 
 @needs_checkpoint
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_returns_do_not_depend_on_the_layout(request, device: str) -> None:
+    """Jobs fix every seed: two actors or one, with half a CPU or a whole one, and on a GPU two
+    actors sharing it or one holding it, give the same returns. (A device's arithmetic and
+    random stream differ from another's, so each device is compared with itself.)"""
+    gpus = 1.0 if device == "cuda" else 0.0
+    if device == "cpu":
+        first = request.getfixturevalue("reference")
+    else:
+        first = evaluate(CHECKPOINT, TASKS, EPISODES, 2, replace(CFG, gpus_per_actor=gpus / 2))
+    layouts = [
+        evaluate(CHECKPOINT, TASKS, EPISODES, 1, replace(CFG, gpus_per_actor=gpus)),
+        evaluate(
+            CHECKPOINT, TASKS, EPISODES, 1, replace(CFG, cpus_per_actor=1.0, gpus_per_actor=gpus)
+        ),
+    ]
+    assert first["config"]["num_actors"] == 2
+    assert all(_returns(r) == _returns(first) for r in layouts)
+
+
+def test_job_size_is_the_cpu_planner_block_or_a_gpu_batch() -> None:
+    assert EvalConfig().job_size() == 2
+    assert EvalConfig(gpus_per_actor=0.25).job_size() == 10
+    assert EvalConfig(planner=PlannerConfig(mpc=False)).job_size() == 10
+    assert EvalConfig(envs_per_actor=7, gpus_per_actor=1.0).job_size() == 7
+
+
+@needs_checkpoint
+def test_no_more_actors_start_than_there_are_jobs(ray_session) -> None:
+    """Two episodes in jobs of two are one job: a second actor would only idle."""
+    result = evaluate(CHECKPOINT, TASKS[:1], 2, num_actors=3, cfg=CFG)
+    assert result["config"]["num_actors"] == 1 and result["config"]["envs_per_actor"] == 2
+
+
+@needs_checkpoint
+@pytest.mark.slow
 def test_in_memory_model_scores_like_its_checkpoint(pool, reference: dict) -> None:
     model = load_world_model(CHECKPOINT)
     from_state = evaluate(model.state_dict(), TASKS, EPISODES, cfg=CFG, pool=pool)
@@ -143,6 +203,7 @@ def test_in_memory_model_scores_like_its_checkpoint(pool, reference: dict) -> No
 
 
 @needs_checkpoint
+@pytest.mark.slow
 def test_killed_actors_are_replaced_and_their_episodes_rerun(pool, reference: dict) -> None:
     """Both actors are killed when the first episode is in: one job is then still waiting, so
     at least one job is sent to or running on a dead actor, whichever finished first."""
@@ -161,6 +222,7 @@ def test_killed_actors_are_replaced_and_their_episodes_rerun(pool, reference: di
 
 
 @needs_checkpoint
+@pytest.mark.slow
 def test_a_physics_error_is_retried_with_a_fresh_env_seed(ray_session, reference: dict) -> None:
     broken = EpisodeSpec(CFG.seed, "pendulum-swingup", 7, episode=1)
     with EvalPool(1, CFG.cpus_per_actor, env_factory=DivergeOnce(broken.env_seed)) as faulty:
@@ -176,6 +238,7 @@ def test_a_physics_error_is_retried_with_a_fresh_env_seed(ray_session, reference
 
 
 @needs_checkpoint
+@pytest.mark.slow
 def test_eval_cli_writes_json_csv_and_summary(ray_session, tmp_path, capsys, monkeypatch) -> None:
     """Films each task's first episode too when the `video` extra is installed."""
     monkeypatch.setenv("MUJOCO_GL", "egl")
@@ -191,12 +254,23 @@ def test_eval_cli_writes_json_csv_and_summary(ray_session, tmp_path, capsys, mon
     assert data["config"]["planner"]["compile"] is False and data["env_steps_per_s"] > 0
     with open(out / "eval.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [row["task"] for row in rows] == [*TASKS[:2], "all"]
-    assert float(rows[-1]["score"]) == pytest.approx(data["normalized_score"], abs=1e-4)
+    assert [row["task"] for row in rows] == [*TASKS[:2], "iqm", "all"]
+    for row, name in ((rows[-1], "normalized_score"), (rows[-2], "iqm")):
+        for column, suffix in (("score", ""), ("score_low", "_low"), ("score_high", "_high")):
+            assert float(row[column]) == pytest.approx(data[name + suffix], abs=1e-4)
+    first = data["tasks"][TASKS[0]]
     assert [float(r) for r in rows[0]["returns"].split()] == pytest.approx(
-        data["tasks"][TASKS[0]]["returns"], abs=1e-4
+        first["returns"], abs=1e-4
     )
-    assert "normalized score" in printed and str(out / "eval.json") in printed
+    assert [int(s) for s in rows[0]["env_seeds"].split()] == first["env_seeds"]
+    assert float(rows[0]["mean_return_low"]) == pytest.approx(first["mean_low"], abs=1e-4)
+    score = f"{data['normalized_score']:.2f} [{data['normalized_score_low']:.2f}, "
+    assert (
+        f"normalized score  {score}" in printed
+        and "(95% interval, 2 tasks x 2 episodes)" in printed
+    )
+    assert "IQM" in printed and "5000 samples, seed 0" in printed
+    assert str(out / "eval.json") in printed
     if HAS_VIDEO:
         assert sorted(p.name for p in video.iterdir()) == [f"{task}.mp4" for task in TASKS[:2]]
         assert (video / f"{TASKS[0]}.mp4").read_bytes()[4:8] == b"ftyp"
@@ -211,6 +285,7 @@ def test_eval_cli_writes_json_csv_and_summary(ray_session, tmp_path, capsys, mon
         (["--tasks", "cup-catch,cup-catch"], "given more than once"),
         (["--episodes", "0"], "must be at least 1"),
         (["--envs-per-actor", "0"], "envs_per_actor must be at least 1"),
+        (["--gpus-per-actor", "-1"], "gpus_per_actor must be non-negative"),
     ],
 )
 def test_eval_cli_bad_arguments_fail_with_one_line(capsys, args, message) -> None:

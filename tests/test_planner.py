@@ -66,6 +66,7 @@ def test_actions_are_bounded_masked_and_batched(student):
         assert torch.all(action[beyond] == 0)
 
 
+@pytest.mark.slow
 def test_same_seed_same_actions_other_seed_other_actions(student):
     obs, task = torch.randn(2, 24), torch.tensor([1, 3])
 
@@ -98,6 +99,7 @@ def test_policy_prior_mode_returns_the_prior_mean(student):
     )
 
 
+@pytest.mark.slow
 def test_planned_trajectory_beats_random_trajectories_on_the_planning_objective(student):
     torch.manual_seed(0)
     task, obs = torch.tensor([0, 3, 13]), torch.randn(3, 24) * 0.3

@@ -57,7 +57,7 @@ def quantized(source, tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def published(tmp_path_factory) -> dict:
     """The published fp16 student quantized in every mode: mode -> QuantizeReport."""
-    src = shared_checkpoint(FP16_STUDENT.name)
+    src = shared_checkpoint(FP16_STUDENT)
     out = tmp_path_factory.mktemp("published")
     return {mode: quantize_checkpoint(src, out / f"{mode}.pt", mode) for mode in MODES}
 
@@ -143,7 +143,7 @@ def test_paper_modes_reproduce_the_published_files(published, mode):
     for key in _quantized_keys(ours):
         t = ours[key]
         assert (t.qscheme(), t.q_scale(), t.q_zero_point()) == (torch.per_tensor_affine, 1.0, 0)
-    fp16 = canonical_state_dict(read_checkpoint(FP16_STUDENT)["model"])
+    fp16 = canonical_state_dict(read_checkpoint(shared_checkpoint(FP16_STUDENT))["model"])
     a = canonical_state_dict(ours)
     b = canonical_state_dict(theirs)
     differ = {key: a[key] != b[key] for key in b}

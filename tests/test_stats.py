@@ -111,3 +111,15 @@ def test_compare_reports_scores_difference_and_a_task_table():
         <= report["probability_of_improvement"]["high"]
         <= 1
     )
+
+
+def test_probability_of_improvement_interval_holds_its_estimate_under_shared_noise():
+    """Same-seed episodes share most of their return (the environment), so A beats B on every
+    same-seed pair but only about half the cross pairs; the interval must still contain the
+    estimate (resampling both agents with shared indices would push it above)."""
+    rng = np.random.default_rng(2)
+    noise = {f"t{i}": rng.normal(500, 150, 3) for i in range(6)}
+    a = {task: list(n + 5.0) for task, n in noise.items()}
+    b = {task: list(n) for task, n in noise.items()}
+    p = probability_of_improvement(a, b)
+    assert p.low <= p.value <= p.high

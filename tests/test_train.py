@@ -3,6 +3,7 @@ teacher actor, and Ray Train runs that evaluate asynchronously and survive a kil
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -48,6 +49,7 @@ def _model(seed: int = 0, **overrides) -> WorldModel:
     return WorldModel(model_config(1, "mt30", **overrides))
 
 
+@pytest.mark.slow
 def test_losses_fall_on_a_fixed_batch(tiny_data):
     batch = _batch(tiny_data)
     learner = Learner(_model())
@@ -92,6 +94,7 @@ def _rank_update(rank: int, world: int, init_file: str, batch: Batch, out: str) 
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_workers_update_like_one_worker_on_the_union_batch(tiny_data, tmp_path):
     batch = _batch(tiny_data, size=64)
     out = tmp_path / "rank0.pt"
@@ -104,6 +107,7 @@ def test_two_workers_update_like_one_worker_on_the_union_batch(tiny_data, tmp_pa
     torch.testing.assert_close(two["scale"]["value"], single.scale.value)
 
 
+@pytest.mark.slow
 def test_teacher_actor_is_shared_and_coalesces_concurrent_requests(ray_session):
     import ray
 
@@ -139,6 +143,7 @@ def _fit(cfg: TrainConfig) -> dict:
     return train(cfg)
 
 
+@pytest.mark.slow
 def test_distillation_run_with_teacher_actor_and_async_evaluation(tiny_data, tmp_path):
     cfg = TrainConfig(
         data=str(tiny_data), teacher=str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt")),
@@ -156,8 +161,11 @@ def test_distillation_run_with_teacher_actor_and_async_evaluation(tiny_data, tmp
     assert any(score is not None for score, _ in summary.get("scores", []))
     run = tmp_path / "runs" / "distill"
     assert (run / "run.json").is_file() and (run / "summary.json").is_file()
+    evaluation = json.loads((run / "evals" / "step_000000012.json").read_text())
+    assert evaluation["step"] == 12 and evaluation["tasks"]["cartpole-balance"]["env_seeds"]
 
 
+@pytest.mark.slow
 def test_richer_terms_read_cached_labels_and_ask_the_actor_for_latents(tiny_data, tmp_path):
     from tdmpc_ray.data.label import label
 
@@ -216,6 +224,7 @@ def _kill_worker_after_two_checkpoints(run_dir: Path, session_dir: str, killed: 
         killed.append(pid)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_data, tmp_path):
     cfg = TrainConfig(
         data=str(tiny_data), steps=300, batch_size=128, checkpoint_every=50, log_every=50,

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MUJOCO_GL=egl PYTHONUNBUFFERED=1
-TEACHER=../shared/checkpoints/mt30_1M_steps_045dist_fp16.pt
+TEACHER=mt30-1M-fp16   # the published student (tdmpc-ray download; fetched on first use)
 TASKS=walker-stand,walker-walk,cartpole-swingup,cup-catch,finger-spin,reacher-easy
 DATA=runs/study-data
 OUT=docs/results/distill_study
@@ -23,8 +23,8 @@ if [ ! -d "$DATA" ]; then
 fi
 tdmpc-ray eval --checkpoint "$TEACHER" --tasks "$TASKS" --episodes 4 --no-mpc --eval-mode \
   --num-actors 2 --seed 1 --out "$OUT/teacher_eval"
-# Two trials at once need 2 x 0.75 logical CPUs plus 1 for Ray Data's file listing: a local
-# Ray with 4 logical CPUs on the 2 cores (every trial is one thread).
+# Two trials at once need 2 x 1.25 logical CPUs (trial function, worker, reads, eval actor): a
+# local Ray with 4 logical CPUs on the 2 cores (every trial is one thread).
 python - "$@" <<'PY'
 import sys
 

@@ -9,10 +9,12 @@ from pathlib import Path
 
 def _export(args: argparse.Namespace) -> int:
     from tdmpc_ray.dashboard.server import export_html
+    from tdmpc_ray.evaluate.stats import Interval
 
     payload = export_html(args.results_dir, args.export)
     best = next((t for t in payload["trials"] if t["id"] == payload["best"]), None)
-    summary = f"best {best['id']} ({best['best_score']:.2f})" if best else "no evaluations yet"
+    score = best and Interval(best["latest_score"], best["latest_low"], best["latest_high"])
+    summary = f"best {best['id']} ({score.format()})" if best else "no evaluations yet"
     print(f"{len(payload['trials'])} trials, {summary}")
     print(f"wrote {args.export}")
     return 0
@@ -50,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "dashboard",
         help="web page of a Ray Tune sweep's results, live or exported to one HTML file",
         description="Serve a page that follows a sweep while it runs (trials table, score vs "
-        "d_coef, score vs steps, per-task scores, best trial), or export it as one "
-        "self-contained HTML file.",
+        "each swept key and vs steps with 95% intervals, paired difference from the scratch "
+        "trial, per-task scores, best trial), or export it as one self-contained HTML file.",
     )
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="Ray Tune experiment folder")
     p.add_argument("--port", type=int, default=8050, help="default %(default)s (0: any free)")

@@ -12,13 +12,25 @@ the same snapshot as the trial files, so it is as fresh as they are), with PENDI
 RUNNING once the trial has results. Without it: `error.txt` -> ERROR, a last result with
 `done` -> TERMINATED, any result -> RUNNING, none -> PENDING.
 
-Payload: `{"root", "name", "message", "read_at", "trials", "varying", "shared", "best"}`, where
-`message` explains an empty page, `varying` are the config keys that differ between trials and
-`best` is the id of the trial with the highest normalized score. Each trial is `{"id", "dir",
-"status", "config", "d_coef", "step", "latest_score", "best_score", "best_step", "updates_per_s",
-"time_total_s", "curve": [[step, score], ...], "tasks": {task: score}, "eval_step", "error"}`;
-`latest_score` and `tasks` come from the last evaluation, at `eval_step`. Non-finite numbers
-become null.
+Scores come only from rows that report an evaluation (`eval_step` and `normalized_score`, as
+the sweep runner reports them); a score is drawn at the step it evaluated, with its 95% interval
+(`normalized_score_low` / `_high`, absent with 1 episode per task). Each trial's run folder
+(`run_dir`, relative to the experiment folder) holds `run.json` (the trial's effective training
+config: a trial without distillation has no teacher) and the evaluation files (`eval_file`:
+per-episode returns and env seeds), from which the per-task intervals and the paired comparison
+with the sweep's scratch trial (`tdmpc_ray.sweep.scratch`) are computed.
+
+Payload: `{"root", "name", "message", "read_at", "trials", "swept", "varying", "shared", "best",
+"scratch"}`, where `message` explains an empty page, `swept` are the Tune config keys that differ
+between trials (each gets a score panel), `varying` / `shared` split the trials' effective
+configs into keys that differ and keys equal in every trial, `best` is the id of the trial with
+the highest latest score and `scratch` the ids of trials without distillation. Each trial is
+`{"id", "dir", "status", "params", "config", "scratch", "step", "latest_score", "latest_low",
+"latest_high", "eval_episodes", "best_score", "best_step", "updates_per_s", "time_total_s",
+"curve": [[step, score, low, high], ...], "tasks": {task: score}, "task_intervals": {task: [low,
+high]}, "eval_step", "vs_scratch", "error", "eval_error"}`: `params` is its Tune config and
+`config` the same keys as the trial ran them; `latest_*`, `tasks` and `vs_scratch` come from the
+last evaluation, at `eval_step`. Non-finite numbers become null.
 """
 
 from __future__ import annotations
@@ -32,8 +44,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tdmpc_ray.sweep.scratch import against_scratch, is_scratch
+
 SCORE_KEY = "normalized_score"
 TASK_PREFIX = "score/"
+RUN_FILE = "run.json"
+RUN_SPECIFIC = ("out", "name")
+"""Config keys that differ between trials by construction (each trial's own output folder)."""
 _STATE_GLOB = "experiment_state-*.json"
 _TRIAL_FILES = ("params.json", "result.json", "progress.csv")
 
@@ -43,6 +60,12 @@ def _finite(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+def _score(mean_return: Any) -> float | None:
+    """A task's score (mean return / 10), None when not a finite number."""
+    value = _finite(mean_return)
+    return None if value is None else value / 10
 
 
 def _json_safe(obj: Any) -> Any:
@@ -70,26 +93,29 @@ def parse_result_lines(text: str) -> list[dict]:
 
 
 def summarize_rows(rows: list[dict]) -> dict:
-    """What the dashboard shows of one trial's `tune.report` rows (oldest first)."""
-    curve: list[list[float]] = []
-    tasks: dict[str, float | None] = {}
-    eval_step = None
+    """What the dashboard shows of one trial's `tune.report` rows (oldest first): a curve point
+    per evaluated step (the first row reporting it), never one for a row without an
+    evaluation."""
+    curve: list[list[float | None]] = []
+    evaluated: dict[float, dict] = {}
     for row in rows:
-        score = _finite(row.get(SCORE_KEY))
-        if score is None:
+        score, step = _finite(row.get(SCORE_KEY)), _finite(row.get("eval_step"))
+        if score is None or step is None or step in evaluated:
             continue
-        step = _finite(row.get("step", row.get("training_iteration")))
-        curve.append([step, score])
-        tasks = {
-            k[len(TASK_PREFIX) :]: _finite(v) for k, v in row.items() if k.startswith(TASK_PREFIX)
-        }
-        eval_step = step
+        evaluated[step] = row
+        curve.append([step, score, _finite(row.get(f"{SCORE_KEY}_low")),
+                      _finite(row.get(f"{SCORE_KEY}_high"))])  # fmt: skip
+    latest = evaluated[curve[-1][0]] if curve else {}
     last = rows[-1] if rows else {}
     best = max(curve, key=lambda point: point[1]) if curve else [None, None]
+    errors = [row["eval_error"] for row in rows if isinstance(row.get("eval_error"), str)]
     return {
         "rows": len(rows),
         "step": _finite(last.get("step", last.get("training_iteration"))),
         "latest_score": curve[-1][1] if curve else None,
+        "latest_low": curve[-1][2] if curve else None,
+        "latest_high": curve[-1][3] if curve else None,
+        "eval_episodes": _finite(latest.get("eval_episodes")),
         "best_score": best[1],
         "best_step": best[0],
         "updates_per_s": _finite(last.get("updates_per_s")),
@@ -98,8 +124,20 @@ def summarize_rows(rows: list[dict]) -> dict:
         "trial_id": last.get("trial_id"),
         "row_config": last.get("config"),
         "curve": curve,
-        "tasks": tasks,
-        "eval_step": eval_step,
+        "tasks": {
+            k[len(TASK_PREFIX) :]: _finite(v)
+            for k, v in latest.items()
+            if k.startswith(TASK_PREFIX)
+        },
+        "eval_step": curve[-1][0] if curve else None,
+        "eval_file": latest.get("eval_file") if isinstance(latest.get("eval_file"), str) else None,
+        "evals": {
+            step: row["eval_file"]
+            for step, row in evaluated.items()
+            if isinstance(row.get("eval_file"), str)
+        },  # fmt: skip
+        "run_dir": next((r["run_dir"] for r in rows if isinstance(r.get("run_dir"), str)), None),
+        "eval_error": errors[-1] if errors else None,
     }
 
 
@@ -135,17 +173,25 @@ def derive_status(state: str | None, summary: dict, has_error_file: bool) -> str
     return "RUNNING" if summary["rows"] else "PENDING"
 
 
-def _split_config(configs: list[dict]) -> tuple[list[str], dict]:
-    """Config keys whose values differ between trials (d_coef first), and the shared rest."""
-    keys = sorted({k for c in configs for k in c}, key=lambda k: (k != "d_coef", k))
+def split_config(configs: list[dict]) -> tuple[list[str], dict]:
+    """Config keys whose values differ between trials, and the rest: keys equal in every trial
+    (a key some trials lack differs)."""
+    keys = sorted({k for c in configs for k in c})
     varying, shared = [], {}
     for key in keys:
         values = {json.dumps(c.get(key, "<absent>"), sort_keys=True) for c in configs}
-        if len(values) > 1 or key == "d_coef":
+        if len(values) > 1:
             varying.append(key)
         else:
             shared[key] = configs[0][key]
     return varying, shared
+
+
+def effective_config(params: dict, run: dict | None) -> dict:
+    """A trial's Tune config with each key's value as the trial really ran it (from its
+    run.json: e.g. no teacher without distillation); the trial's own folders excepted."""
+    ran = (run or {}).get("config") or {}
+    return {k: ran.get(k, v) if k not in RUN_SPECIFIC else v for k, v in params.items()}
 
 
 class ResultsReader:
@@ -158,6 +204,7 @@ class ResultsReader:
         self.root = Path(root).expanduser().absolute()
         self._lock = threading.Lock()
         self._cache: dict[Path, tuple[tuple[int, int], Any]] = {}
+        self._comparisons: dict = {}
 
     def read(self) -> dict:
         """The payload for the folder as it is now (see the module docstring)."""
@@ -171,9 +218,11 @@ class ResultsReader:
             "message": None,
             "read_at": time.time(),
             "trials": [],
+            "swept": [],
             "varying": [],
             "shared": {},
             "best": None,
+            "scratch": [],
         }
         if self.root.exists() and not self.root.is_dir():
             payload["message"] = f"{self.root} is a file, not a Ray Tune results folder."
@@ -189,12 +238,29 @@ class ResultsReader:
         if not trials:
             payload["message"] = self._empty_message()
             return payload
-        configs = [t["config"] for t in trials]
-        payload["varying"], payload["shared"] = _split_config(configs)
-        scored = [t for t in trials if t["best_score"] is not None]
+        swept = [k for k in split_config([t["params"] for t in trials])[0] if k not in RUN_SPECIFIC]
+        payload["swept"] = swept
+        payload["varying"], payload["shared"] = split_config([t["config"] for t in trials])
+        payload["scratch"] = [t["id"] for t in trials if t["scratch"]]
+        records = [
+            {"trial": t["id"], "config": {k: t["params"].get(k) for k in swept},
+             "scratch": t["scratch"], "evals": t.pop("evals")}
+            for t in trials
+        ]  # fmt: skip
+        comparisons = against_scratch(records, swept, self._load, self._comparisons)
+        for t in trials:
+            t["vs_scratch"] = comparisons.get(t["id"])
+        scored = [t for t in trials if t["latest_score"] is not None]
         if scored:
-            payload["best"] = max(scored, key=lambda t: t["best_score"])["id"]
+            payload["best"] = max(scored, key=lambda t: t["latest_score"])["id"]
         return payload
+
+    def _load(self, relative: str) -> dict:
+        """A JSON file of the experiment folder (an evaluation result)."""
+        value = self._cached(self.root / relative, json.loads)
+        if not isinstance(value, dict):
+            raise FileNotFoundError(f"{relative}: missing or unreadable")
+        return value
 
     def _empty_message(self) -> str:
         """Why there is nothing to show, naming experiments if `root` is their parent."""
@@ -274,11 +340,14 @@ class ResultsReader:
         return summary
 
     def _trial(self, folder: Path | None, summary: dict, state: dict | None) -> dict:
-        """One trial's row of the payload, from its folder (and its results' `summary`) and/or
-        Tune's state entry."""
+        """One trial's row of the payload, from its folder (and its results' `summary`), Tune's
+        state entry, and its run folder (run.json, the last evaluation's file)."""
         params = self._cached(folder / "params.json", json.loads) if folder else None
         candidates = (params, (state or {}).get("config"), summary["row_config"])
-        config = next((c for c in candidates if isinstance(c, dict) and c), {})
+        params = next((c for c in candidates if isinstance(c, dict) and c), {})
+        run_dir = summary["run_dir"]
+        run = self._cached(self.root / run_dir / RUN_FILE, json.loads) if run_dir else None
+        run = run if isinstance(run, dict) else None
         error = self._cached(folder / "error.txt", last_error_line) if folder else None
         status = derive_status(state and state["status"], summary, error is not None)
         trial_id = (state and state["trial_id"]) or summary["trial_id"] or folder.name
@@ -286,12 +355,26 @@ class ResultsReader:
             "id": str(trial_id),
             "dir": folder.name if folder else None,
             "status": status,
-            "config": config,
-            "d_coef": _finite(config.get("d_coef")),
+            "params": params,
+            "config": effective_config(params, run),
+            "scratch": is_scratch(params, run),
             "error": error if status == "ERROR" else None,
+            "task_intervals": self._task_intervals(summary["eval_file"]),
             **{
                 k: v
                 for k, v in summary.items()
-                if k not in ("rows", "done", "row_config", "trial_id")
+                if k not in ("rows", "done", "row_config", "trial_id", "eval_file", "run_dir")
             },
+        }
+
+    def _task_intervals(self, eval_file: str | None) -> dict[str, list[float | None]]:
+        """Per task, the 95% interval of the score (mean return / 10) in an evaluation file."""
+        try:
+            tasks = self._load(eval_file)["tasks"] if eval_file else {}
+        except (OSError, KeyError):
+            return {}
+        return {
+            task: [_score(row.get("mean_low")), _score(row.get("mean_high"))]
+            for task, row in tasks.items()
+            if isinstance(row, dict)
         }

@@ -105,7 +105,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--policy",
         default="random",
         metavar="random|CHECKPOINT",
-        help="uniform random actions, or a world-model checkpoint's policy prior (default random)",
+        help="uniform random actions, or a world-model checkpoint's policy prior (a path or a "
+        "published name, e.g. mt30-1M-fp16; default random)",
     )
     p.add_argument(
         "--noise",
@@ -148,13 +149,20 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
         "label",
         help="add a teacher's reward, value and policy labels (Ray Data, GPU if present)",
         description="Compute the teacher's reward, mean Q value and policy mean action for "
-        "every (obs[s-1], action[s]) pair of a data set on a pool of Ray Data actors and store "
-        "them as the teacher_reward, teacher_value and teacher_policy columns, with the "
-        "teacher's checkpoint hash in each part's footer (training uses the labels only with "
-        "that teacher; next-state latents are never cached). Labelling again replaces them.",
+        "every (obs[s-1], action[s]) pair of a data set on a pool of Ray Data actors, each of "
+        "which writes whole labelled parts, and store them as the teacher_reward, teacher_value "
+        "and teacher_policy columns, with the teacher's checkpoint hash in each part's footer "
+        "(training uses the labels only with that teacher; next-state latents are never "
+        "cached). Labelling with another teacher replaces them; rerunning the same command "
+        "skips the parts already labelled, so an interrupted run resumes.",
     )
     p.add_argument("data", metavar="DATA", help="data set directory or one part file")
-    p.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint")
+    p.add_argument(
+        "--teacher",
+        required=True,
+        metavar="CKPT",
+        help="teacher checkpoint (a path or a published name, e.g. mt30-1M-fp16)",
+    )
     p.add_argument("--out", metavar="DST", help="write labelled parts here (default: in place)")
     p.add_argument(
         "--batch-episodes",
@@ -163,7 +171,9 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="episodes per teacher forward pass (default %(default)s)",
     )
-    p.add_argument("--num-actors", type=int, default=1, metavar="K", help="labelling actors")
+    p.add_argument(
+        "--num-actors", type=int, default=1, metavar="K", help="teacher replicas (a CPU each)"
+    )
     p.set_defaults(handler=_label)
 
 

@@ -11,6 +11,13 @@ reward that action earned. The reference draws an episode uniformly, then a star
 it; with every episode T steps long that is exactly uniform over all (episode, start) pairs,
 which is how this store draws them: one randint, integer index math, one gather per field.
 
+Loading streams the source's blocks into storage allocated once: when the number of episodes
+is known (Parquet footers, or `max_resident_episodes`), storage of that size; otherwise (a Ray
+shard) into host chunks of about `CHUNK_BYTES` as blocks arrive, then chunk by chunk into storage
+of the exact size, each chunk freed once moved. Host memory stays near the episodes' size plus
+one chunk, since fresh storage's pages are committed only when written (not the whole source as
+Arrow plus its copy).
+
 Placement: on `device` when it is a CUDA device and the episodes take less than 1/2.5 of its
 free memory (TD-MPC2's own heuristic), else in pinned host memory when CUDA is available, else in
 plain host memory; batches are returned on `device`.
@@ -43,6 +50,8 @@ import torch
 from tdmpc_ray.data.layout import TEACHER_COLUMNS, list_parts, table_arrays, teacher_terms
 
 GPU_HEADROOM = 2.5
+CHUNK_BYTES = 256 << 20
+"""Host chunk size while loading a source of unknown size."""
 STEP_FIELDS = ("obs", "action", "reward", *TEACHER_COLUMNS.values())
 EPISODE_FIELDS = ("episode_id", "task")
 _COLUMNS = (*EPISODE_FIELDS, *STEP_FIELDS)
@@ -207,6 +216,63 @@ def _allocate(num_episodes: int, example: Arrays, device: torch.device) -> dict[
     }
 
 
+def _check_steps(got: int, want: int) -> None:
+    if got != want:
+        raise ValueError(f"episodes of {got} and {want} steps in one store")
+
+
+def _fill(
+    tables: Iterator[pa.Table], capacity: int, device: torch.device
+) -> tuple[dict[str, torch.Tensor], pa.Table | None]:
+    """Copy up to `capacity` episodes from `tables` into storage allocated on the first
+    table; returns the storage (cut to the episodes copied) and the unused rest of the
+    last table read, or None when the tables ran out first."""
+    fields: dict[str, torch.Tensor] = {}
+    filled = 0
+    for table in tables:
+        take = min(len(table), capacity - filled)
+        if take == 0:
+            continue
+        arrays = _episode_arrays(table.slice(0, take))
+        fields = fields or _allocate(capacity, arrays, device)
+        _check_steps(arrays["reward"].shape[1], fields["reward"].shape[1])
+        for name, tensor in fields.items():
+            tensor[filled : filled + take].copy_(_as_tensor(arrays[name]))
+        filled += take
+        if filled == capacity:
+            return fields, table.slice(take)
+    if not filled:
+        raise ValueError("the episode source holds no episodes")
+    return {name: tensor[:filled] for name, tensor in fields.items()}, None
+
+
+def _gather(tables: Iterator[pa.Table], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every episode of `tables`, a source of unknown size, in storage of the exact size: copied
+    into host chunks of about `CHUNK_BYTES` as tables arrive, then moved chunk by chunk, each
+    freed once moved."""
+    chunks: list[dict[str, torch.Tensor]] = []
+    pending = next((t for t in tables if len(t)), None)
+    while pending is not None:
+        size = max(1, CHUNK_BYTES * len(pending) // max(1, pending.nbytes))
+        chunk, rest = _fill(itertools.chain([pending], tables), size, torch.device("cpu"))
+        chunks.append(chunk)
+        following = itertools.chain([rest], tables) if rest is not None else iter(())
+        pending = next((t for t in following if len(t)), None)
+    if not chunks:
+        raise ValueError("the episode source holds no episodes")
+    example = {name: tensor[:0].numpy() for name, tensor in chunks[0].items()}
+    fields = _allocate(sum(len(c["task"]) for c in chunks), example, device)
+    filled = 0
+    while chunks:
+        chunk = chunks.pop(0)
+        _check_steps(chunk["reward"].shape[1], fields["reward"].shape[1])
+        count = len(chunk["task"])
+        for name, tensor in fields.items():
+            tensor[filled : filled + count].copy_(chunk[name])
+        filled += count
+    return fields
+
+
 class EpisodeStore:
     """Episodes resident in contiguous tensors; `sample` draws TD-MPC2 training windows."""
 
@@ -246,8 +312,8 @@ class EpisodeStore:
     ) -> EpisodeStore:
         """Fill a store from `source` (see `table_passes`); with `max_resident_episodes` below
         the data set's size, keep that many resident and rotate (see module docstring).
-        Episodes stream into storage allocated once, so loading Parquet needs little memory
-        beyond the store; other sources of unknown size are held once as Arrow to count them."""
+        Episodes stream into storage allocated once, so loading needs little memory beyond
+        the store (see module docstring)."""
         device = torch.device(device or "cpu")
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -262,9 +328,8 @@ class EpisodeStore:
         tables = iter(passes(0))
         capacity = max_resident_episodes or episode_count(source)
         if capacity is None:
-            held = list(tables)
-            capacity, tables = sum(len(t) for t in held), iter(held)
-        fields, rest = cls._fill(tables, capacity, device)
+            return cls(_gather(tables, device), device)
+        fields, rest = _fill(tables, capacity, device)
         following = itertools.chain([rest], tables) if rest is not None else iter(())
         first = next((t for t in following if len(t)), None) if rotating else None
         if first is None:
@@ -272,35 +337,6 @@ class EpisodeStore:
         block = rotate_episodes or max(1, capacity // 20)
         stream = _blocks(_endless(passes, itertools.chain([first], following)), block)
         return cls(fields, device, stream=stream, rotate_every=rotate_every)
-
-    @staticmethod
-    def _fill(
-        tables: Iterator[pa.Table], capacity: int, device: torch.device
-    ) -> tuple[dict[str, torch.Tensor], pa.Table | None]:
-        """Copy up to `capacity` episodes from `tables` into storage allocated on the first
-        table; returns the storage (cut to the episodes copied) and the unused rest of the
-        last table read, or None when the tables ran out first."""
-        fields: dict[str, torch.Tensor] = {}
-        filled = 0
-        for table in tables:
-            take = min(len(table), capacity - filled)
-            if take == 0:
-                continue
-            arrays = _episode_arrays(table.slice(0, take))
-            fields = fields or _allocate(capacity, arrays, device)
-            if arrays["reward"].shape[1] != fields["reward"].shape[1]:
-                raise ValueError(
-                    f"episodes of {arrays['reward'].shape[1]} and {fields['reward'].shape[1]} "
-                    "steps in one store"
-                )
-            for name, tensor in fields.items():
-                tensor[filled : filled + take].copy_(_as_tensor(arrays[name]))
-            filled += take
-            if filled == capacity:
-                return fields, table.slice(take)
-        if not filled:
-            raise ValueError("the episode source holds no episodes")
-        return {name: tensor[:filled] for name, tensor in fields.items()}, None
 
     @property
     def num_episodes(self) -> int:

@@ -54,6 +54,7 @@ from tdmpc_ray.evaluate.rollout import (
     run_lockstep,
 )
 from tdmpc_ray.model import checkpoint_hash, load_world_model
+from tdmpc_ray.model.published import resolve_checkpoint
 from tdmpc_ray.planning import Planner, PlannerConfig
 from tdmpc_ray.provenance import provenance
 from tdmpc_ray.tasks.task_sets import TaskSet, episode_length, get_task_set, parse_tasks
@@ -351,7 +352,7 @@ def generate(cfg: GenerateConfig, dst: str | os.PathLike, progress: bool = True)
     specs = episode_specs(cfg, task_set)
     digest = None
     if cfg.policy != RANDOM:
-        cfg = dataclasses.replace(cfg, policy=str(Path(cfg.policy).resolve()))
+        cfg = dataclasses.replace(cfg, policy=str(resolve_checkpoint(cfg.policy).resolve()))
         model = load_world_model(cfg.policy, TASK_SET)
         Planner(model, dataclasses.replace(cfg.planner, mpc=cfg.mpc, compile=False))
         digest = checkpoint_hash(cfg.policy)

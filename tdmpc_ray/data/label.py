@@ -8,18 +8,21 @@ windows (obs[t..t+H], action[t+1..t+H], reward and labels [t+1..t+H]) give label
 (obs[t+k], action[t+1+k]), exactly what the `TeacherActor` answers for that window during
 training. Both use `teacher_outputs`, one code path for the math.
 
-Pipeline: `ray.data.read_parquet` -> `map_batches(TeacherLabeler)` on a pool of actors (each
-holding the teacher, on a GPU when the cluster has one) -> the driver gathers each part's rows
-(in order) and writes the part with the new column and the teacher's checkpoint hash in its
-footer: atomically replacing the part in place, or into `out`. Labelling again replaces the
-label columns. An interrupted in-place run leaves every part whole, some with
-the new labels: run it again to finish (existing labels are ignored on read). The data set and
+Pipeline: the parts to label go into a Ray Data pool of teacher replicas (`map_batches` with
+`PartLabeler`, `ActorPoolStrategy`; each replica on a GPU share when the cluster has GPUs). A
+replica reads a whole part, labels it in batches of `batch_episodes` and writes the labelled part
+itself under a temporary name renamed into place, so a part is whole or absent, and the driver
+only sees one small summary row per part (its memory does not grow with the data). Labelling
+again with another teacher replaces the label columns. A rerun skips every part already
+labelled by this teacher (checked in its footer: same layout, source, episode count, teacher
+hash and all label columns), so an interrupted run resumes where it stopped. The data set and
 the teacher checkpoint must be on a file system every Ray node sees.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import ray.data
 import torch
@@ -47,11 +50,12 @@ from tdmpc_ray.data.layout import (
     write_part,
 )
 from tdmpc_ray.model import checkpoint_hash, load_world_model, teacher_outputs
+from tdmpc_ray.model.published import resolve_checkpoint
 from tdmpc_ray.model.world_model import WorldModel
 from tdmpc_ray.provenance import provenance
 
 BATCH_EPISODES = 64
-_READ_COLUMNS = ["episode_id", "task", "obs", "action", "reward", "path"]
+_READ_COLUMNS = ["episode_id", "task", "obs", "action", "reward"]
 
 
 def episode_labels(
@@ -77,22 +81,56 @@ def episode_labels(
     return labels
 
 
-class TeacherLabeler:
-    """Ray Data actor: the teacher on this actor's device, adding its label columns to batches of
-    episodes (pyarrow tables in the episode layout)."""
+class PartLabeler:
+    """Ray Data actor: the teacher on this actor's device, labelling whole part files and
+    writing each labelled part itself (atomically); returns one summary row per part."""
 
-    def __init__(self, checkpoint: str, task_set: str) -> None:
+    def __init__(
+        self, checkpoint: str, task_set: str, dst: str, digest: str, info: dict, batch: int
+    ) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_world_model(checkpoint, task_set, device=device).requires_grad_(False)
+        self.dst, self.digest, self.info, self.batch = Path(dst), digest, info, batch
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        arrays = table_arrays(batch)
-        labels = episode_labels(self.model, arrays["obs"], arrays["action"], arrays["task"])
-        for term, values in labels.items():
-            flat = values.reshape(len(values), -1)
-            column = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
-            batch = batch.append_column(TEACHER_COLUMNS[term], column)
-        return batch
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        summaries = [self.label_part(Path(path)) for path in rows["path"]]
+        return {key: np.array([s[key] for s in summaries]) for key in summaries[0]}
+
+    def label_part(self, src: Path) -> dict:
+        """Label one part and write it under `dst` with the same name."""
+        part = read_part_info(src)
+        arrays = table_arrays(pq.read_table(src, columns=_READ_COLUMNS))
+        labels: dict[str, list[np.ndarray]] = defaultdict(list)
+        for start in range(0, len(arrays["task"]), self.batch):
+            rows = slice(start, start + self.batch)
+            batch = episode_labels(
+                self.model, arrays["obs"][rows], arrays["action"][rows], arrays["task"][rows]
+            )
+            for term, values in batch.items():
+                labels[term].append(values)
+        teacher = {term: np.concatenate(values) for term, values in labels.items()}
+        meta = dataclasses.replace(part.meta, teacher_checkpoint=self.digest)
+        table = episodes_to_table(
+            meta,
+            episode_id=arrays["episode_id"],
+            task=arrays["task"],
+            obs=arrays["obs"],
+            action=arrays["action"],
+            reward=arrays["reward"],
+            teacher=teacher,
+        )
+        path = self.dst / src.name
+        num_bytes = write_part(path, table, meta, {**(part.provenance or {}), "label": self.info})
+        totals: dict[int, _TaskTotals] = defaultdict(_TaskTotals)
+        for task in np.unique(arrays["task"]):
+            mask = arrays["task"] == task
+            totals[int(task)].add(arrays["reward"][mask, 1:], teacher["reward"][mask, 1:])
+        return {
+            "path": str(path),
+            "episodes": len(arrays["task"]),
+            "num_bytes": num_bytes,
+            "totals": json.dumps({task: dataclasses.asdict(t) for task, t in totals.items()}),
+        }
 
 
 @dataclass
@@ -110,14 +148,22 @@ class _TaskTotals:
         self.teacher += float(teacher.sum(dtype=np.float64))
         self.abs_error += float(np.abs(teacher - reward).sum(dtype=np.float64))
 
+    def merge(self, other: _TaskTotals) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
 
 @dataclass(frozen=True)
 class LabelSummary:
     """Outcome of a labelling run: parts written, per-task reward vs teacher reward, speed."""
 
     paths: tuple[Path, ...]
+    """Every labelled part of the data set, the ones already labelled included."""
+    written: int
+    """Parts labelled in this run; the others were already labelled by this teacher."""
     tasks: tuple[str, ...]
     totals: dict[int, _TaskTotals]
+    """Per task, over the parts labelled in this run."""
     teacher: Path
     teacher_checkpoint: str
     num_gpus: float
@@ -130,10 +176,12 @@ class LabelSummary:
 
     def format(self) -> str:
         """One screen: per-task mean env and teacher reward and their gap, speed, paths."""
+        skipped = len(self.paths) - self.written
         lines = [
-            f"labelled {len(self.paths)} part(s) with teacher {self.teacher} "
+            f"labelled {self.written} part(s) with teacher {self.teacher} "
             f"(sha256 {self.teacher_checkpoint[:16]}...) on "
-            f"{f'{self.num_gpus:g} GPU per actor' if self.num_gpus else 'CPU'}",
+            f"{f'{self.num_gpus:g} GPU per actor' if self.num_gpus else 'CPU'}"
+            + (f"; {skipped} part(s) were already labelled by it" if skipped else ""),
             f"{'id':>3} {'task':<25} {'transitions':>13} {'reward':>8} {'teacher':>8} {'|diff|':>8}",
         ]
         for task, t in sorted(self.totals.items()):
@@ -164,79 +212,58 @@ def _read_parts(data: str | os.PathLike) -> list[PartInfo]:
 
 
 def _destination(data: str | os.PathLike, out: str | os.PathLike | None) -> Path:
-    """Directory the labelled parts go to: the data set's own (in place) or an empty `out`."""
+    """Directory the labelled parts go to: the data set's own (in place) or `out`."""
     source_dir = Path(data) if Path(data).is_dir() else Path(data).parent
     if out is None or Path(out).resolve() == source_dir.resolve():
         return source_dir
-    out = Path(out)
-    if out.is_dir() and any(out.glob("part-*.parquet")):
-        raise ValueError(f"{out}: already holds part files; use an empty directory or no --out")
-    return out
+    return Path(out)
 
 
-class _LabelledPartWriter:
-    """Gathers labelled rows per part and writes each part once all of its rows are in."""
-
-    def __init__(self, parts: Sequence[PartInfo], dst: Path, digest: str, label_info: dict):
-        self.parts = {part.path.name: part for part in parts}
-        self.dst, self.digest, self.label_info = dst, digest, label_info
-        self.pending: dict[str, list[pa.Table]] = defaultdict(list)
-        self.rows: dict[str, int] = defaultdict(int)
-        self.totals: dict[int, _TaskTotals] = defaultdict(_TaskTotals)
-        self.written: list[Path] = []
-        self.num_bytes = 0
-
-    def add(self, batch: pa.Table) -> None:
-        paths = batch.column("path").to_numpy(zero_copy_only=False)
-        for name in dict.fromkeys(Path(p).name for p in paths):
-            rows = batch.filter(pa.array([Path(p).name == name for p in paths]))
-            self.pending[name].append(rows)
-            self.rows[name] += len(rows)
-            if self.rows[name] == self.parts[name].num_episodes:
-                self._write(name)
-
-    def _write(self, name: str) -> None:
-        part = self.parts.pop(name)
-        arrays = table_arrays(pa.concat_tables(self.pending.pop(name)))
-        meta = dataclasses.replace(part.meta, teacher_checkpoint=self.digest)
-        table = episodes_to_table(
-            meta,
-            episode_id=arrays["episode_id"],
-            task=arrays["task"],
-            obs=arrays["obs"],
-            action=arrays["action"],
-            reward=arrays["reward"],
-            teacher={term: arrays[column] for term, column in TEACHER_COLUMNS.items()},
-        )
-        info = {**(part.provenance or {}), "label": self.label_info}
-        path = self.dst / name
-        self.num_bytes += write_part(path, table, meta, info)
-        self.written.append(path)
-        for task in np.unique(arrays["task"]):
-            rows = arrays["task"] == task
-            self.totals[int(task)].add(
-                arrays["reward"][rows, 1:], arrays["teacher_reward"][rows, 1:]
+def _to_label(parts: Sequence[PartInfo], dst: Path, digest: str) -> list[PartInfo]:
+    """The parts not yet labelled by the teacher `digest` in `dst`. A part there counts as
+    done only if its footer says so: the source part's layout and source, its episode count,
+    that teacher's hash and every label column. In place, other parts are (re)labelled; in
+    another directory, a part file that is not this labelling's raises ValueError."""
+    names = {part.path.name for part in parts}
+    if dst.is_dir():
+        for stale in dst.glob(".part-*.parquet.*.tmp"):  # a replica stopped while writing
+            stale.unlink(missing_ok=True)
+        foreign = sorted(p.name for p in dst.glob("part-*.parquet") if p.name not in names)
+        if foreign:
+            raise ValueError(f"{dst / foreign[0]}: not a part of this data set; use an empty --out")
+    in_place = dst.resolve() == parts[0].path.parent.resolve()
+    todo = []
+    for part in parts:
+        path = dst / part.path.name
+        if not path.exists():
+            todo.append(part)
+            continue
+        done = read_part_info(path)
+        same = done.meta == dataclasses.replace(part.meta, teacher_checkpoint=digest)
+        if (
+            same
+            and done.num_episodes == part.num_episodes
+            and set(TEACHER_COLUMNS.values()).issubset(done.schema.names)
+        ):
+            continue
+        if not in_place:
+            raise ValueError(
+                f"{path}: holds other episodes or another teacher's labels; use an empty --out"
             )
-
-    def check_complete(self) -> None:
-        """Raise if a part's rows did not all come back (the part is then left unchanged)."""
-        if self.parts:
-            name, part = next(iter(self.parts.items()))
-            raise RuntimeError(
-                f"{part.path}: {self.rows[name]} of {part.num_episodes} episodes came back labelled"
-            )
+        todo.append(part)
+    return todo
 
 
 def _gpus_per_actor(num_actors: int) -> float:
     """A GPU per labelling actor when the cluster has enough, a share of them otherwise. Each
-    actor also takes a CPU, and reading needs one more: with fewer the pipeline would stall, so
-    that fails here with one line."""
+    actor also takes a CPU: with fewer the pool would never fill, so that fails here with one
+    line."""
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    if num_actors + 1 > cpus:
+    if num_actors > cpus:
         raise ValueError(
-            f"--num-actors {num_actors} needs {num_actors + 1} CPUs (one per actor, one to "
-            f"read), the Ray cluster has {cpus:g}"
+            f"--num-actors {num_actors} needs {num_actors} CPUs (one per actor), the Ray "
+            f"cluster has {cpus:g}"
         )
     return min(1.0, gpus / num_actors) if gpus else 0.0
 
@@ -249,9 +276,10 @@ def label(
     num_actors: int = 1,
     progress: bool = True,
 ) -> LabelSummary:
-    """Add the label columns computed by `teacher` (reward, value, policy) to every part of `data`, in place
-    or into `out`. Bad arguments, data or checkpoints fail with one line before any actor
-    starts; with `out`, a failed run removes the parts it wrote."""
+    """Add the label columns computed by `teacher` (reward, value, policy) to every part of
+    `data`, in place or into `out`, skipping parts already labelled by it. Bad arguments, data
+    or checkpoints fail with one line before any actor starts; a failed or interrupted run
+    leaves every part whole: run it again to finish."""
     started = time.perf_counter()
     if batch_episodes < 1 or num_actors < 1:
         raise ValueError(
@@ -259,49 +287,68 @@ def label(
         )
     parts = _read_parts(data)
     meta = parts[0].meta
-    teacher = Path(teacher).resolve()
+    teacher = resolve_checkpoint(teacher).resolve()
     load_world_model(teacher, meta.task_set)  # an unusable checkpoint fails here, in one line
     dst = _destination(data, out)
     digest = checkpoint_hash(teacher)
+    todo = _to_label(parts, dst, digest)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
     num_gpus = _gpus_per_actor(num_actors)
-    dataset = (
-        ray.data.read_parquet([str(p.path.resolve()) for p in parts], include_paths=True)
-        .select_columns(_READ_COLUMNS)
-        .map_batches(
-            TeacherLabeler,
-            fn_constructor_args=(str(teacher), meta.task_set),
-            batch_size=batch_episodes,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=num_actors),
-            num_cpus=1,
-            num_gpus=num_gpus,
-        )
-    )
-    dataset.context.execution_options.preserve_order = True
-    dataset.context.enable_progress_bars = False
     info = {"teacher": str(teacher), "teacher_checkpoint": digest, **provenance()}
-    writer = _LabelledPartWriter(parts, dst, digest, info)
-    total = sum(p.num_episodes for p in parts)
-    try:
-        with tqdm(total=total, unit="episode", desc="label", disable=not progress) as bar:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-                writer.add(batch)
-                bar.update(len(batch))
-        writer.check_complete()
-    except BaseException:
-        if dst.resolve() != parts[0].path.parent.resolve():  # in place, written parts are whole
-            for path in writer.written:
-                path.unlink(missing_ok=True)
-        raise
+    totals: dict[int, _TaskTotals] = defaultdict(_TaskTotals)
+    written, num_bytes = 0, 0
+    total = sum(p.num_episodes for p in todo)
+    with tqdm(total=total, unit="episode", desc="label", disable=not progress) as bar:
+        for row in _label_rows(todo, dst, teacher, meta.task_set, digest, info, batch_episodes,
+                               num_actors, num_gpus):  # fmt: skip
+            written += 1
+            num_bytes += int(row["num_bytes"])
+            for task, sums in json.loads(row["totals"]).items():
+                totals[int(task)].merge(_TaskTotals(**sums))
+            bar.update(int(row["episodes"]))
     return LabelSummary(
-        paths=tuple(writer.written),
+        paths=tuple(dst / part.path.name for part in parts),
+        written=written,
         tasks=meta.tasks,
-        totals=dict(writer.totals),
+        totals=dict(totals),
         teacher=teacher,
         teacher_checkpoint=digest,
         num_gpus=num_gpus,
-        num_bytes=writer.num_bytes,
+        num_bytes=num_bytes,
         seconds=time.perf_counter() - started,
     )
+
+
+def _label_rows(
+    todo: Sequence[PartInfo],
+    dst: Path,
+    teacher: Path,
+    task_set: str,
+    digest: str,
+    info: dict,
+    batch_episodes: int,
+    num_actors: int,
+    num_gpus: float,
+):
+    """Summary rows of the parts `todo`, labelled and written by a pool of `PartLabeler`s."""
+    if not todo:
+        return
+    dataset = ray.data.from_items([{"path": str(part.path.resolve())} for part in todo])
+    dataset = dataset.map_batches(
+        PartLabeler,
+        fn_constructor_args=(
+            str(teacher),
+            task_set,
+            str(dst.resolve()),
+            digest,
+            info,
+            batch_episodes,
+        ),  # fmt: skip
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        num_cpus=1,
+        num_gpus=num_gpus,
+    )
+    dataset.context.enable_progress_bars = False
+    yield from dataset.iter_rows()

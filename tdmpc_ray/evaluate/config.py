@@ -17,9 +17,14 @@ class EvalConfig:
     chosen action plus its std as noise. Training-time evaluation uses True."""
     seed: int = 0
     """Run seed every env and planner seed derives from."""
-    envs_per_actor: int = 10
-    """Episodes stepped together by one actor (one batched plan per step)."""
+    envs_per_actor: int | None = None
+    """Episodes stepped together by one actor as one job (one batched plan per step); they
+    fix the planner's noise. None: 2 for MPPI on CPU (the planner's CPU block, so batching more
+    gains nothing and small jobs keep every actor busy), 10 on GPU or for the policy prior
+    (a batch is one pass there)."""
     cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    """GPU share of each actor (e.g. 1/8: eight actors on one GPU); 0 plans on the CPU."""
     max_steps: int | None = None
     """Cut episodes after this many agent steps; for tests and benchmarks (scores then are not
     comparable with full 500-step episodes)."""
@@ -27,6 +32,12 @@ class EvalConfig:
     """Reruns allowed per episode (physics errors) and per job (dead actors)."""
     video_dir: str | None = None
     """Write `<task>.mp4` of each task's first episode here (needs the `video` extra)."""
+
+    def job_size(self) -> int:
+        """`envs_per_actor`, or its default for this device and policy when unset."""
+        if self.envs_per_actor is not None:
+            return self.envs_per_actor
+        return 2 if self.planner.mpc and not self.gpus_per_actor else 10
 
     def check(self) -> None:
         """Fail with one line on settings that cannot run."""
@@ -36,5 +47,7 @@ class EvalConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.cpus_per_actor <= 0:
             raise ValueError(f"cpus_per_actor must be positive, got {self.cpus_per_actor}")
+        if self.gpus_per_actor < 0:
+            raise ValueError(f"gpus_per_actor must be non-negative, got {self.gpus_per_actor}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be non-negative, got {self.max_retries}")

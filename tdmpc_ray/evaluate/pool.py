@@ -5,6 +5,11 @@ A job is a fixed group of episodes stepped together by one actor with one planne
 actors, fix the planner's random stream (`planner_seed` of the group), so a result does not
 depend on which actor ran a job, on how many actors there were, or on a job being rerun after
 its actor died.
+
+Devices: an actor given a GPU share by Ray (`gpus_per_actor`) holds its model on that GPU and
+plans each job's environments there in one batched pass per step; the environments step on the
+actor's CPU. Without one, the same code plans on the CPU with `int(cpus_per_actor)` torch
+threads. (Why one planner per job and not a shared planner actor: docs/decisions.md.)
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from tdmpc_ray.evaluate.rollout import (
 )
 from tdmpc_ray.model import ModelConfig, WorldModel
 from tdmpc_ray.planning import Planner, PlannerConfig
+from tdmpc_ray.resources import capacity, check_evaluation
 from tdmpc_ray.tasks.dmcontrol import make_env
 
 log = logging.getLogger(__name__)
@@ -67,6 +73,15 @@ def model_payload(model: WorldModel) -> dict:
     return {"config": model.cfg.to_dict(), "state_dict": state}
 
 
+def actor_device() -> torch.device:
+    """The GPU Ray gave this worker (its share is visible as cuda:0), else the CPU."""
+    if not ray.get_runtime_context().get_accelerator_ids().get("GPU"):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("this rollout actor was given a GPU, but torch here has no CUDA")
+    return torch.device("cuda", 0)
+
+
 @ray.remote
 class RolloutActor:
     """Holds environments, a model copy and a `Planner`; runs one lockstep job per call.
@@ -80,6 +95,7 @@ class RolloutActor:
     def __init__(self, env_factory: EnvFactory, num_threads: int) -> None:
         absl_logging.set_verbosity(absl_logging.ERROR)
         torch.set_num_threads(num_threads)
+        self._device = actor_device()
         self._env_factory = env_factory
         self._weights_id: str | None = None
         self._model: WorldModel | None = None
@@ -89,6 +105,7 @@ class RolloutActor:
             payload = ray.get(weights)
             model = WorldModel(ModelConfig.from_dict(payload["config"]))
             model.load_state_dict(payload["state_dict"])
+            model = model.to(self._device)
             self._model, self._weights_id = model.eval(), weights.hex()
         return self._model
 
@@ -125,7 +142,9 @@ class EvalPool:
 
     A physics error reruns that episode with its next attempt's env seed; an actor found dead
     when a job fails on it (or is sent to it) is replaced and its whole job rerun unchanged.
-    Each is reported as a `Retry`; past `max_retries` of one episode or job the run fails. Use
+    Each is reported as a `Retry`; past `max_retries` of one episode or job the run fails. Every
+    actor must fit the cluster at once (an actor that never starts would hold its jobs forever):
+    more fail at once with `ResourceError`. Use
     as a context manager, or call `shutdown()`; keep one alive to evaluate repeatedly without
     restarting processes.
     """
@@ -136,24 +155,21 @@ class EvalPool:
         cpus_per_actor: float = 1.0,
         env_factory: EnvFactory = make_env,
         env_vars: dict[str, str] | None = None,
+        gpus_per_actor: float = 0.0,
     ) -> None:
         if num_actors < 1:
             raise ValueError(f"num_actors must be at least 1, got {num_actors}")
         # "DEFAULT": never placed inside a caller's placement group (a Train or Tune trial's).
         self._options = {
             "num_cpus": cpus_per_actor,
+            "num_gpus": gpus_per_actor,
             "max_restarts": 0,
             "scheduling_strategy": "DEFAULT",
         }
         if env_vars:
             self._options["runtime_env"] = {"env_vars": env_vars}
         self._args = (env_factory, max(1, int(cpus_per_actor)))
-        cluster_cpus = ray.cluster_resources().get("CPU", 0)
-        if num_actors * cpus_per_actor > cluster_cpus:
-            log.warning(
-                "%d actors x %g CPUs exceed the cluster's %g CPUs: some wait for resources",
-                num_actors, cpus_per_actor, cluster_cpus,
-            )  # fmt: skip
+        check_evaluation(num_actors, cpus_per_actor, capacity())
         self.actors = [self._spawn() for _ in range(num_actors)]
 
     def _spawn(self) -> ray.actor.ActorHandle:

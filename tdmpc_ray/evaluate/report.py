@@ -1,20 +1,28 @@
-"""Evaluation results on disk (`eval.json`, `eval.csv`, written atomically) and on one screen."""
+"""Evaluation results on disk (`eval.json`, `eval.csv`, written atomically), as the flat metrics
+a training run reports, and on one screen. Every score comes with its 95% interval and episode
+count (`stats`)."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 from tdmpc_ray.atomic import atomic_path, write_json
+from tdmpc_ray.evaluate.stats import Interval
 
-CSV_FIELDS = ("task", "task_id", "episodes", "mean_return", "std_return", "score", "returns")
+CSV_FIELDS = ("task", "task_id", "episodes", "mean_return", "mean_return_low", "mean_return_high",
+              "std_return", "score", "score_low", "score_high", "returns", "env_seeds")  # fmt: skip
+SCORE_FIELDS = ("normalized_score", "iqm")
+"""Scores reported with their intervals as `<name>_low` / `<name>_high`."""
 
 
 def write_results(result: dict, out_dir: str | Path) -> list[Path]:
     """Write `result` (from `evaluate`) as eval.json and eval.csv under `out_dir`.
 
-    The CSV has one row per task (score = mean return / 10, returns space-separated in
-    episode order) and a last row `all` whose score is the normalized score.
+    The CSV has one row per task (score = mean return / 10, with the interval of the mean;
+    returns and env seeds space-separated in episode order), then a row `iqm` and a last row
+    `all` whose score is the normalized score; empty bounds mean no interval (1 episode).
     """
     out_dir = Path(out_dir)
     json_path = write_json(out_dir / "eval.json", result)
@@ -23,19 +31,83 @@ def write_results(result: dict, out_dir: str | Path) -> list[Path]:
         writer = csv.writer(f)
         writer.writerow(CSV_FIELDS)
         for task, row in result["tasks"].items():
+            bounds = [row.get("mean_low"), row.get("mean_high")]
             writer.writerow(
-                [task, row["task_id"], len(row["returns"]), f"{row['mean']:.4f}",
-                 f"{row['std']:.4f}", f"{row['mean'] / 10:.4f}",
-                 " ".join(f"{r:.4f}" for r in row["returns"])]
+                [task, row["task_id"], len(row["returns"]), _num(row["mean"]),
+                 *map(_num, bounds), _num(row["std"]), _num(row["mean"] / 10),
+                 *(_num(b / 10 if b is not None else None) for b in bounds),
+                 " ".join(f"{r:.4f}" for r in row["returns"]),
+                 " ".join(str(s) for s in row["env_seeds"])]
             )  # fmt: skip
-        writer.writerow(
-            ["all", "", result["episodes_run"], "", "", f"{result['normalized_score']:.4f}", ""]
-        )
+        for label, name in (("iqm", "iqm"), ("all", "normalized_score")):
+            writer.writerow(
+                [label, "", result["episodes_run"], "", "", "", "", _num(result[name]),
+                 _num(result.get(f"{name}_low")), _num(result.get(f"{name}_high")), "", ""]
+            )  # fmt: skip
     return [json_path, csv_path]
 
 
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def interval(result: dict, name: str) -> Interval:
+    """The score `name` of a result (or of a row of its metrics) with its interval."""
+    return Interval(result[name], result.get(f"{name}_low"), result.get(f"{name}_high"))
+
+
+def training_metrics(result: dict) -> dict:
+    """The flat metrics a training run reports for an evaluation: the scores with their bounds
+    (absent without an interval), episodes per task, and `score/<task>` (mean return / 10)."""
+    keys = [f"{name}{suffix}" for name in SCORE_FIELDS for suffix in ("", "_low", "_high")]
+    metrics = {key: result[key] for key in keys if result.get(key) is not None}
+    metrics["eval_episodes"] = result["episodes_per_task"]
+    metrics.update({f"score/{task}": row["mean"] / 10 for task, row in result["tasks"].items()})
+    return metrics
+
+
+def save_json(path: str, obj: object) -> str:
+    """Write `obj` as JSON at a local path (atomically) or a storage URI (`s3://...`: the object
+    appears whole or not at all); returns `path`."""
+    if "://" not in path:
+        write_json(path, obj)
+        return path
+    import pyarrow.fs
+
+    fs, where = pyarrow.fs.FileSystem.from_uri(path)
+    fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(where) as f:
+        f.write(json.dumps(obj, indent=2, default=str).encode())
+    return path
+
+
+def load_json(path: str | Path) -> dict:
+    """A JSON object from a local path or a storage URI."""
+    if "://" not in str(path):
+        return json.loads(Path(path).read_text())
+    import pyarrow.fs
+
+    fs, where = pyarrow.fs.FileSystem.from_uri(str(path))
+    with fs.open_input_stream(where) as f:
+        return json.loads(f.read())
+
+
+def score_line(result: dict) -> str:
+    """`31.04 [27.12, 35.01] (95% interval, 30 tasks x 2 episodes)`, or the score with "no
+    interval" and why."""
+    tasks, episodes = len(result["tasks"]), result["episodes_per_task"]
+    score = interval(result, "normalized_score")
+    if score.low is None:
+        return (
+            f"{score.value:.2f}  no interval ({tasks} tasks x {episodes} episode: "
+            "an interval needs 2 or more episodes per task)"
+        )
+    return f"{score.format()}  (95% interval, {tasks} tasks x {episodes} episodes)"
+
+
 def format_summary(result: dict, paths: list[Path]) -> str:
-    """One screen: a row per task, the normalized score, settings, speed, retries, paths."""
+    """One screen: a row per task (mean return and its interval), the normalized score and IQM
+    with their intervals, settings, speed, retries, paths."""
     cfg = result["config"]
     planner = cfg["planner"]
     mode = (
@@ -43,12 +115,16 @@ def format_summary(result: dict, paths: list[Path]) -> str:
         if planner["mpc"]
         else "policy prior"
     )
-    lines = [f"{'task':<26} {'episodes':>8} {'mean':>8} {'std':>7}"]
+    lines = [f"{'task':<26} {'episodes':>8} {'mean return [95% interval]':>28} {'std':>7}"]
     for task, row in result["tasks"].items():
-        lines.append(f"{task:<26} {len(row['returns']):>8} {row['mean']:8.1f} {row['std']:7.1f}")
+        mean = Interval(row["mean"], row.get("mean_low"), row.get("mean_high")).format(1)
+        lines.append(f"{task:<26} {len(row['returns']):>8} {mean:>28} {row['std']:7.1f}")
+    boot = result["bootstrap"]
     lines += [
         "",
-        f"normalized score  {result['normalized_score']:.2f}  ({len(result['tasks'])} tasks)",
+        f"normalized score  {score_line(result)}",
+        f"IQM               {interval(result, 'iqm').format()}",
+        f"intervals         {boot['method']}; {boot['samples']} samples, seed {boot['seed']}",
         f"acting            {mode}, eval_mode={cfg['eval_mode']}, seed {cfg['seed']}"
         + (f", episodes cut at {cfg['max_steps']} steps" if cfg["max_steps"] else ""),
         f"speed             {result['env_steps']} env steps in {result['wall_time_s']:.1f} s "

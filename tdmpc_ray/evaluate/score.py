@@ -3,10 +3,11 @@ reports per-task returns and TD-MPC2's normalized score.
 
 Seeds: episode e of task T under run seed S has env seed derive_seed("env", S, T, e, attempt),
 whatever actor runs it. Episodes are grouped in (task, episode) order into jobs of
-`envs_per_actor`, and a job's planner is seeded from its members, so results are reproducible for
-a given `envs_per_actor` whatever the number of actors, their scheduling or a rerun after an
-actor died. The planner draws one random stream per job (not per environment), so changing
-`envs_per_actor` changes the planner noise, not the env seeds.
+`envs_per_actor` (`EvalConfig.job_size`), and a job's planner is seeded from its members, so
+results are reproducible for a given job size and device kind whatever the number of actors,
+their CPU or GPU shares, their scheduling or a rerun after an actor died. The planner draws one
+random stream per job (not per environment), so changing the job size changes the planner
+noise, not the env seeds. Never more actors start than there are jobs.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from tdmpc_ray.atomic import atomic_path
 from tdmpc_ray.evaluate.config import EvalConfig
 from tdmpc_ray.evaluate.pool import EvalPool, RolloutSettings, model_payload
 from tdmpc_ray.evaluate.rollout import EpisodeResult, EpisodeSpec
+from tdmpc_ray.evaluate.stats import score_summary, task_interval
 from tdmpc_ray.evaluate.video import require_writer
 from tdmpc_ray.model import ModelConfig, WorldModel, checkpoint_hash, load_world_model
 from tdmpc_ray.model.checkpoint import infer_config
+from tdmpc_ray.model.published import resolve_checkpoint
 from tdmpc_ray.planning import Planner
 from tdmpc_ray.provenance import provenance
 from tdmpc_ray.tasks.task_sets import TASK_SETS, get_task_set
@@ -103,7 +106,8 @@ def evaluate(
     progress: bool = False,
     on_result: Callable[[EpisodeResult], None] | None = None,
 ) -> dict:
-    """Run `episodes` episodes of each task and return per-task returns and `normalized_score`.
+    """Run `episodes` episodes of each task and return per-task returns (with env seeds) and
+    `normalized_score`, with 95% intervals beside them (`_scores`).
 
     `checkpoint` is a checkpoint path (any layout `load_world_model` reads), a `WorldModel`, or
     its state dict (config from `model_config` or inferred from shapes); the weights go to the
@@ -123,6 +127,7 @@ def evaluate(
     Planner(model, dataclasses.replace(cfg.planner, compile=False))  # bad settings fail here
     if cfg.video_dir is not None:
         require_writer()
+    cfg = dataclasses.replace(cfg, envs_per_actor=cfg.job_size())
     specs = episode_specs(names, episodes, model.cfg, cfg)
     groups = [specs[i : i + cfg.envs_per_actor] for i in range(0, len(specs), cfg.envs_per_actor)]
     if not ray.is_initialized():
@@ -131,7 +136,10 @@ def evaluate(
     settings = RolloutSettings(cfg.planner, cfg.eval_mode, cfg.max_steps)
     owned = pool is None
     if owned:
-        pool = EvalPool(num_actors, cfg.cpus_per_actor, env_vars=_actor_env(cfg))
+        pool = EvalPool(
+            min(num_actors, len(groups)), cfg.cpus_per_actor, env_vars=_actor_env(cfg),
+            gpus_per_actor=cfg.gpus_per_actor,
+        )  # fmt: skip
     num_actors = len(pool.actors)
     bar = _TaskProgress(names, episodes, progress, on_result)
     try:
@@ -171,7 +179,8 @@ def _world_model(
         model = WorldModel(model_config or infer_config(dict(source)))
         model.load_state_dict(source)
         return model, None
-    return load_world_model(source, task_set=None), Path(source)
+    path = resolve_checkpoint(source)
+    return load_world_model(path, task_set=None), path
 
 
 def _actor_env(cfg: EvalConfig) -> dict[str, str]:
@@ -183,7 +192,9 @@ def _actor_env(cfg: EvalConfig) -> dict[str, str]:
 def _scores(
     results: Sequence[EpisodeResult], tasks: Sequence[str], specs: Sequence[EpisodeSpec]
 ) -> dict:
-    """Per-task returns (in episode order), mean, std (population), and the normalized score."""
+    """Per-task returns (in episode order) with their env seeds, mean with its 95% interval, std
+    (population); the normalized score and the IQM with their stratified-bootstrap intervals
+    (`stats.score_summary`: bounds None with 1 episode per task) and the bootstrap's settings."""
     by_task: dict[str, list[EpisodeResult]] = defaultdict(list)
     for result in results:
         by_task[result.spec.task].append(result)
@@ -191,17 +202,21 @@ def _scores(
     for task in tasks:
         episodes = sorted(by_task[task], key=lambda r: r.spec.episode)
         returns = [float(r.ret) for r in episodes]
+        interval = task_interval(returns)
         per_task[task] = {
             "task_id": episodes[0].spec.task_id,
             "returns": returns,
             "mean": float(np.mean(returns)),
+            "mean_low": interval.low,
+            "mean_high": interval.high,
             "std": float(np.std(returns)),
             "lengths": [r.length for r in episodes],
             "env_seeds": [r.spec.env_seed for r in episodes],
         }
-    score = normalized_score({task: row["mean"] for task, row in per_task.items()})
+    summary = score_summary({task: row["returns"] for task, row in per_task.items()})
     return {
-        "normalized_score": score,
+        **summary,
+        "normalized_score": normalized_score({task: row["mean"] for task, row in per_task.items()}),
         "tasks": per_task,
         "episodes_run": len(specs),
         "env_steps": sum(r.length for r in results),

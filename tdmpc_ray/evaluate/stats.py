@@ -2,9 +2,10 @@
 Edge of the Statistical Precipice"; the `rliable` library).
 
 Every statistic comes with a 95% percentile-bootstrap interval. Bootstraps are stratified: episodes
-are resampled within each task, never across tasks, so every replicate scores every task. Paired
-statistics (two agents run on the same environment seeds) resample the same episode indices for
-both agents, which cancels the environment's share of the noise. Everything is seeded, so a
+are resampled within each task, never across tasks, so every replicate scores every task. The
+paired difference (two agents run on the same environment seeds) resamples the same episode
+indices for both agents, which cancels the environment's share of the noise; P(A > B) compares
+all episodes of A with all of B, as rliable does, and resamples each agent's independently. Everything is seeded, so a
 number can be reproduced exactly. An interval needs at least 2 episodes in every task; with
 fewer it is None (one episode says nothing of its own spread).
 
@@ -155,12 +156,13 @@ def _difference(pairs: list[np.ndarray]) -> np.ndarray:
     return np.mean([p[0].mean(-1) - p[1].mean(-1) for p in pairs], axis=0) * RETURN_TO_SCORE
 
 
-def _improvement(pairs: list[np.ndarray]) -> np.ndarray:
+def _improvement(samples: list[np.ndarray]) -> np.ndarray:
     """rliable's P(A > B): per task, the Mann-Whitney probability that an episode of A beats one
-    of B (ties count half), averaged over tasks."""
+    of B (ties count half), averaged over tasks. `samples` holds A's tasks, then B's."""
+    half = len(samples) // 2
     per_task = []
-    for p in pairs:
-        a, b = p[0][..., :, None], p[1][..., None, :]
+    for left, right in zip(samples[:half], samples[half:], strict=True):
+        a, b = left[..., :, None], right[..., None, :]
         per_task.append(((a > b) + 0.5 * (a == b)).mean(axis=(-2, -1)))
     return np.mean(per_task, axis=0)
 
@@ -176,8 +178,41 @@ def paired_difference(
 def probability_of_improvement(
     a: Returns, b: Returns, seed: int = SEED, reps: int = BOOTSTRAP_SAMPLES
 ) -> Interval:
-    """P(A > B) (0.5: no difference) with a paired stratified bootstrap interval."""
-    return _bootstrap(_paired(a, b), _improvement, seed, reps)
+    """P(A > B) (0.5: no difference) with a stratified bootstrap interval. As in rliable, A's and
+    B's episodes are resampled independently within each task: the statistic compares every
+    episode of A with every episode of B, so shared indices would weight the same-seed pairs
+    above their share in the estimate (the interval could then miss the estimate)."""
+    pairs = _paired(a, b)
+    return _bootstrap([p[0] for p in pairs] + [p[1] for p in pairs], _improvement, seed, reps)
+
+
+def bootstrap_record(seed: int = SEED, reps: int = BOOTSTRAP_SAMPLES) -> dict:
+    """How the intervals beside it were computed, so they can be reproduced."""
+    return {
+        "method": "percentile bootstrap, stratified: episodes resampled within each task",
+        "samples": reps,
+        "seed": seed,
+        "confidence": CONFIDENCE,
+    }
+
+
+def score_summary(returns: Returns, seed: int = SEED, reps: int = BOOTSTRAP_SAMPLES) -> dict:
+    """The normalized score and the IQM with their intervals as flat fields (`normalized_score`,
+    `normalized_score_low`, `normalized_score_high`, `iqm`, `iqm_low`, `iqm_high`; the bounds
+    are None without an interval), the episodes per task, and the bootstrap's settings."""
+    fields = {}
+    for name, interval in (
+        ("normalized_score", score_interval(returns, seed, reps)),
+        ("iqm", iqm_interval(returns, seed, reps)),
+    ):
+        fields.update(
+            {name: interval.value, f"{name}_low": interval.low, f"{name}_high": interval.high}
+        )
+    return {
+        **fields,
+        "episodes_per_task": min(len(r) for r in returns.values()),
+        "bootstrap": bootstrap_record(seed, reps),
+    }
 
 
 def verdict(difference: Interval, a: str = "A", b: str = "B") -> str:
@@ -189,10 +224,16 @@ def verdict(difference: Interval, a: str = "A", b: str = "B") -> str:
     return f"{a} scores higher" if difference.value > 0 else f"{b} scores higher"
 
 
-def compare(a: Returns, b: Returns, seed: int = SEED, reps: int = BOOTSTRAP_SAMPLES) -> dict:
+def compare(
+    a: Returns,
+    b: Returns,
+    seed: int = SEED,
+    reps: int = BOOTSTRAP_SAMPLES,
+    names: tuple[str, str] = ("A", "B"),
+) -> dict:
     """Everything a paired comparison reports: both scores, their difference and P(A > B) with
-    intervals, the verdict, and a per-task table (mean returns and their difference with its
-    interval)."""
+    intervals, the verdict (naming A and B by `names`), and a per-task table (mean returns and
+    their difference with its interval)."""
     difference = paired_difference(a, b, seed, reps)
     tasks = {}
     for task, pair in zip(a, _paired(a, b), strict=True):
@@ -209,8 +250,8 @@ def compare(a: Returns, b: Returns, seed: int = SEED, reps: int = BOOTSTRAP_SAMP
         "b": score_interval(b, seed, reps).to_dict(),
         "difference": difference.to_dict(),
         "probability_of_improvement": probability_of_improvement(a, b, seed, reps).to_dict(),
-        "verdict": verdict(difference),
+        "verdict": verdict(difference, *names),
         "episodes_per_task": min(len(r) for r in a.values()),
         "tasks": tasks,
-        "bootstrap": {"samples": reps, "seed": seed, "confidence": CONFIDENCE},
+        "bootstrap": bootstrap_record(seed, reps),
     }

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import re
 import warnings
 import zipfile
@@ -25,6 +24,7 @@ import torch
 
 from tdmpc_ray.atomic import atomic_path
 from tdmpc_ray.model.config import MODEL_SIZES, ModelConfig, model_config
+from tdmpc_ray.model.published import resolve_checkpoint
 from tdmpc_ray.model.world_model import WorldModel
 from tdmpc_ray.provenance import provenance
 from tdmpc_ray.tasks.task_sets import TASK_SETS
@@ -41,30 +41,65 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read as a world model; the message names file and problem."""
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"
+_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_UNPICKLER = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
+
+
+def _format_problem(path: Path) -> str | None:
+    """Why `path` cannot be a `torch.save` file, judged from its first bytes (None: it may be)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "empty file, not a checkpoint"
+    if head == _ZIP_MAGIC:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as err:
+            return f"damaged zip archive (truncated?): {err}"
+        if not any(name.endswith("/data.pkl") for name in names):
+            return f"a zip archive but not a PyTorch checkpoint (no data.pkl among {len(names)} entries)"
+        return None
+    if not head.startswith(_PICKLE_PROTO):
+        return "not a PyTorch checkpoint (neither a torch.save archive nor a pickle)"
+    return None
+
+
+def _load_problem(err: Exception) -> str:
+    """One line for an error of `torch.load(..., weights_only=True)`."""
+    text = str(err)
+    refused = _GLOBAL.search(text)
+    if refused:
+        return (
+            f"refused: loading it would call {refused.group(1)} (a checkpoint may hold only "
+            "tensors and plain values; nothing was run)"
+        )
+    detail = _UNPICKLER.search(text)
+    first = detail.group(1) if detail else (text.strip().splitlines() or ["no detail"])[0]
+    return f"not a readable PyTorch checkpoint (truncated or corrupted?): {type(err).__name__}: {first}"
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file on the CPU without running code; clear error if unreadable."""
+    """Load a checkpoint file on the CPU without running code (`weights_only=True`); anything
+    else (text, random bytes, a foreign zip, a pickle that would call code) fails with one line
+    naming the file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
+    problem = _format_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings(
-                "ignore", message=".*(TypedStorage|quantized tensor creation).*"
+                "ignore",
+                message=".*(TypedStorage|quantized tensor creation|Detected pickle protocol).*",
             )
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: refused to load (it holds more than tensors): {_first_line(err)}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated?): {_first_line(err)}"
-        ) from None
+    except Exception as err:  # noqa: BLE001 - weights_only: nothing ran; any failure is the file's
+        raise CheckpointError(f"{path}: {_load_problem(err)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
     return obj
@@ -212,28 +247,54 @@ def load_world_model(
 ) -> WorldModel:
     """Load any supported checkpoint as an fp32 `WorldModel` in eval mode.
 
-    The size is inferred from tensor shapes unless `model_size` is given, in which case a
-    checkpoint of another size fails with the key and both shapes. `task_set` None takes the
-    task set from the number of task embeddings.
+    `path` may also name a published student (`mt30-1M-fp16`, ...: `tdmpc_ray.model.published`),
+    fetched on first use. The size is inferred from tensor shapes unless `model_size` is given,
+    in which case a checkpoint of another size fails with the key and both shapes. `task_set`
+    None takes the task set from the number of task embeddings. Anything that is not a world
+    model fails with one line naming the file.
     """
+    path = resolve_checkpoint(path)
     raw = read_checkpoint(path)
+    try:
+        cfg, sd = _config_and_state(raw, task_set, model_size, path)
+        model = WorldModel(cfg)
+        _check_against(model, sd, path)
+    except CheckpointError:
+        raise
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"{path}: not a TD-MPC2 world model checkpoint ({type(err).__name__}: {first})"
+        ) from None
+    sd = {k: v for k, v in sd.items() if k not in ("log_std_min", "log_std_dif")}
+    model.load_state_dict(sd, strict=False)
+    return model.to(device).eval()
+
+
+def _state_dict(obj: object, path, where: str) -> dict:
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+        raise CheckpointError(f"{path}: {where} is not a state dict of named tensors")
+    return obj
+
+
+def _config_and_state(
+    raw: dict, task_set: str | None, model_size: int | None, path
+) -> tuple[ModelConfig, dict]:
+    """The model config and canonical state dict of a checkpoint's contents."""
     if raw.get("format") == FORMAT:
         cfg = ModelConfig.from_dict(raw["config"])
         if task_set is not None and cfg.task_set != task_set:
             raise CheckpointError(
                 f"{path}: checkpoint is for task set {cfg.task_set}, not {task_set}"
             )
-        sd = canonical_state_dict(raw["model"], path)
+        sd = canonical_state_dict(_state_dict(raw.get("model"), path, "its 'model' entry"), path)
     else:
-        sd = canonical_state_dict(raw.get("model", raw), path)
+        where = "its 'model' entry" if "model" in raw else "its content"
+        sd = canonical_state_dict(_state_dict(raw.get("model", raw), path, where), path)
         cfg = infer_config(sd, task_set, path)
     if model_size is not None:
         cfg = model_config(model_size, cfg.task_set)
-    model = WorldModel(cfg)
-    _check_against(model, sd, path)
-    sd = {k: v for k, v in sd.items() if k not in ("log_std_min", "log_std_dif")}
-    model.load_state_dict(sd, strict=False)
-    return model.to(device).eval()
+    return cfg, sd
 
 
 def save_checkpoint(

@@ -26,7 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "paper's files, mixed (Q ensembles as qint8 with scale 1.0, rest fp16) and int8-paper "
         "(everything qint8 with scale 1.0).",
     )
-    p.add_argument("checkpoint", metavar="CKPT", help="source checkpoint file")
+    p.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help="source checkpoint (a path or a published name, e.g. mt30-1M-fp16)",
+    )
     p.add_argument("--mode", choices=MODES, required=True)
     p.add_argument("--out", required=True, metavar="PATH", help="quantized checkpoint to write")
     p.add_argument(

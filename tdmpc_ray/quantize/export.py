@@ -15,6 +15,7 @@ from tdmpc_ray.model.checkpoint import (
     load_world_model,
     save_checkpoint,
 )
+from tdmpc_ray.model.published import resolve_checkpoint
 from tdmpc_ray.quantize.codec import quantize_state_dict
 from tdmpc_ray.quantize.measure import file_mib, output_errors, tensor_mib
 
@@ -74,7 +75,7 @@ def quantize_checkpoint(
     The mode and scheme go into the file's metadata under `quantization`. Errors compare the
     reloaded model with the source on `rows` rows of `measure.probe_batch(seed)`.
     """
-    source, out = Path(source), Path(out)
+    source, out = resolve_checkpoint(source), Path(out)
     if out.exists() and out.resolve() == source.resolve():
         raise ValueError(f"{out}: refusing to overwrite the source checkpoint")
     model = load_world_model(source, task_set)

@@ -7,6 +7,9 @@ runs unchanged. Measured on CPU in bench/results/quantize.json: fp16 matmuls are
 slower than fp32 there, bf16 faster only on CPUs with native bf16 (AVX512-BF16/AMX) and at the
 price of bf16 rounding, and int8 matmuls would need the planner rewritten around them; so `auto`
 keeps fp32 on CPU and bf16 is opt-in. On CUDA `auto` is fp16 (not measured: no GPU here).
+This is the in-library path (a loaded model, e.g. evaluation on a GPU); a student deployed on a
+robot runs as an exported controller whose matmul precision (fp32, bf16, ONNX Runtime int8) is
+fixed in the program: `tdmpc_ray.deploy`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tdmpc_ray.config import build_config, config_keys
+from tdmpc_ray.config import build_config, format_fields
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -26,16 +26,20 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `train` verb; its help lists every config key with type, default and meaning."""
     from tdmpc_ray.train.config import TrainConfig
 
-    keys = ", ".join(config_keys(TrainConfig))
     parser = subparsers.add_parser(
         "train",
         help="train or distil a student with Ray Train",
-        description=f"Train a TD-MPC2 student. Keys: {keys}.",
+        description="Train a TD-MPC2 student with Ray Train, distilling from `teacher` when one "
+        "is set (a checkpoint path or a published name such as mt30-1M-fp16). Settings come from "
+        "an optional YAML file, then key=value overrides.",
+        epilog=f"keys (YAML or key=value):\n{format_fields(TrainConfig)}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", nargs="?", help="YAML config file (optional)")
     parser.add_argument(
-        "overrides", nargs="*", help="key=value overrides, e.g. teacher=ckpt.pt d_coef=0.4"
+        "overrides", nargs="*", help="key=value overrides, e.g. teacher=mt30-1M-fp16 d_coef=0.4"
     )
     parser.set_defaults(handler=_train)

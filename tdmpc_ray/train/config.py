@@ -10,6 +10,7 @@ import torch
 
 from tdmpc_ray.model.checkpoint import checkpoint_hash
 from tdmpc_ray.model.config import ModelConfig, model_config
+from tdmpc_ray.model.published import published, resolve_checkpoint
 from tdmpc_ray.model.world_model import WorldModel
 from tdmpc_ray.train.distill import BRIDGES
 from tdmpc_ray.train.losses import DISTILL_TERMS, LossConfig
@@ -23,7 +24,8 @@ class TrainConfig:
     data: str = ""
     """Folder of Parquet episodes (`tdmpc-ray data convert|generate`)."""
     teacher: str | None = None
-    """Teacher checkpoint; unset trains from scratch (the paper's baseline)."""
+    """Teacher checkpoint: a path or a published name (`mt30-1M-fp16`, ...: `tdmpc-ray download`);
+    unset trains from scratch (the paper's baseline)."""
     teacher_gpus: float | None = None
     """GPUs for the shared teacher actor; None: one when the cluster has a GPU at start (set 1
     on an autoscaling cluster whose GPU workers start from zero); a fraction shares a GPU."""
@@ -33,18 +35,23 @@ class TrainConfig:
     """sha256 of the teacher checkpoint: computed once by the driver (`resolved`) and handed to
     workers, actors and the check of cached labels, which never re-read the file."""
     task_set: str = "mt30"
+    """Task set of the data and the student: `mt30`, `mt80`, or one task's name (single-task)."""
     model_size: int = 1
     """Student size preset (M parameters): 1, 5, 19, 48 or 317."""
     enc_dim: int | None = None
-    """Custom student width/size overrides of the preset (None keeps the preset's)."""
+    """Encoder width, overriding the preset's (None keeps it)."""
     mlp_dim: int | None = None
+    """Width of the dynamics, reward, policy and Q MLPs, overriding the preset's (None keeps it)."""
     latent_dim: int | None = None
+    """Latent state size, overriding the preset's (None keeps it)."""
     num_q: int | None = None
+    """Q-functions in the ensemble, overriding the preset's (None keeps it)."""
     steps: int = 200_000
     """Gradient updates (the paper: 200K for its tables, 1M for its best student)."""
     batch_size: int = 256
     """Global batch: split evenly over `num_workers`."""
     horizon: int = 3
+    """Steps of each training window the world model is unrolled over (TD-MPC2: 3)."""
     loss: LossConfig = LossConfig(d_coef=0.45)
     """Loss and distillation coefficients, set by their own keys (`d_coef=0.4`, `rho=0.5`, ...);
     the reward term's d_coef defaults to the paper's published students' 0.45, and every
@@ -57,9 +64,12 @@ class TrainConfig:
     num_workers: int = 1
     """Ray Train workers (data-parallel; gradients averaged)."""
     use_gpu: bool = False
+    """Give each Train worker a GPU (or `gpus_per_worker` of one)."""
     gpus_per_worker: float = 1.0
     """GPUs per Train worker with `use_gpu`; a fraction lets the teacher actor share a GPU."""
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None
+    """CPUs per Train worker; None: 1, or the share that fits beside the run's reads and
+    evaluation actors on a smaller cluster (`tdmpc_ray.resources`)."""
     read_cpus: float = 0.25
     """CPUs per Ray Data read task (small, so reads fit beside workers on a busy node)."""
     max_resident_episodes: int | None = None
@@ -67,18 +77,25 @@ class TrainConfig:
     eval_freq: int = 0
     """Evaluate every this many steps with rollout actors, asynchronously (0 = off)."""
     eval_tasks: str = "mt30"
+    """Tasks of the periodic evaluation: `mt30`, or comma-separated task names."""
     eval_episodes: int = 1
+    """Episodes per task of each periodic evaluation."""
     eval_actors: int = 1
+    """Rollout actors of each periodic evaluation."""
     eval_mpc: bool = True
+    """Evaluate with MPPI planning; false acts with the policy prior (much faster)."""
     eval_cpus: float = 1.0
     """CPUs per evaluation rollout actor."""
     eval_max_steps: int | None = None
     """Cut evaluation episodes short (tests); scores are then not comparable to 500 steps."""
     checkpoint_every: int = 10_000
+    """Save a checkpoint every this many steps (and at the last)."""
     log_every: int = 100
+    """Report training metrics every this many steps."""
     max_failures: int = 3
     """Worker/node failures survived by resuming from the last checkpoint."""
     seed: int = 1
+    """Run seed: model init, sampling and evaluation seeds derive from it."""
     out: str = "runs"
     """Storage path (local folder, NFS or object-store URI) for checkpoints and results."""
     name: str | None = None
@@ -101,9 +118,11 @@ class TrainConfig:
         return model_config(self.model_size, self.task_set, **{k: v for k, v in dims.items() if v})
 
     def eval_kwargs(self) -> dict:
-        """Arguments of `validate_checkpoint` for this run's periodic evaluation."""
+        """Arguments of `validate_checkpoint` for this run's periodic evaluation (results kept in
+        the run's folder, `<out>/<run name>/evals/`)."""
         return {"tasks": self.eval_tasks, "episodes": self.eval_episodes, "actors": self.eval_actors,
-                "mpc": self.eval_mpc, "max_steps": self.eval_max_steps, "seed": self.seed, "cpus": self.eval_cpus}  # fmt: skip
+                "mpc": self.eval_mpc, "max_steps": self.eval_max_steps, "seed": self.seed, "cpus": self.eval_cpus,
+                "evals_dir": f"{absolute(self.out).rstrip('/')}/{self.run_name()}/evals"}  # fmt: skip
 
     def recipe(self) -> str:
         """Short name of the distillation recipe: `scratch`, or the terms with their coefficients
@@ -129,10 +148,11 @@ class TrainConfig:
         return self.name or f"{self.task_set}-{size}-{recipe}-b{self.batch_size}-s{self.seed}"
 
     def resolved(self) -> TrainConfig:
-        """A copy with local `data` and `teacher` paths made absolute, so Ray workers, actors and
-        Tune trials (which run in other directories) find them, and the teacher's sha256
-        (computed here, once, when not handed down)."""
-        teacher = absolute(self.teacher)
+        """A copy with a published teacher name replaced by its local copy (downloaded on first
+        use), local `data` and `teacher` paths made absolute, so Ray workers, actors and Tune
+        trials (which run in other directories) find them, and the teacher's sha256 (computed
+        here, once, when not handed down)."""
+        teacher = absolute(str(resolve_checkpoint(self.teacher)) if self.teacher else None)
         digest = self.teacher_sha256
         if teacher is not None and digest is None and Path(teacher).is_file():
             digest = checkpoint_hash(teacher)
@@ -158,8 +178,13 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.eval_freq < 0:
-            raise ValueError(f"eval_freq must be non-negative, got {self.eval_freq}")
+        for name in ("eval_freq", "read_cpus"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        for name in ("cpus_per_worker", "eval_cpus"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
         if self.gpus_per_worker <= 0:
             raise ValueError(f"gpus_per_worker must be positive, got {self.gpus_per_worker}")
         if self.teacher_replicas < 1:
@@ -183,7 +208,8 @@ def parameter_count(cfg: ModelConfig) -> int:
 
 
 def absolute(path: str | None) -> str | None:
-    """`path` made absolute unless it is empty, None or a URI (`scheme://...`)."""
-    if not path or "://" in path:
+    """`path` made absolute unless it is empty, None, a URI (`scheme://...`) or the name of a
+    published checkpoint with no such file here (it resolves when a run starts)."""
+    if not path or "://" in path or (published(path) and not Path(path).exists()):
         return path
     return str(Path(path).resolve())

@@ -215,9 +215,15 @@ def _start_wandb(cfg: TrainConfig):
 
 
 def validate_checkpoint(checkpoint: ray.train.Checkpoint, tasks: str, episodes: int, actors: int,
-                        mpc: bool, max_steps: int | None, seed: int, cpus: float = 1.0) -> dict:  # fmt: skip
-    """Asynchronous evaluation of a reported checkpoint's student with rollout actors."""
+                        mpc: bool, max_steps: int | None, seed: int, cpus: float = 1.0,
+                        evals_dir: str | None = None) -> dict:  # fmt: skip
+    """Asynchronous evaluation of a reported checkpoint's student with rollout actors. The whole
+    result (per-episode returns, env seeds, intervals) goes to `evals_dir/step_NNNNNNNNN.json`
+    (atomically; also on storage URIs); the returned metrics are the scores with their
+    intervals, per-task scores and `eval_file`, that file's path."""
     from tdmpc_ray.evaluate import EvalConfig, evaluate
+    from tdmpc_ray.evaluate.report import save_json, training_metrics
+    from tdmpc_ray.model.checkpoint import read_checkpoint
     from tdmpc_ray.planning import PlannerConfig
 
     with checkpoint.as_directory() as directory:
@@ -230,5 +236,9 @@ def validate_checkpoint(checkpoint: ray.train.Checkpoint, tasks: str, episodes: 
             cpus_per_actor=cpus,
         )
         result = evaluate(str(student), tasks, episodes, actors, cfg)
-    scores = {f"score/{task}": row["mean"] / 10 for task, row in result["tasks"].items()}
-    return {"normalized_score": result["normalized_score"], **scores}
+        step = int(read_checkpoint(student)["metadata"]["step"])
+    metrics = training_metrics(result)
+    if evals_dir is not None:
+        record = {"step": step, "checkpoint": checkpoint.path, **result}
+        metrics["eval_file"] = save_json(f"{evals_dir}/step_{step:09d}.json", record)
+    return metrics

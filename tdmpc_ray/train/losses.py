@@ -126,11 +126,15 @@ class LossConfig:
     """Coefficients of the world-model and policy losses (TD-MPC2 defaults) and distillation."""
 
     consistency_coef: float = 20.0
+    """Weight of the latent consistency loss (TD-MPC2: 20)."""
     reward_coef: float = 0.1
+    """Weight of the reward prediction loss (TD-MPC2: 0.1)."""
     value_coef: float = 0.1
+    """Weight of the Q (value) loss (TD-MPC2: 0.1)."""
     rho: float = 0.5
     """Weight decay of later horizon steps: step t counts rho**t."""
     entropy_coef: float = 1e-4
+    """Entropy bonus of the policy prior's loss (TD-MPC2: 1e-4)."""
     d_coef: float = distill_term("reward", "world", "distill_loss", reward_distill)
     """Reward distillation coefficient (the paper's best: 0.4-0.45); 0 trains from scratch."""
     latent_d_coef: float = distill_term("latent", "world", "latent_distill_loss", latent_distill)

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import ray.data
 import torch
 from ray.experimental import tqdm_ray
 from ray.train import (
     CheckpointConfig,
+    DataConfig,
     FailureConfig,
+    LoggingConfig,
     RunConfig,
     ScalingConfig,
     UserCallback,
@@ -27,7 +32,9 @@ from tdmpc_ray.config import config_dict
 from tdmpc_ray.data.dataset_info import DatasetInfo, dataset_info
 from tdmpc_ray.data.episode_store import EpisodeStore
 from tdmpc_ray.data.layout import teacher_terms
+from tdmpc_ray.model.checkpoint import load_world_model
 from tdmpc_ray.provenance import provenance
+from tdmpc_ray.resources import capacity, check_training
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.distill import fit_pca
 from tdmpc_ray.train.loop import STUDENT_FILE, train_loop_per_worker, validate_checkpoint
@@ -58,6 +65,46 @@ def _latent_bridge_inputs(cfg: TrainConfig, info: DatasetInfo, teacher: TeacherP
     return out
 
 
+def check_inputs(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` checked and resolved (a published teacher name fetched, paths made absolute), with
+    its teacher checkpoint loaded once to prove it is a world model of the run's task set: bad
+    input fails here with one line, before Ray starts or a run folder exists."""
+    cfg.check()
+    cfg = cfg.resolved()
+    if cfg.teacher is not None:
+        load_world_model(cfg.teacher, cfg.task_set)
+    return cfg
+def _read_parts(batch: pa.Table) -> Iterator[pa.Table]:
+    """Episodes of the part files named in `batch`, one row group at a time."""
+    for path in batch["path"].to_pylist():
+        part = pq.ParquetFile(path)
+        for group in range(part.num_row_groups):
+            yield part.read_row_group(group)
+
+
+def episode_dataset(info: DatasetInfo, read_cpus: float) -> ray.data.Dataset:
+    """The data set's episodes as a Ray Dataset whose only tasks are reads of `read_cpus` CPUs,
+    one part file each, without progress bars.
+
+    Not `ray.data.read_parquet`: in Ray 2.60 it starts a file-listing task (the `ListFiles`
+    operator) that always asks for a whole CPU, which never runs beside Train workers holding
+    all but a fraction of the CPUs; the part files are known from their footers anyway."""
+    paths = [{"path": str(p.path)} for p in info.parts]
+    dataset = ray.data.from_items(paths, override_num_blocks=len(paths)).map_batches(
+        _read_parts, batch_size=1, batch_format="pyarrow", num_cpus=read_cpus
+    )
+    dataset.context.enable_progress_bars = False
+    return dataset
+
+
+def _worker_loop(config: dict) -> None:
+    """`train_loop_per_worker` with INFO logs of the worker process off: Ray Train logs every
+    report there ("Reporting training result N: TrainingReport(...)") under a logger its
+    `LoggingConfig` does not reach, and forwards each line to the driver's console."""
+    logging.getLogger().setLevel(logging.WARNING)
+    train_loop_per_worker(config)
+
+
 def build_trainer(
     cfg: TrainConfig, callbacks: list | None = None, validate: bool = True
 ) -> tuple[TorchTrainer, dict, object]:
@@ -78,22 +125,23 @@ def build_trainer(
     cached = cached_terms(cfg, info)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
+    cfg = check_training(cfg, capacity())
     asked = set(cfg.losses().teacher_terms()) - set(cached)
     teacher = None
     if asked:
         teacher = teacher_pool(cfg.teacher, cfg.teacher_sha256, cfg.task_set, cfg.teacher_gpus,
                                cfg.teacher_replicas, cfg.optim.precision)  # fmt: skip
-    dataset = ray.data.read_parquet(
-        [str(p.path) for p in info.parts], num_cpus=cfg.read_cpus
-    )
     validation = None
     if cfg.eval_freq and validate:
         validation = ValidationConfig(
-            validate_checkpoint, ValidationTaskConfig(fn_kwargs=cfg.eval_kwargs())
+            validate_checkpoint,
+            ValidationTaskConfig(fn_kwargs=cfg.eval_kwargs()),
+            # It only waits on its rollout actors (counted in the run's resources).
+            ray_remote_kwargs={"num_cpus": 0},
         )
     storage = cfg.out if "://" in cfg.out else str(Path(cfg.out).resolve())
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        _worker_loop,
         train_loop_config={
             "train": cfg,
             "cached_terms": cached,
@@ -112,8 +160,12 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=3),
             callbacks=callbacks,
+            # Ray Train's INFO lines (worker group start, each checkpoint) are not progress.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
-        datasets={"train": dataset},
+        datasets={"train": episode_dataset(info, cfg.read_cpus)},
+        # Ray Train's default ingest options warn (a deprecated argument) on every run.
+        dataset_config=DataConfig(execution_options=ray.data.ExecutionOptions()),
         validation_config=validation,
     )
     record = {
@@ -123,7 +175,9 @@ def build_trainer(
             "task_set": info.meta.task_set,
             "teacher_labels": info.meta.teacher_checkpoint,
         },
-        "teacher_source": {t: "labels" if t in cached else "actor" for t in cfg.losses().teacher_terms()},
+        "teacher_source": {
+            t: "labels" if t in cached else "actor" for t in cfg.losses().teacher_terms()
+        },
         **provenance(),
     }
     return trainer, record, teacher
@@ -149,6 +203,7 @@ class StepProgress(UserCallback):
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train to completion (resuming after failures) and return a summary with output paths."""
+    cfg = check_inputs(cfg)
     callbacks = [StepProgress(cfg.steps, cfg.run_name())] if progress else None
     trainer, record, _teacher = build_trainer(cfg, callbacks)
     run_dir = Path(cfg.out) / cfg.run_name() if "://" not in cfg.out else None

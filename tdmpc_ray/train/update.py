@@ -25,9 +25,11 @@ class OptimConfig:
     only; the default, eager fp32, is TD-MPC2's update op for op)."""
 
     lr: float = 3e-4
+    """Adam learning rate (TD-MPC2: 3e-4)."""
     enc_lr_scale: float = 0.3
     """The encoder learns at lr * enc_lr_scale."""
     grad_clip_norm: float = 20.0
+    """Gradients are clipped to this global norm (TD-MPC2: 20)."""
     tau: float = 0.01
     """Polyak rate of the target Qs and of the running Q scale."""
     compile: bool = False

@@ -1,5 +1,7 @@
 // tdmpc-ray sweep dashboard: renders the payload of /api/results (polled) or of an exported
-// snapshot (window.DASHBOARD_DATA) as a best-trial card, three SVG plots and a trials table.
+// snapshot (window.DASHBOARD_DATA) as a best-trial card, SVG plots (a score panel per swept key,
+// score vs steps, paired difference vs scratch, per-task scores) and a trials table. Scores are
+// drawn only where an evaluation ran, with their 95% intervals as error bars.
 "use strict";
 (() => {
   const SVG_NS = "http://www.w3.org/2000/svg";
@@ -23,13 +25,22 @@
     return node;
   }
 
-  const fixed = (x, digits) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
-  const steps = (x) => (x === null || x === undefined ? "–"
-    : Math.round(x).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ","));
+  const known = (x) => x !== null && x !== undefined;
+  const fixed = (x, digits) => (known(x) ? Number(x).toFixed(digits) : "–");
+  const steps = (x) => (known(x) ? Math.round(x).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",") : "–");
   const value = (v) => (v !== null && typeof v === "object" ? JSON.stringify(v) : String(v));
   const short = (x) => String(Number(x.toPrecision(6)));
   const tick = (x) => (Math.abs(x) >= 1e6 ? `${short(x / 1e6)}M`
     : Math.abs(x) >= 1e4 ? `${short(x / 1e3)}k` : short(x));
+  // "23.40 [18.10, 28.90]", or "23.40 [no interval]" where none could be estimated.
+  const interval = (v, lo, hi, digits = 2) => (!known(v) ? "–"
+    : known(lo) && known(hi) ? `${fixed(v, digits)} [${fixed(lo, digits)}, ${fixed(hi, digits)}]`
+    : `${fixed(v, digits)} [no interval]`);
+  const scoreOf = (t) => interval(t.latest_score, t.latest_low, t.latest_high);
+  const versus = (c) => (c && c.difference ? interval(c.difference.value, c.difference.low, c.difference.high)
+    : c && c.error ? "error" : "–");
+  const improvement = (c) => (c && c.probability_of_improvement ? interval(
+    c.probability_of_improvement.value, c.probability_of_improvement.low, c.probability_of_improvement.high) : "–");
 
   function niceStep(span, count) {
     const raw = span / count;
@@ -64,40 +75,66 @@
                          class: "empty" }, text);
   }
 
-  // Scatter/line plot. series: [{color, points: [[x, y]], titles, line, markers, hollow, width,
-  // cls}].
-  function plotXY(svg, series, { xLabel, yLabel, empty }) {
+  // A vertical error bar from y=lo to y=hi at x (pixels), with caps.
+  function errorBar(parent, x, y0, y1, color, title) {
+    const g = svgEl(parent, "g", { class: "errorbar", stroke: color, "stroke-width": 1.3 });
+    svgEl(g, "line", { x1: x, x2: x, y1: y0, y2: y1 });
+    svgEl(g, "line", { x1: x - 4, x2: x + 4, y1: y0, y2: y0 });
+    svgEl(g, "line", { x1: x - 4, x2: x + 4, y1: y1, y2: y1 });
+    if (title) svgEl(g, "title", {}, title);
+  }
+
+  // Scatter/line plot. series: [{color, points: [[x, y, lo, hi]], titles, line, markers, hollow,
+  // width, cls, dx}]; lo/hi (optional) draw an error bar; dx shifts the series by pixels.
+  // categories: x values are indices into it, labelled by name; zero: draw y = 0.
+  function plotXY(svg, series, { xLabel, yLabel, empty, categories, zero }) {
     const points = series.flatMap((s) => s.points);
     if (!points.length) { emptyPlot(svg, empty); return; }
     clear(svg);
     const { width: W, height: H } = svg.viewBox.baseVal;
-    const [x0, x1, xs] = niceDomain(points.map((p) => p[0]), false);
-    const [y0, y1, ys] = niceDomain(points.map((p) => p[1]), true);
+    const bottom = categories ? MARGIN.bottom + 22 : MARGIN.bottom;
+    const ys = points.flatMap((p) => [p[1], p[2], p[3]]).filter(known);
+    const [x0, x1, xs] = categories ? [-0.5, categories.length - 0.5, 1]
+      : niceDomain(points.map((p) => p[0]), false);
+    const [y0, y1, yStep] = niceDomain(ys, true);
     const sx = (x) => MARGIN.left + ((x - x0) / (x1 - x0)) * (W - MARGIN.left - MARGIN.right);
-    const sy = (y) => H - MARGIN.bottom - ((y - y0) / (y1 - y0)) * (H - MARGIN.top - MARGIN.bottom);
-    for (const t of ticks(y0, y1, ys)) {
+    const sy = (y) => H - bottom - ((y - y0) / (y1 - y0)) * (H - MARGIN.top - bottom);
+    for (const t of ticks(y0, y1, yStep)) {
       svgEl(svg, "line", { x1: MARGIN.left, x2: W - MARGIN.right, y1: sy(t), y2: sy(t), class: "grid" });
       svgEl(svg, "text", { x: MARGIN.left - 6, y: sy(t) + 4, "text-anchor": "end" }, tick(t));
     }
-    for (const t of ticks(x0, x1, xs)) {
-      svgEl(svg, "text", { x: sx(t), y: H - MARGIN.bottom + 15, "text-anchor": "middle" }, tick(t));
+    if (categories) {
+      categories.forEach((name, i) => {
+        const cx = sx(i), cy = H - bottom + 14;
+        svgEl(svg, "text", { x: cx, y: cy, "text-anchor": categories.length > 4 ? "end" : "middle",
+                             class: "category",
+                             transform: categories.length > 4 ? `rotate(-25 ${cx} ${cy})` : "" }, name);
+      });
+    } else {
+      for (const t of ticks(x0, x1, xs)) {
+        svgEl(svg, "text", { x: sx(t), y: H - bottom + 15, "text-anchor": "middle" }, tick(t));
+      }
     }
-    svgEl(svg, "line", { x1: MARGIN.left, x2: W - MARGIN.right, y1: H - MARGIN.bottom,
-                         y2: H - MARGIN.bottom, class: "axis" });
+    svgEl(svg, "line", { x1: MARGIN.left, x2: W - MARGIN.right, y1: H - bottom, y2: H - bottom, class: "axis" });
+    if (zero && y0 < 0) {
+      svgEl(svg, "line", { x1: MARGIN.left, x2: W - MARGIN.right, y1: sy(0), y2: sy(0), class: "zero" });
+    }
     svgEl(svg, "text", { x: (W + MARGIN.left) / 2, y: H - 4, "text-anchor": "middle" }, xLabel);
-    svgEl(svg, "text", { x: 12, y: H / 2, "text-anchor": "middle",
-                         transform: `rotate(-90 12 ${H / 2})` }, yLabel);
+    svgEl(svg, "text", { x: 12, y: (H - bottom) / 2 + MARGIN.top, "text-anchor": "middle",
+                         transform: `rotate(-90 12 ${(H - bottom) / 2 + MARGIN.top})` }, yLabel);
     for (const s of series) {
       const g = svgEl(svg, "g", { class: s.cls || "series" });
+      const px = (p) => sx(p[0]) + (s.dx || 0);
       if (s.line && s.points.length > 1) {
         svgEl(g, "polyline", {
-          points: s.points.map((p) => `${sx(p[0])},${sy(p[1])}`).join(" "),
+          points: s.points.map((p) => `${px(p)},${sy(p[1])}`).join(" "),
           fill: "none", stroke: s.color || "currentColor", "stroke-width": s.width || 1.5,
         });
       }
       if (s.markers) {
         s.points.forEach((p, i) => {
-          const dot = svgEl(g, "circle", { cx: sx(p[0]), cy: sy(p[1]), r: s.width + 1.5,
+          if (known(p[2]) && known(p[3])) errorBar(g, px(p), sy(p[2]), sy(p[3]), s.color, s.titles[i]);
+          const dot = svgEl(g, "circle", { cx: px(p), cy: sy(p[1]), r: s.width + 1.5,
                                            fill: s.hollow ? "#fff" : s.color, stroke: s.color,
                                            "stroke-width": 1.5 });
           svgEl(dot, "title", {}, s.titles[i]);
@@ -106,14 +143,15 @@
     }
   }
 
-  // One column per task, names rotated under the axis, value above each column.
-  function plotBars(svg, tasks, color) {
+  // One column per task with its 95% interval, names rotated under the axis.
+  function plotBars(svg, tasks, intervals, color) {
     const names = Object.keys(tasks).filter((k) => tasks[k] !== null);
     if (!names.length) { emptyPlot(svg, "No evaluation has finished for this trial yet."); return; }
     clear(svg);
     const { width: W, height: H } = svg.viewBox.baseVal;
     const top = 16, bottom = 120, left = MARGIN.left;
-    const [, hi, step] = niceDomain(names.map((n) => tasks[n]), true);
+    const bound = (n, i) => (intervals[n] && known(intervals[n][i]) ? intervals[n][i] : tasks[n]);
+    const [, hi, step] = niceDomain(names.flatMap((n) => [tasks[n], bound(n, 1)]), true);
     const sy = (v) => H - bottom - (v / hi) * (H - bottom - top);
     const slot = (W - left - MARGIN.right) / names.length;
     for (const t of ticks(0, hi, step)) {
@@ -122,10 +160,14 @@
     }
     names.forEach((name, i) => {
       const x = left + i * slot, v = tasks[name];
+      const [lo, up] = intervals[name] || [null, null];
+      const label = `${name}: ${interval(v, lo, up)}`;
       const bar = svgEl(svg, "rect", { x: x + slot * 0.15, y: sy(v), width: slot * 0.7,
                                        height: sy(0) - sy(v), fill: color, class: "bar" });
-      svgEl(bar, "title", {}, `${name}: ${fixed(v, 2)}`);
-      svgEl(svg, "text", { x: x + slot / 2, y: sy(v) - 3, "text-anchor": "middle" }, fixed(v, 0));
+      svgEl(bar, "title", {}, label);
+      if (known(lo) && known(up)) errorBar(svg, x + slot / 2, sy(lo), sy(up), "#1f2328", label);
+      svgEl(svg, "text", { x: x + slot / 2, y: sy(known(up) ? up : v) - 3, "text-anchor": "middle" },
+            fixed(v, 0));
       const cx = x + slot / 2, cy = sy(0) + 10;
       svgEl(svg, "text", { x: cx, y: cy, "text-anchor": "end", class: "bar-label",
                            transform: `rotate(-50 ${cx} ${cy})` }, name);
@@ -137,52 +179,121 @@
     return (id) => colors.get(id);
   }
 
-  function renderDcoef(data, color) {
-    const scored = data.trials.filter((t) => t.d_coef !== null && t.latest_score !== null);
-    const byCoef = new Map();
-    for (const t of scored) byCoef.set(t.d_coef, [...(byCoef.get(t.d_coef) || []), t.latest_score]);
-    const mean = [...byCoef.entries()].sort((a, b) => a[0] - b[0])
-      .map(([d, s]) => [d, s.reduce((a, b) => a + b, 0) / s.length]);
-    const series = [{ cls: "mean", points: mean, line: true, width: 1.5 }];
-    for (const t of scored) {
-      series.push({ color: color(t.id), points: [[t.d_coef, t.latest_score]], markers: true,
-                    hollow: t.status !== "TERMINATED", width: t.id === view.selected ? 3 : 1.5,
-                    titles: [`${t.id}: d_coef ${t.d_coef}, score ${fixed(t.latest_score, 2)} at step ${steps(t.eval_step)}`] });
+  // What tells a trial apart: its swept values ("recipe=reward, seed=1"), else its id.
+  function label(data, t) {
+    const parts = data.swept.map((k) => `${k}=${value(t.params[k])}`);
+    return parts.join(", ") || t.id;
+  }
+
+  // Pixel offsets that spread trials sharing an x value side by side.
+  function spread(items, xOf) {
+    const groups = new Map();
+    for (const t of items) groups.set(xOf(t), [...(groups.get(xOf(t)) || []), t]);
+    const dx = new Map();
+    for (const members of groups.values()) {
+      members.forEach((t, j) => dx.set(t.id, (j - (members.length - 1) / 2) * 8));
     }
-    plotXY(document.getElementById("plot-dcoef"), series, {
-      xLabel: "d_coef (0 = from scratch)", yLabel: "normalized score",
-      empty: "No trial with d_coef has finished an evaluation yet." });
+    return dx;
+  }
+
+  // One score panel per swept key: the latest score of every trial with its interval, at the
+  // trial's value of the key (numbers on an axis, anything else as categories).
+  function renderKeyPanels(data, color) {
+    const box = document.getElementById("key-panels");
+    box.replaceChildren();
+    for (const key of data.swept) {
+      const figure = el("figure", { class: "card", "data-key": key });
+      const caption = el("figcaption", {}, `Normalized score vs ${key} `);
+      caption.appendChild(el("span", { class: "muted" },
+        "(latest evaluation per trial, 95% interval; hollow: not finished" +
+        (key === "d_coef" ? "; 0 = from scratch" : "") + ")"));
+      const svg = document.createElementNS(SVG_NS, "svg");
+      svg.setAttribute("viewBox", "0 0 560 300");
+      svg.setAttribute("id", `plot-key-${key}`);
+      svg.setAttribute("role", "img");
+      svg.setAttribute("aria-label", `score vs ${key}`);
+      figure.append(caption, svg);
+      box.appendChild(figure);
+      const scored = data.trials.filter((t) => known(t.latest_score) && key in t.params);
+      const distinct = [...new Map(scored.map((t) => [value(t.params[key]), t.params[key]])).values()];
+      // A number axis where spacing means something: numbers, not seeds, three values or more.
+      const numeric = key !== "seed" && distinct.length >= 3 && distinct.every((v) => typeof v === "number");
+      const categories = numeric ? null : distinct
+        .sort((a, b) => (typeof a === "number" && typeof b === "number" ? a - b : value(a).localeCompare(value(b))))
+        .map(value);
+      const xOf = (t) => (numeric ? t.params[key] : categories.indexOf(value(t.params[key])));
+      const dx = spread(scored, xOf);
+      const series = [];
+      if (numeric) {
+        const byX = new Map();
+        for (const t of scored) byX.set(xOf(t), [...(byX.get(xOf(t)) || []), t.latest_score]);
+        const mean = [...byX.entries()].sort((a, b) => a[0] - b[0])
+          .map(([x, s]) => [x, s.reduce((a, b) => a + b, 0) / s.length]);
+        series.push({ cls: "mean", points: mean, line: true, width: 1.5 });
+      }
+      for (const t of scored) {
+        series.push({ color: color(t.id), points: [[xOf(t), t.latest_score, t.latest_low, t.latest_high]],
+                      markers: true, dx: dx.get(t.id), hollow: t.status !== "TERMINATED",
+                      width: t.id === view.selected ? 3 : 1.5,
+                      titles: [`${t.id} (${label(data, t)}): ${scoreOf(t)} at step ${steps(t.eval_step)}`] });
+      }
+      plotXY(svg, series, { xLabel: key, yLabel: "normalized score", categories,
+                            empty: `No trial has finished an evaluation yet.` });
+    }
   }
 
   function renderSteps(data, color) {
     const series = data.trials.filter((t) => t.curve.length).map((t) => ({
       color: color(t.id), points: t.curve, line: true, markers: true,
       width: t.id === view.selected ? 3 : 1.5,
-      titles: t.curve.map((p) => `${t.id} (d_coef ${t.d_coef}): ${fixed(p[1], 2)} at step ${steps(p[0])}`),
+      titles: t.curve.map((p) => `${t.id} (${label(data, t)}): ${interval(p[1], p[2], p[3])} at step ${steps(p[0])}`),
     }));
     plotXY(document.getElementById("plot-steps"), series, {
-      xLabel: "training step", yLabel: "normalized score",
+      xLabel: "training step (evaluated steps only)", yLabel: "normalized score",
       empty: "No evaluation has finished yet." });
+  }
+
+  // Each trial's paired difference from its scratch trial (same env seeds), with its interval.
+  function renderScratch(data, color) {
+    const svg = document.getElementById("plot-scratch");
+    const compared = data.trials.filter((t) => t.vs_scratch && t.vs_scratch.difference);
+    const note = document.getElementById("scratch-note");
+    note.textContent = data.scratch.length
+      ? `scratch: ${data.scratch.map((id) => label(data, data.trials.find((t) => t.id === id))).join("; ")}`
+      : "";
+    const categories = compared.map((t) => label(data, t));
+    const series = compared.map((t, i) => {
+      const d = t.vs_scratch.difference;
+      return { color: color(t.id), points: [[i, d.value, d.low, d.high]], markers: true,
+               width: t.id === view.selected ? 3 : 1.5,
+               titles: [`${t.id}: ${versus(t.vs_scratch)} vs scratch; P(> scratch) ${improvement(t.vs_scratch)}; ${t.vs_scratch.verdict}`] };
+    });
+    plotXY(svg, series, {
+      xLabel: "trial", yLabel: "score − scratch", categories, zero: true,
+      empty: data.scratch.length ? "No trial has an evaluation paired with scratch yet."
+        : "This sweep has no scratch trial (d_coef 0 or recipe scratch)." });
   }
 
   function renderTasks(data, color) {
     const trial = data.trials.find((t) => t.id === view.selected);
     document.getElementById("tasks-caption").textContent =
-      `Per-task scores of ${trial.id} (d_coef ${trial.d_coef}) at step ${steps(trial.eval_step)}`;
-    plotBars(document.getElementById("plot-tasks"), trial.tasks, color(trial.id));
+      `Per-task scores of ${trial.id} (${label(data, trial)}) at step ${steps(trial.eval_step)}, with 95% intervals`;
+    plotBars(document.getElementById("plot-tasks"), trial.tasks, trial.task_intervals || {}, color(trial.id));
   }
 
   function renderBest(data) {
     const box = document.getElementById("best");
-    box.replaceChildren(el("h2", {}, "Best trial"));
+    box.replaceChildren(el("h2", {}, "Best trial (highest latest score)"));
     const best = data.trials.find((t) => t.id === data.best);
     if (!best) { box.appendChild(el("p", { class: "muted" }, "No evaluation has finished yet.")); return; }
     const dl = el("dl");
+    const episodes = known(best.eval_episodes) ? `${best.eval_episodes} episodes per task, ` : "";
     const items = [
-      ["best normalized score", fixed(best.best_score, 2), `at step ${steps(best.best_step)}`],
-      ["latest", fixed(best.latest_score, 2), `at step ${steps(best.eval_step)}`],
+      ["normalized score [95% interval]", scoreOf(best), `${episodes}at step ${steps(best.eval_step)}`],
+      ["vs scratch [95% interval]", versus(best.vs_scratch),
+       best.vs_scratch && best.vs_scratch.verdict ? best.vs_scratch.verdict : best.scratch ? "this is the scratch trial" : ""],
       ["trial", best.id, best.status],
-      ...data.varying.map((k) => [k, value(best.config[k]), ""]),
+      ...data.swept.map((k) => [k, value(best.params[k]), ""]),
     ];
     for (const [k, v, note] of items) {
       const item = el("div");
@@ -196,11 +307,15 @@
     const columns = [
       ["Trial", "", (t) => t.id], ["Status", "", (t) => t.status],
       ...data.varying.map((k) => [k, "", (t) => (k in t.config ? value(t.config[k]) : "")]),
-      ["Step", "num", (t) => steps(t.step)], ["Latest score", "num", (t) => fixed(t.latest_score, 2)],
-      ["Best score", "num", (t) => fixed(t.best_score, 2)],
+      ["Step", "num", (t) => steps(t.step)],
+      ["Score [95% interval]", "num", scoreOf], ["Episodes", "num", (t) => fixed(t.eval_episodes, 0)],
+      ["vs scratch [95% interval]", "num", (t) => (t.scratch ? "(scratch)" : versus(t.vs_scratch))],
+      ["P(> scratch)", "num", (t) => (t.scratch ? "" : improvement(t.vs_scratch))],
       ["Updates/s", "num", (t) => fixed(t.updates_per_s, 1)],
     ];
-    if (data.trials.some((t) => t.error)) columns.push(["Error", "error", (t) => t.error || ""]);
+    if (data.trials.some((t) => t.error || t.eval_error)) {
+      columns.push(["Error", "error", (t) => t.error || t.eval_error || ""]);
+    }
     const head = document.querySelector("#trials thead tr");
     head.replaceChildren(...columns.map(([name, cls]) => el("th", { class: cls }, name)));
     const body = document.querySelector("#trials tbody");
@@ -221,7 +336,7 @@
     document.getElementById("counts").textContent = `${data.trials.length}: ` +
       Object.entries(counts).map(([s, n]) => `${n} ${s}`).join(", ");
     const shared = Object.entries(data.shared).map(([k, v]) => `${k}=${value(v)}`).join(", ");
-    document.getElementById("shared").textContent = shared ? `Shared config: ${shared}` : "";
+    document.getElementById("shared").textContent = shared ? `Shared config (equal in every trial): ${shared}` : "";
   }
 
   function showMessage(text) {
@@ -240,8 +355,9 @@
     if (!data.trials.some((t) => t.id === view.selected)) view.selected = data.best || data.trials[0].id;
     const color = colorOf(data);
     renderBest(data);
-    renderDcoef(data, color);
+    renderKeyPanels(data, color);
     renderSteps(data, color);
+    renderScratch(data, color);
     renderTasks(data, color);
     renderTable(data, color);
   }

@@ -1,0 +1,176 @@
+"""Paired comparisons of two agents evaluated on the same environment seeds.
+
+Two evaluation results pair when they ran the same tasks, the same number of episodes per task,
+each episode on the same env seed and for the same number of steps: then episode i of a task
+differs between the agents only by the agents, and a paired bootstrap (`stats.compare`) cancels
+the environment's share of the noise. Anything else is refused with one line naming the first
+mismatch. Results of several seeds pool by concatenating their paired episodes per task (seeds
+as extra episodes of the stratified bootstrap; docs/decisions.md).
+
+Light to import (no Ray): the sweep summary and the dashboard use it too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tdmpc_ray.evaluate.stats import BOOTSTRAP_SAMPLES, SEED, Interval, Returns
+from tdmpc_ray.evaluate.stats import compare as paired_compare
+
+if TYPE_CHECKING:
+    from tdmpc_ray.evaluate.config import EvalConfig
+
+RESULT_FILE = "eval.json"
+
+
+def is_result(path: str | Path) -> bool:
+    """Whether `path` names an evaluation result (a .json file or a folder) rather than a
+    checkpoint."""
+    path = Path(path)
+    return path.is_dir() or path.suffix == ".json"
+
+
+def load_result(path: str | Path) -> dict:
+    """The evaluation result in an eval.json, or in the eval.json of a folder; one-line errors
+    for a missing, unreadable or foreign file."""
+    path = Path(path)
+    file = path / RESULT_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such evaluation result")
+    try:
+        result = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file}: not a JSON evaluation result ({err})") from None
+    tasks = result.get("tasks") if isinstance(result, dict) else None
+    if not isinstance(tasks, dict) or not tasks:
+        raise ValueError(f"{file}: not an evaluation result (no per-task returns)")
+    for task, row in tasks.items():
+        if not isinstance(row, dict) or not {"returns", "env_seeds"} <= set(row):
+            raise ValueError(f"{file}: task {task!r} has no per-episode returns and env seeds")
+    return result
+
+
+def check_paired(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> None:
+    """Fail with one line unless `a` and `b` ran the same tasks, episodes per task, env seeds
+    and episode lengths."""
+    prefix = f"{names[0]} and {names[1]} are not paired"
+    only = sorted(set(a["tasks"]) ^ set(b["tasks"]))
+    if only:
+        where = names[0] if only[0] in a["tasks"] else names[1]
+        raise ValueError(f"{prefix}: task {only[0]!r} is only in {where}")
+    for task, row in a["tasks"].items():
+        other = b["tasks"][task]
+        if len(row["returns"]) != len(other["returns"]):
+            raise ValueError(
+                f"{prefix}: {task!r} has {len(row['returns'])} episodes in {names[0]} and "
+                f"{len(other['returns'])} in {names[1]}"
+            )
+        for key, what, hint in (
+            ("env_seeds", "ran on env seed", "evaluate both with the same --seed"),
+            ("lengths", "lasted", "evaluate both with the same --max-steps"),
+        ):
+            for episode, (x, y) in enumerate(
+                zip(row.get(key, []), other.get(key, []), strict=False)
+            ):
+                if x != y:
+                    raise ValueError(
+                        f"{prefix}: {task!r} episode {episode} {what} {x} in {names[0]} and {y} "
+                        f"in {names[1]} ({hint})"
+                    )
+
+
+def pool_pairs(
+    pairs: Sequence[tuple[dict, dict]], names: tuple[str, str] = ("A", "B")
+) -> tuple[Returns, Returns]:
+    """A's and B's returns by task, each pair checked and the pairs' episodes concatenated per
+    task (for several seeds: seeds become extra episodes, kept paired)."""
+    if not pairs:
+        raise ValueError("no results to compare")
+    pooled: tuple[dict[str, list[float]], dict[str, list[float]]] = ({}, {})
+    for a, b in pairs:
+        check_paired(a, b, names)
+        for result, returns in zip((a, b), pooled, strict=True):
+            for task in pairs[0][0]["tasks"]:
+                returns.setdefault(task, []).extend(result["tasks"][task]["returns"])
+    return pooled
+
+
+def compare_results(
+    pairs: Sequence[tuple[dict, dict]],
+    names: tuple[str, str] = ("A", "B"),
+    seed: int = SEED,
+    reps: int = BOOTSTRAP_SAMPLES,
+) -> dict:
+    """The paired comparison of A with B (`stats.compare`: both scores, A - B and P(A > B)
+    with intervals, verdict, per-task table) over one or more (A result, B result) pairs,
+    with what was paired."""
+    a, b = pool_pairs(pairs, names)
+    report = paired_compare(a, b, seed, reps, names)
+    report["names"] = {"a": names[0], "b": names[1]}
+    report["pairing"] = {
+        "pairs": len(pairs),
+        "tasks": len(a),
+        "episodes_per_task": report["episodes_per_task"],
+        "env_seeds": "identical per episode",
+    }
+    return report
+
+
+def sources(a: dict, b: dict) -> dict:
+    """Where each side's result came from: checkpoint, its sha256, settings."""
+    return {
+        side: {
+            "checkpoint": result["config"].get("checkpoint"),
+            "checkpoint_sha256": result["config"].get("checkpoint_sha256"),
+            "seed": result["config"].get("seed"),
+            "eval_mode": result["config"].get("eval_mode"),
+            "planner": result["config"].get("planner"),
+            "max_steps": result["config"].get("max_steps"),
+        }
+        for side, result in (("a", a), ("b", b))
+    }
+
+
+def evaluate_checkpoints(
+    checkpoints: Sequence[str],
+    tasks: str,
+    episodes: int,
+    num_actors: int,
+    cfg: EvalConfig,
+    progress: bool = False,
+) -> list[dict]:
+    """`evaluate` each checkpoint with the same settings, so each episode runs on the same env
+    seed for all of them."""
+    from tdmpc_ray.evaluate.score import evaluate
+
+    return [evaluate(c, tasks, episodes, num_actors, cfg, progress=progress) for c in checkpoints]
+
+
+def format_comparison(report: dict) -> str:
+    """One screen: both scores, a row per task, A - B and P(A > B) with intervals, verdict."""
+    names = report["names"]
+    lines = [
+        f"A = {names['a']}   normalized score {Interval(**report['a']).format()}",
+        f"B = {names['b']}   normalized score {Interval(**report['b']).format()}",
+        "",
+        f"{'task':<26} {'episodes':>8} {'A return':>9} {'B return':>9} "
+        f"{'A - B return [95% interval]':>30}",
+    ]
+    for task, row in report["tasks"].items():
+        diff = Interval(**row["difference"]).format(1)
+        lines.append(f"{task:<26} {row['episodes']:>8} {row['a']:9.1f} {row['b']:9.1f} {diff:>30}")
+    pairing, boot = report["pairing"], report["bootstrap"]
+    seeds = f", {pairing['pairs']} seed pairs pooled" if pairing["pairs"] > 1 else ""
+    lines += [
+        "",
+        f"A - B score       {Interval(**report['difference']).format()}  (paired bootstrap, "
+        f"{pairing['tasks']} tasks x {pairing['episodes_per_task']} episodes on the same env "
+        f"seeds{seeds})",
+        f"P(A > B)          {Interval(**report['probability_of_improvement']).format()}",
+        f"verdict           {report['verdict']}",
+        f"intervals         {boot['method']}; {boot['samples']} samples, seed {boot['seed']}",
+    ]
+    return "\n".join(lines)

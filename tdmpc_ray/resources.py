@@ -1,0 +1,231 @@
+"""What a run asks of the Ray cluster, added up before anything starts.
+
+Ray never fails a request that does not fit: a task or actor waits, silently, until resources
+free up, and when the run's own parts hold them that is forever (two Train workers at 1 CPU each
+on 2 CPUs, and the Ray Data read that feeds them). So every verb adds up the CPUs and GPUs its
+parts hold at the same time (Train workers, Tune trial functions, the teacher actor, Ray Data
+read tasks, evaluation actors) and checks them against the cluster first; a request that cannot
+fit fails in seconds with one line that says what to change.
+
+The cluster's capacity is what it has now, or the most its autoscaler may grow it to when the
+autoscaler publishes that (Ray's autoscaler v2 and KubeRay do; Ray Train's own worker check reads
+the same). On a cluster that grows without publishing a maximum, set `TDMPC_RAY_RESOURCE_CHECK=
+warn` to log the shortfall instead of failing (docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tdmpc_ray.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+CHECK_ENV = "TDMPC_RAY_RESOURCE_CHECK"
+"""`warn`: log a request that does not fit instead of failing (clusters that grow unannounced)."""
+STEP = 0.05
+"""Granularity of suggested and fitted CPU shares."""
+
+
+class ResourceError(ValueError):
+    """A run asks for more than the cluster can ever give it at once."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One thing a run holds while it runs, or `count` alike ones, at `cpus` and `gpus` each."""
+
+    name: str
+    cpus: float
+    gpus: float = 0.0
+    count: int | None = None
+    """How many (workers, actors); None: one, named as a whole (reads, the teachers)."""
+
+    @property
+    def number(self) -> int:
+        return 1 if self.count is None else self.count
+
+    def describe(self, resource: str) -> str:
+        """`2 workers x 1`, `1 worker x 0.5`, `reads 0.25`."""
+        each = f"{self.cpus if resource == 'CPU' else self.gpus:g}"
+        if self.count is None:
+            return f"{self.name} {each}"
+        return f"{self.count} {self.name}{'s' if self.count != 1 else ''} x {each}"
+
+
+@dataclass(frozen=True)
+class Demand:
+    """Everything a run holds at once."""
+
+    parts: tuple[Part, ...]
+
+    def total(self, resource: str) -> float:
+        each = (lambda p: p.cpus) if resource == "CPU" else (lambda p: p.gpus)
+        return sum(p.number * each(p) for p in self.parts)
+
+    def describe(self, resource: str) -> str:
+        """`2.25 CPUs (2 workers x 1 + reads 0.25)`."""
+        used = [
+            p.describe(resource)
+            for p in self.parts
+            if (p.cpus if resource == "CPU" else p.gpus) > 0
+        ]
+        total = self.total(resource)
+        return f"{total:g} {resource}{'s' if total != 1 else ''} ({' + '.join(used)})"
+
+
+def capacity() -> dict[str, float]:
+    """CPUs and GPUs of the cluster: now, or the autoscaler's published maximum when larger."""
+    import ray
+
+    now = ray.cluster_resources()
+    most = _autoscaler_maximum()
+    return {key: max(float(now.get(key, 0.0)), float(most.get(key, 0.0))) for key in ("CPU", "GPU")}
+
+
+def _autoscaler_maximum() -> dict[str, float]:
+    """The most resources the autoscaler may add up to, when it publishes them ({} otherwise).
+    Ray has no public call for this; Ray Train's worker-group check reads the same state."""
+    try:
+        from ray._private.state import state
+
+        return dict(state.get_max_resources_from_cluster_config() or {})
+    except Exception:  # noqa: BLE001 - an older or newer Ray without it: use what is there now
+        return {}
+
+
+def check(demand: Demand, cap: dict[str, float], what: str, fixes: dict[str, str]) -> None:
+    """Fail with one line when `demand` exceeds `cap` in CPUs or GPUs: `<what> needs <demand>,
+    the cluster has <cap>: <fix>`, the fix taken from `fixes` by resource."""
+    for resource in ("CPU", "GPU"):
+        if demand.total(resource) > cap.get(resource, 0.0) + 1e-9:
+            message = (
+                f"{what} needs {demand.describe(resource)}, the cluster has "
+                f"{cap.get(resource, 0.0):g}: {fixes[resource]}"
+            )
+            if os.environ.get(CHECK_ENV) == "warn":
+                log.warning("%s (%s=warn: waiting for the cluster to grow)", message, CHECK_ENV)
+                return
+            raise ResourceError(message)
+
+
+def round_down(value: float) -> float:
+    """`value` rounded down to a multiple of `STEP` (0 when below it)."""
+    return round(math.floor(value / STEP + 1e-9) * STEP, 6)
+
+
+def teacher_gpus(cfg: TrainConfig, cap: dict[str, float]) -> float:
+    """GPUs each replica of the shared teacher takes (`get_teacher`'s rule: one when the cluster
+    has one)."""
+    if cfg.teacher_gpus is not None:
+        return cfg.teacher_gpus
+    return 1.0 if cap.get("GPU", 0.0) >= 1 else 0.0
+
+
+def training_parts(cfg: TrainConfig) -> list[Part]:
+    """What one training run holds besides the teacher: its workers, one Ray Data read task
+    (more run when CPUs are spare; one is enough to load) and its evaluation actors."""
+    parts = [
+        Part("worker", cfg.cpus_per_worker or 0.0, cfg.gpus_per_worker if cfg.use_gpu else 0.0,
+             cfg.num_workers),  # fmt: skip
+        Part("reads", cfg.read_cpus),
+    ]
+    if cfg.eval_freq:
+        parts.append(Part("eval actor", cfg.eval_cpus, count=cfg.eval_actors))
+    return parts
+
+
+def _teachers(configs: Sequence[TrainConfig], cap: dict[str, float]) -> Part:
+    """The shared teacher actors of `configs`: `teacher_replicas` per distinct teacher service
+    (0 CPUs each)."""
+    teachers = {(c.teacher, c.task_set, c.teacher_replicas, c.optim.precision):
+                c.teacher_replicas * teacher_gpus(c, cap) for c in configs if c.distilling}  # fmt: skip
+    return Part("teachers", 0.0, sum(teachers.values()))
+
+
+def fit_workers(cfg: TrainConfig, cap: dict[str, float], reserved: float = 0.0) -> TrainConfig:
+    """`cfg` with `cpus_per_worker` set when it was None: 1, or the largest multiple of `STEP`
+    that fits beside the run's other parts and `reserved` CPUs (e.g. a Tune trial's own)."""
+    if cfg.cpus_per_worker is not None:
+        return cfg
+    others = Demand(tuple(training_parts(cfg)[1:])).total("CPU") + reserved
+    share = min(1.0, round_down((cap.get("CPU", 0.0) - others) / cfg.num_workers))
+    return dataclasses.replace(cfg, cpus_per_worker=share if share > 0 else 1.0)
+
+
+def _fixes(cfg: TrainConfig, cap: dict[str, float], demand: Demand) -> dict[str, str]:
+    """What to change when `cfg`'s `demand` does not fit: worker CPUs first, then evaluation;
+    for GPUs, fewer GPU workers or a teacher on CPU."""
+    others = demand.total("CPU") - cfg.num_workers * cfg.cpus_per_worker
+    share = round_down((cap.get("CPU", 0.0) - others) / cfg.num_workers)
+    if share > 0:
+        cpu_fix = f"set cpus_per_worker={share:g}"
+    elif cfg.eval_freq:
+        cpu_fix = "set eval_actors=1 and a smaller eval_cpus (e.g. 0.25)"
+    else:
+        cpu_fix = f"set num_workers=1 and a smaller read_cpus (now {cfg.read_cpus:g})"
+    gpu_fixes = []
+    if cfg.use_gpu:
+        teacher = demand.total("GPU") - cfg.num_workers * cfg.gpus_per_worker
+        fits = math.floor((cap.get("GPU", 0.0) - teacher) / cfg.gpus_per_worker + 1e-9)
+        gpu_fixes.append(f"num_workers={fits}" if fits >= 1 else "use_gpu=false")
+    if cfg.distilling:
+        gpu_fixes.append("teacher_gpus=0")
+    return {"CPU": cpu_fix, "GPU": "set " + " or ".join(gpu_fixes)}
+
+
+def check_training(cfg: TrainConfig, cap: dict[str, float]) -> TrainConfig:
+    """The run's config with its worker CPUs fitted (`fit_workers`), once the whole run is
+    known to fit the cluster; raises ResourceError naming what to change otherwise."""
+    cfg = fit_workers(cfg, cap)
+    demand = Demand((*training_parts(cfg), _teachers([cfg], cap)))
+    check(demand, cap, "training", _fixes(cfg, cap, demand))
+    return cfg
+
+
+def plan_sweep(
+    configs: Sequence[TrainConfig],
+    trial_cpus: float,
+    max_concurrent: int | None,
+    cap: dict[str, float],
+) -> int:
+    """How many trials run at once: as many as fit beside the shared teachers, each trial's
+    workers fitted beside its Tune function (`fit_workers`, as `run_trial` does). A
+    `max_concurrent` beyond that only warns (a growing cluster takes them; a fixed one runs them
+    in turn). Raises ResourceError when one trial cannot fit."""
+    teachers = _teachers(configs, cap)
+    configs = [fit_workers(c, cap, reserved=trial_cpus) for c in configs]
+    trials = [Demand((Part("trial function", trial_cpus), *training_parts(c))) for c in configs]
+    for cfg, trial in zip(configs, trials, strict=True):
+        whole = Demand((*trial.parts, teachers))
+        check(whole, cap, "one trial", _fixes(cfg, cap, whole))
+    fits = []
+    for resource in ("CPU", "GPU"):
+        need = max(t.total(resource) for t in trials)
+        if need > 0:
+            free = cap.get(resource, 0.0) - Demand((teachers,)).total(resource)
+            fits.append(math.floor(free / need + 1e-9))
+    fits = max(1, min(fits))
+    if max_concurrent and max_concurrent > fits:
+        log.warning(
+            "max_concurrent_trials=%d: %d trial(s) fit the cluster now; the others wait for it "
+            "to grow", max_concurrent, fits,
+        )  # fmt: skip
+    return max_concurrent or fits
+
+
+def check_evaluation(num_actors: int, cpus_per_actor: float, cap: dict[str, float]) -> None:
+    """Fail unless every rollout actor can run at once: each is handed its own episodes, so an
+    actor that never starts holds them forever."""
+    demand = Demand((Part("actor", cpus_per_actor, count=num_actors),))
+    actors = math.floor(cap.get("CPU", 0.0) / cpus_per_actor + 1e-9)
+    share = round_down(cap.get("CPU", 0.0) / num_actors)
+    fix = f"use at most {actors} actor(s)" + (f", or {share:g} CPUs per actor" if share else "")
+    check(demand, cap, "evaluation", {"CPU": fix, "GPU": ""})
