@@ -130,7 +130,7 @@ def test_impossible_requests_fail_in_seconds_with_one_line(ray_session, small_ru
         "the cluster has 2: set cpus_per_worker=0.4"
     )
     argv = ["eval", "--checkpoint", small_run["teacher"], "--tasks", "cartpole-balance",
-            "--episodes", "1", "--num-actors", "3", "--no-compile"]  # fmt: skip
+            "--episodes", "6", "--num-actors", "3", "--no-compile"]  # fmt: skip
     assert within(120, lambda: main(argv)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tdmpc-ray eval: error: evaluation needs 3 CPUs (3 actors x 1)")
