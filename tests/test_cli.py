@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tdmpc_ray.cli import build_parser, main
-from tdmpc_ray.config import describe_fields
+from tdmpc_ray.config import config_keys, describe_fields
 from tdmpc_ray.sweep.spec import SweepSpec
 from tdmpc_ray.train.config import TrainConfig
 
@@ -50,9 +50,7 @@ def test_help_lists_every_training_key_with_its_type_default_and_meaning(verb, c
         main([verb, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     keys = describe_fields(TrainConfig) + (describe_fields(SweepSpec) if verb == "sweep" else [])
-    assert {key for key, *_ in describe_fields(TrainConfig)} == {
-        f.name for f in dataclasses.fields(TrainConfig)
-    }
+    assert [key for key, *_ in describe_fields(TrainConfig)] == list(config_keys(TrainConfig))
     for key, kind, default, doc in keys:
         assert kind and doc, f"{key} has no type or no docstring"
         shown = "required" if default is dataclasses.MISSING else repr(default)
