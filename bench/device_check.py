@@ -1,5 +1,5 @@
 """Every GPU measurement in one command, for a session that is lent a GPU (<= 8 min on one
-H100/H200; each section is written as soon as it is measured, so a cut-short run keeps what it
+H100/H200 plus ~2 min of MT30 evaluation; each section is written as soon as it is measured, so a cut-short run keeps what it
 finished):
 
 - `update`: updates/s of the 1M student at batch 256 and 1024: eager fp32, compiled fp32
@@ -10,7 +10,9 @@ finished):
 - `teacher`: the teacher actor's rows/s (fp32 and bf16);
 - `planning`: MPPI actions/s for 1, 30 and 300 environments (compiled planner);
 - `train_run`: a 200-step Ray Train run whose teacher actor shares the worker's GPU (0.5 GPU
-  each).
+  each);
+- `mt30_eval`: the paper's MT30 evaluation (30 tasks x 10 episodes, full MPPI) with rollout
+  actors on every CPU but one sharing the GPU (bench/eval.py `mt30_eval`): its wall time.
 
     python bench/device_check.py                # on a GPU: writes bench/results/gpu.json
     python bench/device_check.py --dry          # the same code paths, tiny, on CPU (CI)
@@ -241,6 +243,21 @@ def measure_train_run(sizes: Sizes, cfg: TrainConfig, data: Path, out: Path) -> 
             "gpus": {"worker": run.gpus_per_worker if gpu else 0, "teacher": run.teacher_gpus}}  # fmt: skip
 
 
+def measure_mt30_eval(sizes: Sizes, checkpoint: Path) -> dict:
+    """The paper's MT30 evaluation (30 tasks x 10 episodes, full MPPI; a 1M student of random
+    weights: episodes run their full length whatever the weights) on the GPU and all CPUs but
+    one; the dry run plays 2 tasks x 1 episode of a few steps."""
+    from eval import mt30_eval
+
+    if sizes.device == "cuda":
+        result = mt30_eval(checkpoint, episodes=10, envs_per_actor=10)
+    else:
+        result = mt30_eval(checkpoint, episodes=1, envs_per_actor=1, max_steps=3,
+                           tasks="cartpole-balance,cup-catch")  # fmt: skip
+    episodes = sum(len(row["returns"]) for row in result["tasks"].values())
+    return {"wall_s": result["wall_s"], "episodes": episodes, "layout": result["layout"]}
+
+
 def write_episodes(directory: Path, sizes: Sizes, labels: bool) -> Path:
     """Random MT30-shaped episodes (with random reward labels when `labels`) as one part file:
     speed does not depend on the values."""
@@ -308,6 +325,7 @@ def main(argv: list[str] | None = None) -> Path:
     results.add("planning", measure_planning(sizes, planner_model))
     data = write_episodes(scratch / "episodes", sizes, labels=False)
     results.add("train_run", measure_train_run(sizes, cfg, data, scratch / "runs"))
+    results.add("mt30_eval", measure_mt30_eval(sizes, scratch / "student-1M.pt"))
     print(f"wrote {out}")
     return out
 

@@ -32,3 +32,4 @@ def test_the_dry_device_check_measures_every_section_on_cpu(ray_session, tmp_pat
     )
     assert [r["envs"] for r in result["planning"]] == list(device_check.DRY.envs)
     assert result["train_run"]["steps"] == device_check.DRY.train_steps
+    assert result["mt30_eval"]["episodes"] == 2 and result["mt30_eval"]["wall_s"] > 0
