@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -188,6 +189,8 @@ def test_label_adds_the_teachers_outputs_for_obs_s_minus_1_and_action_s(prior_da
     checkpoint = shared_checkpoint(FP16)
     out, printed = labelled
     assert "labelled 1 part(s)" in printed and f"paths: {out}" in printed
+    writer = dataset_info(out).parts[0].provenance["label"]["writer"]
+    assert writer["pid"] != os.getpid()  # a labelling actor wrote the part, not this driver
     data, source = _read(out), _read(prior_data)
     for name in ("episode_id", "task", "obs", "action", "reward"):
         np.testing.assert_array_equal(data[name], source[name])

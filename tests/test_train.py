@@ -147,7 +147,7 @@ def _fit(cfg: TrainConfig) -> dict:
 def test_distillation_run_with_teacher_actor_and_async_evaluation(tiny_data, tmp_path):
     cfg = TrainConfig(
         data=str(tiny_data), teacher=str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt")),
-        steps=12, batch_size=16, num_workers=2, cpus_per_worker=0.5, checkpoint_every=6, log_every=3,
+        steps=12, batch_size=16, num_workers=2, checkpoint_every=6, log_every=3,
         eval_freq=12, eval_tasks="cartpole-balance", eval_episodes=1, eval_max_steps=5, eval_mpc=False,
         out=str(tmp_path / "runs"), name="distill",
     )  # fmt: skip

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -120,7 +121,9 @@ class PartLabeler:
             teacher=teacher,
         )
         path = self.dst / src.name
-        num_bytes = write_part(path, table, meta, {**(part.provenance or {}), "label": self.info})
+        writer = {"host": socket.gethostname(), "pid": os.getpid()}
+        label = {**self.info, "writer": writer}
+        num_bytes = write_part(path, table, meta, {**(part.provenance or {}), "label": label})
         totals: dict[int, _TaskTotals] = defaultdict(_TaskTotals)
         for task in np.unique(arrays["task"]):
             mask = arrays["task"] == task
