@@ -12,16 +12,14 @@ for the paper's query (256 rows) and a large one.
 from __future__ import annotations
 
 import logging
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import ray
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import median_seconds, write_result  # noqa: E402
 
 from tdmpc_ray.model import checkpoint_hash  # noqa: E402
 from tdmpc_ray.model.published import resolve_checkpoint  # noqa: E402
@@ -40,13 +38,8 @@ class Echo:
 
 
 def _ms(fn, repeats: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(1000 * statistics.median(times), 3)
+    """Median milliseconds of `fn()` after one warm-up call."""
+    return round(1000 * median_seconds(fn, repeats), 3)
 
 
 def _ways(echo, obs: torch.Tensor, action: torch.Tensor, task: torch.Tensor) -> dict:

@@ -13,7 +13,6 @@ with `weights_only=True`: a checkpoint can never run code.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
@@ -24,7 +23,7 @@ import torch
 
 from tdmpc_ray.atomic import atomic_path
 from tdmpc_ray.model.config import MODEL_SIZES, ModelConfig, model_config
-from tdmpc_ray.model.published import resolve_checkpoint
+from tdmpc_ray.model.published import resolve_checkpoint, sha256_file
 from tdmpc_ray.model.world_model import WorldModel
 from tdmpc_ray.provenance import provenance
 from tdmpc_ray.tasks.task_sets import TASK_SETS
@@ -322,8 +321,4 @@ def save_checkpoint(
 
 def checkpoint_hash(path: str | os.PathLike) -> str:
     """sha256 of a checkpoint file: identifies a teacher for cached labels."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
