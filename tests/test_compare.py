@@ -91,7 +91,7 @@ def test_load_result_errors_name_the_file(tmp_path: Path) -> None:
 def students(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The published fp16 student written as fp16 and as per-channel int8 by `tdmpc-ray
     quantize`."""
-    source = shared_checkpoint(FP16_STUDENT.name)
+    source = shared_checkpoint(FP16_STUDENT)
     out = tmp_path_factory.mktemp("students")
     paths = {}
     for mode in ("fp16", "int8"):
