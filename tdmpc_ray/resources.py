@@ -90,6 +90,18 @@ def capacity() -> dict[str, float]:
     return {key: max(float(now.get(key, 0.0)), float(most.get(key, 0.0))) for key in ("CPU", "GPU")}
 
 
+def available() -> dict[str, float]:
+    """CPUs and GPUs free now, plus what the autoscaler may still add (`capacity` less what the
+    cluster has now): what new work can take without waiting on work already running."""
+    import ray
+
+    now, free, cap = ray.cluster_resources(), ray.available_resources(), capacity()
+    return {
+        key: float(free.get(key, 0.0)) + max(0.0, cap[key] - float(now.get(key, 0.0)))
+        for key in ("CPU", "GPU")
+    }
+
+
 def _autoscaler_maximum() -> dict[str, float]:
     """The most resources the autoscaler may add up to, when it publishes them ({} otherwise).
     Ray has no public call for this; Ray Train's worker-group check reads the same state."""
@@ -195,11 +207,14 @@ def plan_sweep(
     trial_cpus: float,
     max_concurrent: int | None,
     cap: dict[str, float],
+    free: dict[str, float] | None = None,
 ) -> int:
-    """How many trials run at once: as many as fit beside the shared teachers, each trial's
-    workers fitted beside its Tune function (`fit_workers`, as `run_trial` does). A
-    `max_concurrent` beyond that only warns (a growing cluster takes them; a fixed one runs them
-    in turn). Raises ResourceError when one trial cannot fit."""
+    """How many trials run at once: as many as fit beside the shared teachers in `free` (what is
+    free now, default `cap`), at least one, each trial's workers fitted beside its Tune function
+    (`fit_workers`, as `run_trial` does). Counting what is free matters: a trial whose Tune
+    function started but whose workers cannot would hold its CPUs while the others wait for
+    them. A `max_concurrent` beyond that only warns (a growing cluster takes them; a fixed one
+    runs them in turn). Raises ResourceError when one trial cannot fit `cap`."""
     teachers = _teachers(configs, cap)
     configs = [fit_workers(c, cap, reserved=trial_cpus) for c in configs]
     trials = [Demand((Part("trial function", trial_cpus), *training_parts(c))) for c in configs]
@@ -210,8 +225,9 @@ def plan_sweep(
     for resource in ("CPU", "GPU"):
         need = max(t.total(resource) for t in trials)
         if need > 0:
-            free = cap.get(resource, 0.0) - Demand((teachers,)).total(resource)
-            fits.append(math.floor(free / need + 1e-9))
+            spare = (cap if free is None else free).get(resource, 0.0)
+            spare -= Demand((teachers,)).total(resource)
+            fits.append(math.floor(spare / need + 1e-9))
     fits = max(1, min(fits))
     if max_concurrent and max_concurrent > fits:
         log.warning(

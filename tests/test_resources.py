@@ -60,6 +60,10 @@ def test_warn_mode_logs_instead_of_failing(monkeypatch, caplog):
 def test_sweep_runs_as_many_trials_as_fit_and_refuses_a_trial_that_never_fits():
     students = [TrainConfig(data="d", teacher=t, cpus_per_worker=0.5) for t in ("a.pt", None)]
     assert plan_sweep(students, 0.25, None, TWO_CPUS) == 2  # 2 x (0.25 + 0.5 + reads 0.25)
+    # one CPU held by other work: one trial at a time, or the second trial's function would
+    # hold the CPUs the first one's reads wait for
+    assert plan_sweep(students, 0.25, None, TWO_CPUS, free={"CPU": 1.2, "GPU": 0.0}) == 1
+    assert plan_sweep(students, 0.25, None, TWO_CPUS, free={"CPU": 0.0, "GPU": 0.0}) == 1
     evaluated = [TrainConfig(data="d", eval_freq=10, eval_cpus=0.25) for _ in range(3)]
     assert plan_sweep(evaluated, 0.25, None, TWO_CPUS) == 1
     assert fit_workers(evaluated[0], TWO_CPUS, reserved=0.25).cpus_per_worker == 1.0

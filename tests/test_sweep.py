@@ -243,6 +243,7 @@ def test_a_sweep_with_a_failed_trial_exits_non_zero_and_names_it(ray_session, tm
         "base: {data: data, steps: 4, batch_size: 16, log_every: 2, checkpoint_every: 4,\n"
         "       cpus_per_worker: 0.5}\n"
         "space:\n  horizon: {grid: [3, 40]}\n"  # 40 steps do not fit the 25-step episodes
+        "max_concurrent_trials: 1\n"  # one at a time whatever earlier tests left in this Ray
         f"storage_path: {tmp_path / 'sweeps'}\n"
     )
     assert main(["sweep", str(spec_path)]) == 1

@@ -20,7 +20,7 @@ from tdmpc_ray.atomic import atomic_path, write_json
 from tdmpc_ray.config import build_config
 from tdmpc_ray.evaluate.report import interval, load_json, save_json
 from tdmpc_ray.evaluate.stats import Interval
-from tdmpc_ray.resources import capacity, fit_workers, plan_sweep
+from tdmpc_ray.resources import available, capacity, fit_workers, plan_sweep
 from tdmpc_ray.sweep.scratch import against_scratch, is_scratch, pooled_over_seeds
 from tdmpc_ray.sweep.spec import SweepSpec, check_inputs
 from tdmpc_ray.train.config import TrainConfig
@@ -153,7 +153,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
     concurrency = plan_sweep(
-        spec.trial_configs(), spec.trial_cpus, spec.max_concurrent_trials, capacity()
+        spec.trial_configs(), spec.trial_cpus, spec.max_concurrent_trials, capacity(), available()
     )
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # results reach the dashboard sooner
     teachers = _shared_teachers(spec)
