@@ -45,6 +45,29 @@ def test_bad_specs_fail_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_sweep_with_a_failed_trial_exits_non_zero_and_names_it(ray_session, tmp_path, capsys):
+    from tdmpc_ray.data.generate import GenerateConfig, generate
+
+    generate(GenerateConfig(tasks="cartpole-balance", episodes_per_task=2, max_steps=24),
+             tmp_path / "data", progress=False)  # fmt: skip
+    spec_path = tmp_path / "failing.yaml"
+    spec_path.write_text(
+        "base: {data: data, steps: 4, batch_size: 16, log_every: 2, checkpoint_every: 4,\n"
+        "       cpus_per_worker: 0.5}\n"
+        "space:\n  horizon: {grid: [3, 40]}\n"  # 40 steps do not fit the 25-step episodes
+        "max_concurrent_trials: 1\n"  # one at a time whatever earlier tests left in this Ray
+        f"storage_path: {tmp_path / 'sweeps'}\n"
+    )
+    assert main(["sweep", str(spec_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    failed = [line for line in err if line.startswith("tdmpc-ray sweep: trial ")]
+    assert len(failed) == 1, err
+    assert re.search(
+        r"trial \S+ failed: ValueError: horizon 40 needs episodes longer than 25", failed[0]
+    )
+
+
+@pytest.mark.slow
 def test_quick_sweep_runs_scratch_and_distilled_trials(ray_session, tmp_path):
     from tdmpc_ray.data.generate import GenerateConfig, generate
     from tdmpc_ray.sweep.runner import format_table, run_sweep
@@ -230,26 +253,3 @@ def test_a_sweep_checks_its_data_and_teacher_before_any_trial(tmp_path, capsys):
     assert main(["sweep", str(spec_path)]) == 2  # through the CLI: one line, before Ray
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"tdmpc-ray sweep: error: teacher={tmp_path / 't.pt'}: ")
-
-
-@pytest.mark.slow
-def test_a_sweep_with_a_failed_trial_exits_non_zero_and_names_it(ray_session, tmp_path, capsys):
-    from tdmpc_ray.data.generate import GenerateConfig, generate
-
-    generate(GenerateConfig(tasks="cartpole-balance", episodes_per_task=2, max_steps=24),
-             tmp_path / "data", progress=False)  # fmt: skip
-    spec_path = tmp_path / "failing.yaml"
-    spec_path.write_text(
-        "base: {data: data, steps: 4, batch_size: 16, log_every: 2, checkpoint_every: 4,\n"
-        "       cpus_per_worker: 0.5}\n"
-        "space:\n  horizon: {grid: [3, 40]}\n"  # 40 steps do not fit the 25-step episodes
-        "max_concurrent_trials: 1\n"  # one at a time whatever earlier tests left in this Ray
-        f"storage_path: {tmp_path / 'sweeps'}\n"
-    )
-    assert main(["sweep", str(spec_path)]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    failed = [line for line in err if line.startswith("tdmpc-ray sweep: trial ")]
-    assert len(failed) == 1, err
-    assert re.search(
-        r"trial \S+ failed: ValueError: horizon 40 needs episodes longer than 25", failed[0]
-    )
