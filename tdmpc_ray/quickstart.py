@@ -151,12 +151,11 @@ def check_resources(cfg: QuickstartConfig, out: Path, published: Path | None) ->
 
 
 def _score(result: dict) -> dict:
-    """An agent's normalized score with its interval, and the evaluation's size."""
-    from tdmpc_ray.evaluate.stats import score_interval
-
-    returns = {task: row["returns"] for task, row in result["tasks"].items()}
-    episodes = min(map(len, returns.values()))
-    return {"normalized_score": score_interval(returns).to_dict(), "episodes_per_task": episodes}
+    """An agent's normalized score with its interval, and the evaluation's size, as `evaluate`
+    reported them."""
+    score = {k: result[f"normalized_score{s}"] for k, s in (("value", ""), ("low", "_low"),
+                                                           ("high", "_high"))}  # fmt: skip
+    return {"normalized_score": score, "episodes_per_task": result["episodes_per_task"]}
 
 
 def run(cfg: QuickstartConfig) -> dict:
