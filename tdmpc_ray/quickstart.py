@@ -79,20 +79,24 @@ def start_ray() -> None:
     """Join the cluster at RAY_ADDRESS, or start a local Ray (inheriting this process's
     environment) whose processes reach its state API by its address rather than by looking for
     "the" local Ray instance: Ray Train's placement-group cleaner asks it, and fails with a
-    traceback when other Ray instances run on the machine."""
+    traceback when other Ray instances run on the machine.
+
+    Worker output stays in Ray's log files: a failure still reaches this process as an exception,
+    while Ray's shutdown chatter (a trial actor's SIGTERM traceback, worker-pool warnings) does
+    not reach the demo's console."""
     import ray
 
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level=logging.ERROR)
+        ray.init(logging_level=logging.ERROR, log_to_driver=False)
         return
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(address="local", include_dashboard=True, dashboard_port=port,
-             logging_level=logging.ERROR)  # fmt: skip
+             logging_level=logging.ERROR, log_to_driver=False)  # fmt: skip
 
 
 def _stage(index: int, total: int, text: str, started: float) -> None:
