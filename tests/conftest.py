@@ -14,12 +14,15 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[object]:
-    """One local Ray instance for the whole session (starting Ray costs ~10 s here)."""
+    """One local Ray instance for the whole session (starting Ray costs ~10 s here). Its
+    workers' output stays in Ray's log files: forwarded to this process, a line from an earlier
+    test's leftover actor (Ray Train's placement-group cleaner, say) lands in whatever a later
+    test captures from stderr."""
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
