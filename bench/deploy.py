@@ -284,7 +284,9 @@ def summarize_scores() -> dict:
         entry = {"score": stats.score_interval(r).to_dict(), "seconds_per_episode": _mean(seconds)}
         if name != BASELINE and BASELINE in complete:
             common = {t: min(counts[name][t], counts[BASELINE][t]) for t in TASKS}
-            entry["vs_full_fp32"] = stats.compare(returns(name, common), returns(BASELINE, common))
+            entry["vs_full_fp32"] = stats.compare(
+                returns(name, common), returns(BASELINE, common), names=(name, "full fp32")
+            )
         out["variants"][name] = entry
         out["episodes_per_task"][name] = counts[name]
         out["returns"][name] = r
@@ -425,7 +427,8 @@ env seeds, provenance). Student: `mt30_1M_steps_045dist_fp16.pt` (the paper's pu
   {episodes}; 500 steps, eval_mode False (TD-MPC2's evaluate.py). Every variant ran the same
   env seeds with the same planner-noise seeds; intervals are stratified bootstraps, differences
   paired (`tdmpc_ray.evaluate.stats.compare`).
-- **Pareto**: no other scored variant is both faster and higher-scoring.
+- **Pareto**: no other scored variant is both faster and higher-scoring, by point estimates;
+  where the paired interval spans 0 the order of two scores is not a finding.
 
 """
 REPORT_TAIL = """## Reading it
@@ -441,9 +444,9 @@ REPORT_TAIL = """## Reading it
   by several engineers' test suites, so compare rows of one run (they alternate round by round)
   rather than with numbers from other files. On a quiet core the library's full MPPI takes
   ~250 ms per action (`bench/results/planning.json`).
-- **Size.** The programs in this run's table were exported before `export` stripped the ONNX
-  exporter's debug metadata from its files; `tdmpc-ray export --precision int8` at the full
-  settings now writes `mppi-int8.onnx` of 1.76 MiB (the table's 2.70 MiB less the metadata).
+- **Size.** MiB are those of the programs the scores ran with, as `export` writes them now
+  (without the ONNX exporter's debug metadata). The timing run used an earlier export of the
+  same graphs that still carried that metadata: the same computation in larger files.
 - **Scores.** Variants missing from the score columns did not finish their episodes in the run
   that produced this file (`unfinished` in the JSON lists what each has); `bench/deploy.py
   scoring` resumes where it stopped (finished episodes are kept in
