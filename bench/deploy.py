@@ -327,11 +327,10 @@ def write_report(result: dict) -> Path:
     front = pareto(points)
     lines = [
         "| variant | MPPI (iter x samples / elites / pi trajs) | program | MiB | ms/action "
-        "| x full fp32 | quiet-core est. ms (Hz) | score [95% CI] | minus full fp32 [95% CI] "
+        "| x full fp32 | Hz | score [95% CI] | minus full fp32 [95% CI] "
         "| verdict | Pareto |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    scale = _quiet_scale(result)
     for v in VARIANTS:
         if v.name not in result["programs"]:
             continue
@@ -344,14 +343,13 @@ def write_report(result: dict) -> Path:
         )
         ms = f"{t['ms_per_action']:.2f}" if t else "-"
         ratio = f"{t['speedup_vs_full_fp32']:.2f}" if t else "-"
-        quiet = t["ms_per_action"] * scale if t and scale else None
-        est = f"{quiet:.2f} ({1000 / quiet:.0f})" if quiet else "-"
+        hz = f"{1000 / t['ms_per_action']:.0f}" if t else "-"
         score = _fmt(sc["score"]) if sc else "not scored"
         diff = _fmt(sc["vs_full_fp32"]["difference"]) if sc and "vs_full_fp32" in sc else "-"
         verdict = sc["vs_full_fp32"]["verdict"] if sc and "vs_full_fp32" in sc else "-"
         lines.append(
             f"| {v.name} | {mppi} | `{prog['file']}` | {prog['bytes'] / 2**20:.2f} | {ms} "
-            f"| {ratio} | {est} | {score} | {diff} | {verdict} "
+            f"| {ratio} | {hz} | {score} | {diff} | {verdict} "
             f"| {'**yes**' if v.name in front else ''} |"
         )
     path = DOCS / "deploy.md"
@@ -362,19 +360,6 @@ def write_report(result: dict) -> Path:
         tmp.write_text(text)
     print(f"wrote {path}")
     return path
-
-
-QUIET_LIBRARY_MS = 258.4
-"""The library Planner's full MPPI on one quiet core of this machine kind, B=1, eager
-(bench/results/planning.json)."""
-
-
-def _quiet_scale(result: dict) -> float | None:
-    """Quiet-core time over loaded time of the library Planner timed in the same rounds: scales a
-    loaded run's milliseconds to an estimate for an idle core (assumes load slows every variant
-    alike, which alternating rounds make likelier)."""
-    row = result.get("timing", {}).get("rows", {}).get(BASELINE_LIBRARY)
-    return QUIET_LIBRARY_MS / row["ms_per_action"] if row else None
 
 
 def _number(value: float | None, digits: int = 0) -> str:
@@ -402,7 +387,6 @@ def _report_facts(result: dict) -> dict:
         ),
         "tasks": ", ".join(TASKS),
         "library": _number(timing_.get("rows", {}).get(BASELINE_LIBRARY, {}).get("ms_per_action")),
-        "scale": _number(_quiet_scale(result), 3),
     }
 
 
@@ -418,11 +402,9 @@ env seeds, provenance). Student: `mt30_1M_steps_045dist_fp16.pt` (the paper's pu
 
 - **ms/action**: one environment per call, one thread, process pinned to one core, median over
   alternating rounds of all variants. CPU: {cpu} (ISA flags: {flags}; native bf16: {bf16}); load
-  average while timing: {load} on 2 cores shared with other jobs. The library's eager `Planner`
-  at TD-MPC2's settings, timed in the same rounds: {library} ms per action; on a quiet core it
-  takes 258 ms (`bench/results/planning.json`), so this run's times are multiplied by {scale} for
-  the quiet-core estimate (an estimate: it assumes the load slowed every variant alike). `x full
-  fp32`: speed-up over `mppi-full-fp32` in the same rounds, the load-independent number.
+  average while timing: {load} on 2 cores (a loaded machine slows every row: compare rows, not
+  files). The library's eager `Planner` at TD-MPC2's settings, timed in the same rounds:
+  {library} ms per action. `x full fp32`: speed-up over `mppi-full-fp32` in the same rounds.
 - **score**: normalized score (mean over tasks of return / 10) on {tasks}; episodes per task:
   {episodes}; 500 steps, eval_mode False (TD-MPC2's evaluate.py). Every variant ran the same
   env seeds with the same planner-noise seeds; intervals are stratified bootstraps, differences
@@ -440,13 +422,10 @@ REPORT_TAIL = """## Reading it
   same graph (`.onnx`), `fp32-onnx` the unquantized graph in ONNX Runtime (same math as `fp32`,
   timed to separate runtime from precision). `prior-*`: the policy prior's mean action, no
   planning. bf16 is exported and timed only on CPUs with native bf16.
-- **Timing under load.** Absolute milliseconds depend on what else runs: the machine is shared
-  by several engineers' test suites, so compare rows of one run (they alternate round by round)
-  rather than with numbers from other files. On a quiet core the library's full MPPI takes
-  ~250 ms per action (`bench/results/planning.json`).
-- **Size.** MiB are those of the programs the scores ran with, as `export` writes them now
-  (without the ONNX exporter's debug metadata). The timing run used an earlier export of the
-  same graphs that still carried that metadata: the same computation in larger files.
+- **Timing.** Absolute milliseconds depend on what else runs on the machine; rows of one run
+  alternate round by round, so their ratios hold whatever the load.
+- **Size.** MiB of the programs timed and scored, as `export` writes them (without the ONNX
+  exporter's debug metadata).
 - **Scores.** Variants missing from the score columns did not finish their episodes in the run
   that produced this file (`unfinished` in the JSON lists what each has); `bench/deploy.py
   scoring` resumes where it stopped (finished episodes are kept in
@@ -469,16 +448,6 @@ def goals(result: dict) -> list[str]:
         f"- MPPI at >= 50 Hz (<= 20 ms per action): {', '.join(fast) or 'none'}; of those, "
         f"scoring within 2 points of full fp32 with the whole interval: {', '.join(met) or 'none'}."
     )
-    scale = _quiet_scale(result)
-    if scale:
-        est = [
-            f"{n} {r['ms_per_action'] * scale:.1f} ms"
-            for n, r in rows.items()
-            if n.startswith("mppi") and r["ms_per_action"] * scale <= 20
-        ]
-        lines.append(
-            f"- The same on the quiet-core estimate: {', '.join(est) or 'none'} (not a measurement)."
-        )
     priors = {n: r["ms_per_action"] for n, r in rows.items() if n.startswith("prior")}
     lines.append(
         "- Policy prior at >= 1 kHz (<= 1 ms): "
