@@ -157,9 +157,12 @@ def check_resources(cfg: QuickstartConfig, out: Path, published: Path | None) ->
 def _score(result: dict) -> dict:
     """An agent's normalized score with its interval, and the evaluation's size, as `evaluate`
     reported them."""
-    score = {k: result[f"normalized_score{s}"] for k, s in (("value", ""), ("low", "_low"),
-                                                           ("high", "_high"))}  # fmt: skip
-    return {"normalized_score": score, "episodes_per_task": result["episodes_per_task"]}
+    from tdmpc_ray.evaluate.report import interval
+
+    return {
+        "normalized_score": interval(result, "normalized_score").to_dict(),
+        "episodes_per_task": result["episodes_per_task"],
+    }
 
 
 def run(cfg: QuickstartConfig) -> dict:
