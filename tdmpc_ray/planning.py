@@ -147,6 +147,28 @@ class _TaskHeads:
         return self.model.two_hot_inv(h).mean(0).view(b, n, 1)
 
 
+def refit(
+    cfg: PlannerConfig, actions: torch.Tensor, value: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One MPPI iteration's update, shared by `Planner` and the exported controller: the elites
+    of sampled `actions` [H, B, S, A] by `value` [B, S, 1] and the plan refitted to them.
+
+    Returns the new mean and std [H, B, A] (zero on each task's unused action dims, `mask` [B, A]),
+    the elites [H, B, E, A] and their softmax weights [B, E].
+    """
+    H, B, _, A = actions.shape
+    E = cfg.num_elites
+    elite_value, elite_idx = torch.topk(value.squeeze(-1).nan_to_num(0), E, dim=1)
+    elites = torch.gather(actions, 2, elite_idx.view(1, B, E, 1).expand(H, B, E, A))
+    score = torch.exp(cfg.temperature * (elite_value - elite_value.max(1, keepdim=True).values))
+    score = score / score.sum(1, keepdim=True)
+    weight = score.view(1, B, E, 1)
+    total = score.sum(1).view(1, B, 1) + 1e-9
+    mean = (weight * elites).sum(2) / total
+    std = ((weight * (elites - mean.unsqueeze(2)) ** 2).sum(2) / total).sqrt()
+    return mean * mask, std.clamp(cfg.min_std, cfg.max_std) * mask, elites, score
+
+
 class Planner:
     """MPPI over the world model for B environments at once, each with its own task.
 
@@ -225,7 +247,7 @@ class Planner:
     def _plan(self, heads: _TaskHeads, z: torch.Tensor, envs: slice, eval_mode: bool):
         """One MPPI step for a block of environments with start latents z [B, 1, L]."""
         cfg, B, A = self.cfg, z.shape[0], self.model.cfg.action_dim
-        H, S, P, E = cfg.horizon, cfg.num_samples, cfg.num_pi_trajs, cfg.num_elites
+        H, S, P = cfg.horizon, cfg.num_samples, cfg.num_pi_trajs
         actions = torch.empty(H, B, S, A, device=self.device)
         zp = z
         for t in range(H if P > 0 else 0):
@@ -241,18 +263,8 @@ class Planner:
             noise = self._randn(H, B, S - P, A)
             actions[:, :, P:] = (mean.unsqueeze(2) + std.unsqueeze(2) * noise).clamp(-1, 1)
             actions.mul_(mask.unsqueeze(1))
-            value = self._estimate_value(heads, z, actions).squeeze(-1).nan_to_num(0)
-            elite_value, elite_idx = torch.topk(value, E, dim=1)
-            elites = torch.gather(actions, 2, elite_idx.view(1, B, E, 1).expand(H, B, E, A))
-            score = torch.exp(
-                cfg.temperature * (elite_value - elite_value.max(1, keepdim=True).values)
-            )
-            score = score / score.sum(1, keepdim=True)
-            weight = score.view(1, B, E, 1)
-            total = score.sum(1).view(1, B, 1) + 1e-9
-            mean = (weight * elites).sum(2) / total
-            std = ((weight * (elites - mean.unsqueeze(2)) ** 2).sum(2) / total).sqrt()
-            mean, std = mean * mask, std.clamp(cfg.min_std, cfg.max_std) * mask
+            value = self._estimate_value(heads, z, actions)
+            mean, std, elites, score = refit(cfg, actions, value, mask)
         gumbel = -torch.empty_like(score).exponential_(generator=self.generator).log()
         choice = (score.log() + gumbel).argmax(1)
         action = elites[0, torch.arange(B, device=self.device), choice]

@@ -22,7 +22,7 @@ from torch import nn
 
 from tdmpc_ray.model import math
 from tdmpc_ray.model.world_model import WorldModel
-from tdmpc_ray.planning import PlannerConfig, ln_mish
+from tdmpc_ray.planning import PlannerConfig, ln_mish, refit
 
 PRECISIONS = ("fp32", "bf16")
 """Matmul precisions of the torch graph; int8 is ONNX Runtime's quantization of the fp32 graph."""
@@ -261,7 +261,7 @@ class MPPIStep(nn.Module):
     ):
         cfg, heads = self.cfg, self.heads
         B, H, A = plan.shape
-        P, E = cfg.num_pi_trajs, cfg.num_elites
+        P = cfg.num_pi_trajs
         row = heads.rows(task)
         mask = heads.masks[row]
         discount = heads.discounts[row].view(B, 1, 1)
@@ -289,17 +289,7 @@ class MPPIStep(nn.Module):
                 scale = scale * discount
             pi_action = heads.pi(zt, value_noise[i], pi_bias, mask.unsqueeze(1))
             value = value + scale * heads.q_mean(zt, pi_action, q_bias)
-            elite_value, elite_idx = torch.topk(value.squeeze(-1).nan_to_num(0), E, dim=1)
-            elites = torch.gather(actions, 2, elite_idx.view(1, B, E, 1).expand(H, B, E, A))
-            score = torch.exp(
-                cfg.temperature * (elite_value - elite_value.max(1, keepdim=True).values)
-            )
-            score = score / score.sum(1, keepdim=True)
-            weight = score.view(1, B, E, 1)
-            total = score.sum(1).view(1, B, 1) + 1e-9
-            mean = (weight * elites).sum(2) / total
-            std = ((weight * (elites - mean.unsqueeze(2)) ** 2).sum(2) / total).sqrt()
-            mean, std = mean * mask, std.clamp(cfg.min_std, cfg.max_std) * mask
+            mean, std, elites, score = refit(cfg, actions, value, mask)
         choice = (score.log() + gumbel).argmax(1)
         action = torch.gather(elites[0], 1, choice.view(B, 1, 1).expand(B, 1, A)).squeeze(1)
         action = (action + std[0] * action_noise).clamp(-1, 1)
