@@ -64,6 +64,7 @@ SETTINGS = {
     "i3-s256": PlannerConfig(iterations=3, num_samples=256, num_elites=32, num_pi_trajs=12),
     "i2-s128": PlannerConfig(iterations=2, num_samples=128, num_elites=16, num_pi_trajs=6),
     "i1-s128": PlannerConfig(iterations=1, num_samples=128, num_elites=16, num_pi_trajs=6),
+    "i1-s64": PlannerConfig(iterations=1, num_samples=64, num_elites=8, num_pi_trajs=3),
 }
 """MPPI settings exported; `full` is TD-MPC2's (6 iterations, 512 samples, 64 elites, 24 policy
 trajectories, horizon 3), the reduced ones keep its ratios of elites and policy trajectories."""
@@ -298,12 +299,12 @@ def _mean(values: list[float]) -> float:
 
 
 def _cost(v: Variant) -> float:
-    return (
-        {"full": 100.0, "i3-s256": 10.0, "i2-s128": 3.0, "i1-s128": 1.5}[v.setting]
-        / (2 if "int8" in v.name else 1)
-        if v.name.startswith("mppi")
-        else 0.1
-    )
+    """Relative cost of an episode, to run the cheapest variants first: samples planned per
+    action (int8 about half as dear), the prior almost free."""
+    if not v.name.startswith("mppi"):
+        return 0.1
+    planner = SETTINGS[v.setting]
+    return planner.iterations * planner.num_samples / (2 if "int8" in v.name else 1)
 
 
 def pareto(points: dict[str, tuple[float, float]]) -> set[str]:
