@@ -283,15 +283,40 @@ def summarize_scores() -> dict:
             done[name][f"{t}/{e}"]["seconds"] for t, k in counts[name].items() for e in range(k)
         ]
         entry = {"score": stats.score_interval(r).to_dict(), "seconds_per_episode": _mean(seconds)}
-        if name != BASELINE and BASELINE in complete:
-            common = {t: min(counts[name][t], counts[BASELINE][t]) for t in TASKS}
-            entry["vs_full_fp32"] = stats.compare(
-                returns(name, common), returns(BASELINE, common), names=(name, "full fp32")
-            )
+        for key, other in (("vs_full_fp32", BASELINE), ("vs_fp32_same_setting", _fp32_of(name))):
+            if other != name and other in complete:
+                common = {t: min(counts[name][t], counts[other][t]) for t in TASKS}
+                entry[key] = stats.compare(
+                    returns(name, common), returns(other, common), names=(name, other)
+                )
         out["variants"][name] = entry
         out["episodes_per_task"][name] = counts[name]
         out["returns"][name] = r
     return out
+
+
+def _fp32_of(name: str) -> str:
+    """The fp32 variant at the same setting as `name` (`name` itself when it is fp32)."""
+    return name.replace("-int8", "-fp32")
+
+
+def precision_section(result: dict) -> list[str]:
+    """int8 against fp32 at each MPPI setting and for the prior: paired on the same episodes."""
+    scores = result.get("scoring", {}).get("variants", {})
+    lines = [
+        "## int8 against fp32 at the same setting",
+        "",
+        "| int8 variant | int8 minus fp32 [95% CI] | P(int8 > fp32) [95% CI] | verdict |",
+        "|---|---|---|---|",
+    ]
+    for name, entry in scores.items():
+        pair = entry.get("vs_fp32_same_setting")
+        if pair is not None:
+            lines.append(
+                f"| {name} | {_fmt(pair['difference'])} "
+                f"| {_fmt(pair['probability_of_improvement'])} | {pair['verdict']} |"
+            )
+    return [*lines, ""]
 
 
 def _mean(values: list[float]) -> float:
@@ -355,7 +380,14 @@ def write_report(result: dict) -> Path:
         )
     path = DOCS / "deploy.md"
     text = "\n".join(
-        [REPORT_HEAD.format(**_report_facts(result)), *lines, "", *goals(result), REPORT_TAIL]
+        [
+            REPORT_HEAD.format(**_report_facts(result)),
+            *lines,
+            "",
+            *goals(result),
+            *precision_section(result),
+            REPORT_TAIL,
+        ]
     )
     with atomic_path(path) as tmp:
         tmp.write_text(text)
