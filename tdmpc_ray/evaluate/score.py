@@ -2,12 +2,13 @@
 reports per-task returns and TD-MPC2's normalized score.
 
 Seeds: episode e of task T under run seed S has env seed derive_seed("env", S, T, e, attempt),
-whatever actor runs it. Episodes are grouped in (task, episode) order into jobs of
-`envs_per_actor` (`EvalConfig.job_size`), and a job's planner is seeded from its members, so
+whatever actor runs it. Jobs of `envs_per_actor` (`EvalConfig.job_size`) hold the same episode
+index of consecutive tasks (`job_groups`), and a job's planner is seeded from its members, so
 results are reproducible for a given job size and device kind whatever the number of actors,
-their CPU or GPU shares, their scheduling or a rerun after an actor died. The planner draws one
-random stream per job (not per environment), so changing the job size changes the planner
-noise, not the env seeds. Never more actors start than there are jobs.
+their CPU or GPU shares, their scheduling or a rerun after an actor died, and episode e comes
+out the same whether a run asks for e + 1 episodes or more: a longer run extends a shorter one.
+The planner draws one random stream per job (not per environment), so changing the job size
+changes the planner noise, not the env seeds. Never more actors start than there are jobs.
 """
 
 from __future__ import annotations
@@ -94,6 +95,20 @@ def episode_specs(
     ]
 
 
+def job_groups(specs: Sequence[EpisodeSpec], size: int) -> list[tuple[EpisodeSpec, ...]]:
+    """Lockstep jobs of at most `size` episodes: each holds one episode index of consecutive
+    tasks, so the jobs (and planner seeds) of episode e do not depend on how many episodes each
+    task runs."""
+    by_episode: dict[int, list[EpisodeSpec]] = defaultdict(list)
+    for spec in specs:
+        by_episode[spec.episode].append(spec)
+    return [
+        tuple(row[i : i + size])
+        for _, row in sorted(by_episode.items())
+        for i in range(0, len(row), size)
+    ]
+
+
 def evaluate(
     checkpoint: ModelSource,
     tasks: str | Sequence[str] = "mt30",
@@ -129,7 +144,7 @@ def evaluate(
         require_writer()
     cfg = dataclasses.replace(cfg, envs_per_actor=cfg.job_size())
     specs = episode_specs(names, episodes, model.cfg, cfg)
-    groups = [specs[i : i + cfg.envs_per_actor] for i in range(0, len(specs), cfg.envs_per_actor)]
+    groups = job_groups(specs, cfg.envs_per_actor)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
     weights = ray.put(model_payload(model))

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import torch
 
+from tdmpc_ray.config import build_config
 from tdmpc_ray.model.checkpoint import checkpoint_hash
 from tdmpc_ray.model.config import ModelConfig, model_config
 from tdmpc_ray.model.published import published, resolve_checkpoint
 from tdmpc_ray.model.world_model import WorldModel
+from tdmpc_ray.planning import PlannerConfig
 from tdmpc_ray.train.distill import BRIDGES
 from tdmpc_ray.train.losses import DISTILL_TERMS, LossConfig
 from tdmpc_ray.train.update import OptimConfig
@@ -84,6 +86,12 @@ class TrainConfig:
     """Rollout actors of each periodic evaluation."""
     eval_mpc: bool = True
     """Evaluate with MPPI planning; false acts with the policy prior (much faster)."""
+    eval_planner: tuple[str, ...] = ()
+    """MPPI settings of the evaluation as `key=value` pairs over TD-MPC2's defaults, e.g.
+    `eval_planner=iterations=2,num_samples=128,compile=true` (cheaper planning on CPUs)."""
+    eval_mode: bool = True
+    """Act with the planned (or prior's) action as is, as TD-MPC2 evaluates during training;
+    false adds the planner's std as noise, as its evaluate.py (and the paper's scores) do."""
     eval_cpus: float = 1.0
     """CPUs per evaluation rollout actor."""
     eval_max_steps: int | None = None
@@ -121,8 +129,19 @@ class TrainConfig:
         """Arguments of `validate_checkpoint` for this run's periodic evaluation (results kept in
         the run's folder, `<out>/<run name>/evals/`)."""
         return {"tasks": self.eval_tasks, "episodes": self.eval_episodes, "actors": self.eval_actors,
-                "mpc": self.eval_mpc, "max_steps": self.eval_max_steps, "seed": self.seed, "cpus": self.eval_cpus,
+                "planner": self.eval_planner_config(), "eval_mode": self.eval_mode,
+                "max_steps": self.eval_max_steps, "seed": self.seed, "cpus": self.eval_cpus,
                 "evals_dir": f"{absolute(self.out).rstrip('/')}/{self.run_name()}/evals"}  # fmt: skip
+
+    def eval_planner_config(self) -> PlannerConfig:
+        """The planner of the periodic evaluation: `eval_mpc` and the `eval_planner` pairs."""
+        if any(pair.partition("=")[0].strip() == "mpc" for pair in self.eval_planner):
+            raise ValueError("eval_planner: set the policy prior with eval_mpc, not mpc=")
+        try:
+            overrides = build_config(PlannerConfig, None, list(self.eval_planner))
+        except ValueError as err:
+            raise ValueError(f"eval_planner: {err}") from None
+        return dataclasses.replace(overrides, mpc=self.eval_mpc)
 
     def recipe(self) -> str:
         """Short name of the distillation recipe: `scratch`, or the terms with their coefficients
@@ -199,6 +218,7 @@ class TrainConfig:
                 f"latent_bridge must be one of {BRIDGES}, not {self.loss.latent_bridge!r}"
             )
         self.optim.check()
+        self.eval_planner_config()
 
 
 def parameter_count(cfg: ModelConfig) -> int:

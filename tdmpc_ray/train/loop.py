@@ -20,6 +20,7 @@ from tdmpc_ray.config import config_dict
 from tdmpc_ray.data.episode_store import Batch, EpisodeStore, to_device
 from tdmpc_ray.model.checkpoint import save_checkpoint
 from tdmpc_ray.model.world_model import WorldModel
+from tdmpc_ray.planning import PlannerConfig
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.distill import LatentBridge
 from tdmpc_ray.train.teacher import teacher_pool
@@ -215,8 +216,8 @@ def _start_wandb(cfg: TrainConfig):
 
 
 def validate_checkpoint(checkpoint: ray.train.Checkpoint, tasks: str, episodes: int, actors: int,
-                        mpc: bool, max_steps: int | None, seed: int, cpus: float = 1.0,
-                        evals_dir: str | None = None) -> dict:  # fmt: skip
+                        planner: PlannerConfig, eval_mode: bool, max_steps: int | None, seed: int,
+                        cpus: float = 1.0, evals_dir: str | None = None) -> dict:  # fmt: skip
     """Asynchronous evaluation of a reported checkpoint's student with rollout actors. The whole
     result (per-episode returns, env seeds, intervals) goes to `evals_dir/step_NNNNNNNNN.json`
     (atomically; also on storage URIs); the returned metrics are the scores with their
@@ -224,13 +225,12 @@ def validate_checkpoint(checkpoint: ray.train.Checkpoint, tasks: str, episodes: 
     from tdmpc_ray.evaluate import EvalConfig, evaluate
     from tdmpc_ray.evaluate.report import save_json, training_metrics
     from tdmpc_ray.model.checkpoint import read_checkpoint
-    from tdmpc_ray.planning import PlannerConfig
 
     with checkpoint.as_directory() as directory:
         student = Path(directory) / STUDENT_FILE
         cfg = EvalConfig(
-            planner=PlannerConfig(mpc=mpc),
-            eval_mode=True,
+            planner=planner,
+            eval_mode=eval_mode,
             seed=seed,
             max_steps=max_steps,
             cpus_per_actor=cpus,
