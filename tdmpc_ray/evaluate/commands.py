@@ -17,6 +17,8 @@ from pathlib import Path
 from tdmpc_ray.evaluate.config import EvalConfig
 from tdmpc_ray.planning import PlannerConfig
 
+RECORD_FILE = "episodes.jsonl"
+"""Every finished episode of an `eval` run, beside its eval.json (`record.EpisodeRecord`)."""
 _CLI_DEFAULTS = {"compile": True}
 """Where the verb's default differs from PlannerConfig's: compiling pays off over whole runs."""
 _FLAG_HELP = {
@@ -66,7 +68,15 @@ def _eval(args: argparse.Namespace) -> int:
     from tdmpc_ray.evaluate.report import format_summary, write_results
     from tdmpc_ray.evaluate.score import evaluate
 
-    out = args.out or _default_out(Path(args.checkpoint).stem)
+    if args.resume and not args.out:
+        raise ValueError("--resume continues the run in --out DIR: name the folder")
+    out = Path(args.out or _default_out(Path(args.checkpoint).stem))
+    record = out / RECORD_FILE
+    if record.is_file() and not args.resume:
+        raise ValueError(
+            f"{record}: {out} holds episodes of an earlier run; --resume continues or extends it "
+            "(same settings), or choose another --out"
+        )
     result = evaluate(
         args.checkpoint,
         args.tasks,
@@ -74,6 +84,7 @@ def _eval(args: argparse.Namespace) -> int:
         args.num_actors,
         eval_config(args, args.video),
         progress=True,
+        record=record,
     )
     print(format_summary(result, write_results(result, out)))
     return 0
@@ -183,6 +194,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="world-model checkpoint: a path, or a published name (mt30-1M-fp16, ...)",
     )
     p.add_argument("--out", metavar="DIR", help="output folder (default eval/<ckpt>-<time>)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue the run in --out from its {RECORD_FILE} (finished episodes are kept as "
+        "they arrive): after a stop, or with more --episodes or --tasks to extend it",
+    )
     p.add_argument("--video", metavar="DIR", help="write an mp4 of each task's first episode")
     eval_options(p)
     p.set_defaults(handler=_eval)

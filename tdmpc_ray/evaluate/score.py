@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from tdmpc_ray.atomic import atomic_path
 from tdmpc_ray.evaluate.config import EvalConfig
-from tdmpc_ray.evaluate.pool import EvalPool, RolloutSettings, model_payload
+from tdmpc_ray.evaluate.pool import EvalPool, Retry, RolloutSettings, model_payload
+from tdmpc_ray.evaluate.record import EpisodeRecord
 from tdmpc_ray.evaluate.rollout import EpisodeResult, EpisodeSpec
 from tdmpc_ray.evaluate.stats import score_summary, task_interval
 from tdmpc_ray.evaluate.video import require_writer
@@ -120,6 +121,7 @@ def evaluate(
     pool: EvalPool | None = None,
     progress: bool = False,
     on_result: Callable[[EpisodeResult], None] | None = None,
+    record: str | os.PathLike | None = None,
 ) -> dict:
     """Run `episodes` episodes of each task and return per-task returns (with env seeds) and
     `normalized_score`, with 95% intervals beside them (`_scores`).
@@ -127,7 +129,10 @@ def evaluate(
     `checkpoint` is a checkpoint path (any layout `load_world_model` reads), a `WorldModel`, or
     its state dict (config from `model_config` or inferred from shapes); the weights go to the
     object store once. `pool` reuses running actors (then `num_actors` is the pool's), e.g. for
-    periodic evaluation during training; otherwise one is started and stopped here. Bad
+    periodic evaluation during training; otherwise one is started and stopped here. `record`
+    (a checkpoint file's evaluation only) keeps every finished episode in that JSON-lines file
+    as it arrives and skips the episodes it already holds from an earlier run with the same
+    settings (`record.EpisodeRecord`): a stopped run resumes, a finished one extends. Bad
     arguments fail with one line before any actor starts.
     """
     start = time.perf_counter()
@@ -144,27 +149,28 @@ def evaluate(
         require_writer()
     cfg = dataclasses.replace(cfg, envs_per_actor=cfg.job_size())
     specs = episode_specs(names, episodes, model.cfg, cfg)
-    groups = job_groups(specs, cfg.envs_per_actor)
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING)
-    weights = ray.put(model_payload(model))
-    settings = RolloutSettings(cfg.planner, cfg.eval_mode, cfg.max_steps)
-    owned = pool is None
-    if owned:
-        pool = EvalPool(
-            min(num_actors, len(groups)), cfg.cpus_per_actor, env_vars=_actor_env(cfg),
-            gpus_per_actor=cfg.gpus_per_actor,
-        )  # fmt: skip
-    num_actors = len(pool.actors)
-    bar = _TaskProgress(names, episodes, progress, on_result)
+    log = _record(record, path, model, cfg)
+    earlier = [r for s in specs if log is not None and (r := log.done(s)) is not None]
+    finished = {(r.spec.task, r.spec.episode) for r in earlier}
+    groups = [
+        group
+        for group in job_groups(specs, cfg.envs_per_actor)
+        if not all((s.task, s.episode) in finished for s in group)
+    ]
+    bar = _TaskProgress(names, episodes, progress, on_result, earlier)
+    results: list[EpisodeResult] = []
+    retries: list[Retry] = []
     try:
-        results, retries = pool.run(weights, settings, groups, cfg.max_retries, bar.update)
+        if groups:
+            results, retries = _run(model, cfg, groups, num_actors, pool, bar, log)
+            num_actors = len(pool.actors) if pool is not None else min(num_actors, len(groups))
     finally:
         bar.close()
-        if owned:
-            pool.shutdown()
+    ran = {(r.spec.task, r.spec.episode) for r in results}
+    results += [r for r in earlier if (r.spec.task, r.spec.episode) not in ran]
     result = {
         **_scores(results, names, specs),
+        "resumed_episodes": len(specs) - len(ran),
         "retries": [dataclasses.asdict(retry) for retry in retries],
         "videos": _write_videos(results, cfg.video_dir),
         "config": {
@@ -179,9 +185,60 @@ def evaluate(
         },
     }
     wall = time.perf_counter() - start
-    result.update(wall_time_s=wall, env_steps_per_s=result["env_steps"] / wall)
+    steps_run = sum(r.length for r in results if (r.spec.task, r.spec.episode) in ran)
+    result.update(wall_time_s=wall, env_steps_per_s=steps_run / wall)
     result["provenance"] = provenance()
     return result
+
+
+def _run(
+    model: WorldModel,
+    cfg: EvalConfig,
+    groups: list[tuple[EpisodeSpec, ...]],
+    num_actors: int,
+    pool: EvalPool | None,
+    bar: _TaskProgress,
+    log: EpisodeRecord | None,
+) -> tuple[list[EpisodeResult], list[Retry]]:
+    """Run `groups` as jobs on `pool` (or on a pool of `num_actors` started and stopped here),
+    recording each finished episode in `log` as it arrives."""
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING)
+    weights = ray.put(model_payload(model))
+    settings = RolloutSettings(cfg.planner, cfg.eval_mode, cfg.max_steps)
+    owned = pool is None
+    if owned:
+        pool = EvalPool(
+            min(num_actors, len(groups)), cfg.cpus_per_actor, env_vars=_actor_env(cfg),
+            gpus_per_actor=cfg.gpus_per_actor,
+        )  # fmt: skip
+
+    def finished(result: EpisodeResult) -> None:
+        if log is not None:
+            log.add(result)
+        bar.update(result)
+
+    try:
+        return pool.run(weights, settings, groups, cfg.max_retries, finished)
+    finally:
+        if owned:
+            pool.shutdown()
+
+
+def _record(
+    record: str | os.PathLike | None, path: Path | None, model: WorldModel, cfg: EvalConfig
+) -> EpisodeRecord | None:
+    """The episode record at `record`, keyed by everything an episode's outcome depends on."""
+    if record is None:
+        return None
+    if path is None:
+        raise ValueError("an episode record needs the checkpoint as a file, not a model in memory")
+    planner = {k: v for k, v in dataclasses.asdict(cfg.planner).items()
+               if k not in ("compile", "env_block")}  # fmt: skip
+    identity = {"checkpoint_sha256": checkpoint_hash(path), "model": model.cfg.to_dict(),
+                "seed": cfg.seed, "eval_mode": cfg.eval_mode, "planner": planner,
+                "envs_per_actor": cfg.envs_per_actor, "max_steps": cfg.max_steps}  # fmt: skip
+    return EpisodeRecord(record, identity)
 
 
 def _world_model(
@@ -260,12 +317,16 @@ class _TaskProgress:
         episodes: int,
         enabled: bool,
         callback: Callable[[EpisodeResult], None] | None,
+        earlier: Sequence[EpisodeResult] = (),
     ) -> None:
         self._episodes, self._callback = episodes, callback
         self._returns: dict[str, list[float]] = {task: [] for task in tasks}
+        for result in earlier:
+            self._returns[result.spec.task].append(result.ret)
         self._bar = tqdm(
-            total=len(tasks) * episodes, unit="episode", desc="eval", disable=not enabled
-        )
+            total=len(tasks) * episodes, initial=len(earlier), unit="episode", desc="eval",
+            disable=not enabled,
+        )  # fmt: skip
 
     def update(self, result: EpisodeResult) -> None:
         returns = self._returns[result.spec.task]

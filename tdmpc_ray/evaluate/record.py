@@ -1,0 +1,100 @@
+"""A running record of an evaluation's finished episodes (`episodes.jsonl`), so a long run that
+stops (a crash, a lost machine, Ctrl-C) resumes where it was, and a finished run extends to more
+episodes per task or more tasks: only the missing episodes run.
+
+The first line names what the episodes depend on (checkpoint, model, run seed, acting, planner,
+job size, episode cut); a record is only continued by a run that agrees on all of it, because
+episode e of a task then comes out the same however many episodes or tasks the run has
+(`score.job_groups`). Every later line is one finished episode, appended and synced as it
+arrives; a last line cut short by a crash is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from tdmpc_ray.atomic import atomic_path
+from tdmpc_ray.evaluate.rollout import EpisodeResult, EpisodeSpec
+
+FORMAT = 1
+EPISODE_KEYS = ("seed", "task", "task_id", "episode", "attempt", "return", "length", "success")
+
+
+class EpisodeRecord:
+    """The finished episodes of one evaluation, kept in a JSON-lines file.
+
+    `identity` is what the episodes depend on; an existing file written under another identity
+    is refused with one line naming the file and the first setting that differs.
+    """
+
+    def __init__(self, path: str | os.PathLike, identity: Mapping) -> None:
+        self.path = Path(path)
+        self.identity = {"format": FORMAT, **json.loads(json.dumps(dict(identity)))}
+        self.results: dict[tuple[str, int], EpisodeResult] = {}
+        if self.path.is_file() and self.path.stat().st_size:
+            self._read()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_line({"header": self.identity}, mode="w")
+
+    def _read(self) -> None:
+        lines = self.path.read_text().splitlines()
+        try:
+            header = json.loads(lines[0])["header"]
+        except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+            raise ValueError(f"{self.path}: not an episode record (no header line)") from None
+        theirs, ours = _flat(header), _flat(self.identity)
+        for key in sorted(set(theirs) | set(ours)):
+            if theirs.get(key) != ours.get(key):
+                raise ValueError(
+                    f"{self.path}: its episodes were run with {key}={theirs.get(key)!r}, this run "
+                    f"has {ours.get(key)!r}; continue it with the same settings or use another "
+                    "output folder"
+                )
+        for number, line in enumerate(lines[1:], start=2):
+            try:
+                row = json.loads(line)
+                result = EpisodeResult(
+                    EpisodeSpec(row["seed"], row["task"], row["task_id"], row["episode"],
+                                row["attempt"]),
+                    float(row["return"]), int(row["length"]), float(row["success"]),
+                )  # fmt: skip
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                if number < len(lines):
+                    raise ValueError(f"{self.path}: line {number} is not an episode") from None
+                with atomic_path(self.path) as tmp:
+                    tmp.write_text("".join(f"{kept}\n" for kept in lines[:-1]))
+                break
+            self.results[(result.spec.task, result.spec.episode)] = result
+
+    def _write_line(self, row: dict, mode: str = "a") -> None:
+        with open(self.path, mode) as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def done(self, spec: EpisodeSpec) -> EpisodeResult | None:
+        """The recorded result of `spec`'s episode, if it finished in this or an earlier run."""
+        return self.results.get((spec.task, spec.episode))
+
+    def add(self, result: EpisodeResult) -> None:
+        """Record a finished episode (its return, length and spec; not its video)."""
+        spec = result.spec
+        values = (spec.seed, spec.task, spec.task_id, spec.episode, spec.attempt,
+                  float(result.ret), result.length, float(result.success))  # fmt: skip
+        self._write_line(dict(zip(EPISODE_KEYS, values, strict=True)))
+        self.results[(spec.task, spec.episode)] = result
+
+
+def _flat(values: Mapping, prefix: str = "") -> dict:
+    """Nested settings as dotted keys (`planner.temperature`), so a mismatch names one value."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
