@@ -61,17 +61,19 @@ def test_a_paired_comparison_sees_a_shift_that_the_unpaired_scores_blur() -> Non
     assert report["difference"]["low"] == pytest.approx(5.0)  # cup-catch pairs exactly
     assert report["a"]["low"] < report["b"]["high"]  # the scores alone overlap
     assert report["verdict"] == "fp16 scores higher"
-    assert report["pairing"] == {"pairs": 1, "tasks": 2, "episodes_per_task": 3,
+    assert report["pairing"] == {"pairs": 1, "tasks": 2, "episodes_per_task": 3, "unit": "episode",
                                  "env_seeds": "identical per episode"}  # fmt: skip
     assert compare_results([(result(A), result(B))], ("fp16", "int8")) == report
 
 
-def test_seeds_pool_as_extra_paired_episodes() -> None:
+def test_seeds_pool_as_runs_each_its_mean_per_task() -> None:
     pairs = [(result(A, seed), result(B, seed)) for seed in (1, 2)]
     a, b = pool_pairs(pairs)
-    assert a["cup-catch"] == A["cup-catch"] * 2 and b["walker-walk"] == B["walker-walk"] * 2
+    assert a["cup-catch"] == [950.0 / 3] * 2 and b["walker-walk"] == [450.0] * 2
     report = compare_results(pairs)
-    assert report["pairing"]["pairs"] == 2 and report["episodes_per_task"] == 6
+    assert report["pairing"]["pairs"] == 2 and report["episodes_per_task"] == 3
+    assert report["pairing"]["unit"].startswith("run")
+    assert report["difference"]["value"] == pytest.approx(5.0)
     with pytest.raises(ValueError, match="env seed"):
         pool_pairs([(result(A, 1), result(B, 1)), (result(A, 2), result(B, 3))])
 

@@ -299,3 +299,38 @@ def test_eval_cli_missing_checkpoint_fails_with_one_line(tmp_path, capsys) -> No
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     err = capsys.readouterr().err
     assert "nope.pt: no such checkpoint file" in err and err.count("\n") == 1
+
+
+@needs_checkpoint
+def test_a_recorded_run_extends_to_the_same_returns_as_one_run(pool, reference, tmp_path) -> None:
+    """Episode 0 of the three tasks first (jobs of 2: the first two, then the third alone),
+    then two episodes each: the first job is the 2-episode run's first job and is reused; the
+    third task's episode 0 shares a job with the next episode there, so it runs again; the
+    returns are those of one 2-episode run."""
+    record = tmp_path / "episodes.jsonl"
+    first = evaluate(CHECKPOINT, TASKS, 1, cfg=CFG, pool=pool, record=record)
+    assert first["resumed_episodes"] == 0
+    assert [_returns(first)[t] for t in TASKS[:2]] == [_returns(reference)[t][:1] for t in TASKS[:2]]
+    extended = evaluate(CHECKPOINT, TASKS, EPISODES, cfg=CFG, pool=pool, record=record)
+    assert extended["resumed_episodes"] == 2
+    assert _returns(extended) == _returns(reference)
+    again = evaluate(CHECKPOINT, TASKS, EPISODES, cfg=CFG, pool=pool, record=record)
+    assert again["resumed_episodes"] == len(TASKS) * EPISODES
+    assert _returns(again) == _returns(reference)
+    with pytest.raises(ValueError, match="were run with planner.num_samples=32, this run has 64"):
+        bigger = replace(CFG, planner=replace(TINY, num_samples=64))
+        evaluate(CHECKPOINT, TASKS, EPISODES, cfg=bigger, pool=pool, record=record)
+
+
+@needs_checkpoint
+def test_eval_cli_keeps_an_earlier_record_unless_resumed(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "episodes.jsonl").write_text('{"header": {}}\n')
+    for args, message in (
+        (["--out", str(out)], "holds episodes of an earlier run; --resume continues"),
+        (["--resume"], "--resume continues the run in --out DIR"),
+    ):
+        assert cli.main(["eval", "--checkpoint", str(CHECKPOINT), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1

@@ -116,15 +116,24 @@ def test_unpaired_evaluations_give_an_error_entry_not_a_crash() -> None:
     assert "s2@2000" in comparisons["r2"]["error"]
 
 
-def test_seeds_pool_as_extra_episodes() -> None:
+def test_seeds_pool_as_runs() -> None:
+    """Each seed is one run, its mean return per task the bootstrap's unit: the seeds here
+    all scored alike, so the pooled intervals have no width although each seed's episodes
+    spread."""
     trials, data = make_sweep()
     pooled = pooled_over_seeds(trials, ["recipe", "seed"], data.__getitem__)
     reward, scratch = pooled[("reward",)], pooled[("scratch",)]
-    assert reward["score"]["episodes_per_task"] == 6  # 3 seeds x 2 episodes
+    assert reward["score"]["runs"] == 3 and reward["score"]["episodes_per_task"] == 2
+    assert reward["score"]["normalized_score"] == pytest.approx(
+        (sum(BETTER["walker-walk"]) / 2 + sum(BETTER["cup-catch"]) / 2) / 20
+    )
+    assert reward["score"]["normalized_score_low"] == pytest.approx(
+        reward["score"]["normalized_score"]
+    )
     assert reward["vs_scratch"]["pairs"] == 2 and reward["vs_scratch"]["scratch"] == ["s1", "s2"]
-    assert reward["vs_scratch"]["episodes_per_task"] == 4
+    assert reward["vs_scratch"]["episodes_per_task"] == 2
     assert reward["vs_scratch"]["difference"]["value"] == pytest.approx(5.0)
-    assert "vs_scratch" not in scratch and scratch["score"]["normalized_score_low"] is not None
+    assert "vs_scratch" not in scratch and scratch["score"]["runs"] == 2
 
 
 def test_summary_tables_show_intervals_and_the_comparison_with_scratch() -> None:

@@ -4,8 +4,9 @@ Two evaluation results pair when they ran the same tasks, the same number of epi
 each episode on the same env seed and for the same number of steps: then episode i of a task
 differs between the agents only by the agents, and a paired bootstrap (`stats.compare`) cancels
 the environment's share of the noise. Anything else is refused with one line naming the first
-mismatch. Results of several seeds pool by concatenating their paired episodes per task (seeds
-as extra episodes of the stratified bootstrap; docs/decisions.md).
+mismatch. Results of several seeds (independent training runs) pool as rliable pools runs: each
+run's mean return per task is one unit of the stratified bootstrap, so the intervals carry the
+run-to-run spread and not only the episodes' (docs/decisions.md).
 
 Light to import (no Ray): the sweep summary and the dashboard use it too.
 """
@@ -82,20 +83,31 @@ def check_paired(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> None:
                     )
 
 
+def run_means(results: Sequence[dict]) -> dict[str, list[float]]:
+    """Per task, each result's mean return: one value per run, the unit that pools runs of
+    several seeds (one result: its episodes' returns as they are)."""
+    if len(results) == 1:
+        return {task: list(row["returns"]) for task, row in results[0]["tasks"].items()}
+    tasks = results[0]["tasks"]
+    missing = [(i, t) for i, r in enumerate(results) for t in tasks if t not in r["tasks"]]
+    if missing:
+        raise ValueError(f"run {missing[0][0]} has no episodes of task {missing[0][1]!r}")
+    return {
+        task: [sum(r["tasks"][task]["returns"]) / len(r["tasks"][task]["returns"]) for r in results]
+        for task in tasks
+    }
+
+
 def pool_pairs(
     pairs: Sequence[tuple[dict, dict]], names: tuple[str, str] = ("A", "B")
 ) -> tuple[Returns, Returns]:
-    """A's and B's returns by task, each pair checked and the pairs' episodes concatenated per
-    task (for several seeds: seeds become extra episodes, kept paired)."""
+    """A's and B's returns by task, each pair checked: one pair's paired episodes, or for
+    several pairs (one per seed) each run's mean per task (`run_means`), kept paired by seed."""
     if not pairs:
         raise ValueError("no results to compare")
-    pooled: tuple[dict[str, list[float]], dict[str, list[float]]] = ({}, {})
     for a, b in pairs:
         check_paired(a, b, names)
-        for result, returns in zip((a, b), pooled, strict=True):
-            for task in pairs[0][0]["tasks"]:
-                returns.setdefault(task, []).extend(result["tasks"][task]["returns"])
-    return pooled
+    return run_means([a for a, _ in pairs]), run_means([b for _, b in pairs])
 
 
 def compare_results(
@@ -113,9 +125,11 @@ def compare_results(
     report["pairing"] = {
         "pairs": len(pairs),
         "tasks": len(a),
-        "episodes_per_task": report["episodes_per_task"],
+        "episodes_per_task": min(len(r["returns"]) for p in pairs for r in p[0]["tasks"].values()),
+        "unit": "episode" if len(pairs) == 1 else "run (its mean return per task)",
         "env_seeds": "identical per episode",
     }
+    report["episodes_per_task"] = report["pairing"]["episodes_per_task"]
     return report
 
 
@@ -163,12 +177,13 @@ def format_comparison(report: dict) -> str:
         diff = Interval(**row["difference"]).format(1)
         lines.append(f"{task:<26} {row['episodes']:>8} {row['a']:9.1f} {row['b']:9.1f} {diff:>30}")
     pairing, boot = report["pairing"], report["bootstrap"]
-    seeds = f", {pairing['pairs']} seed pairs pooled" if pairing["pairs"] > 1 else ""
+    units = f"{pairing['tasks']} tasks x {pairing['episodes_per_task']} episodes on the same env seeds"
+    if pairing["pairs"] > 1:
+        units = f"{pairing['pairs']} seed pairs as the units, each {units}"
     lines += [
         "",
         f"A - B score       {Interval(**report['difference']).format()}  (paired bootstrap, "
-        f"{pairing['tasks']} tasks x {pairing['episodes_per_task']} episodes on the same env "
-        f"seeds{seeds})",
+        f"{units})",
         f"P(A > B)          {Interval(**report['probability_of_improvement']).format()}",
         f"verdict           {report['verdict']}",
         f"intervals         {boot['method']}; {boot['samples']} samples, seed {boot['seed']}",

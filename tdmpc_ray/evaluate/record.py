@@ -3,10 +3,11 @@ stops (a crash, a lost machine, Ctrl-C) resumes where it was, and a finished run
 episodes per task or more tasks: only the missing episodes run.
 
 The first line names what the episodes depend on (checkpoint, model, run seed, acting, planner,
-job size, episode cut); a record is only continued by a run that agrees on all of it, because
-episode e of a task then comes out the same however many episodes or tasks the run has
-(`score.job_groups`). Every later line is one finished episode, appended and synced as it
-arrives; a last line cut short by a crash is dropped.
+episode cut); a record is only continued by a run that agrees on all of it. Every later line is
+one finished episode with the job it ran in (its planner seed), appended and synced as it
+arrives; a last line cut short by a crash is dropped. An episode is reused only where the new
+run has the same job (`score.job_groups`), so a resumed or extended run gives exactly the
+returns of one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from tdmpc_ray.atomic import atomic_path
 from tdmpc_ray.evaluate.rollout import EpisodeResult, EpisodeSpec
 
 FORMAT = 1
-EPISODE_KEYS = ("seed", "task", "task_id", "episode", "attempt", "return", "length", "success")
+EPISODE_KEYS = ("seed", "task", "task_id", "episode", "attempt", "return", "length", "success",
+                "job")  # fmt: skip
 
 
 class EpisodeRecord:
@@ -33,7 +35,7 @@ class EpisodeRecord:
     def __init__(self, path: str | os.PathLike, identity: Mapping) -> None:
         self.path = Path(path)
         self.identity = {"format": FORMAT, **json.loads(json.dumps(dict(identity)))}
-        self.results: dict[tuple[str, int], EpisodeResult] = {}
+        self.results: dict[tuple[str, int], tuple[EpisodeResult, int]] = {}
         if self.path.is_file() and self.path.stat().st_size:
             self._read()
         else:
@@ -68,7 +70,7 @@ class EpisodeRecord:
                 with atomic_path(self.path) as tmp:
                     tmp.write_text("".join(f"{kept}\n" for kept in lines[:-1]))
                 break
-            self.results[(result.spec.task, result.spec.episode)] = result
+            self.results[(result.spec.task, result.spec.episode)] = (result, int(row["job"]))
 
     def _write_line(self, row: dict, mode: str = "a") -> None:
         with open(self.path, mode) as f:
@@ -76,17 +78,20 @@ class EpisodeRecord:
             f.flush()
             os.fsync(f.fileno())
 
-    def done(self, spec: EpisodeSpec) -> EpisodeResult | None:
-        """The recorded result of `spec`'s episode, if it finished in this or an earlier run."""
-        return self.results.get((spec.task, spec.episode))
+    def done(self, spec: EpisodeSpec, job: int) -> EpisodeResult | None:
+        """The recorded result of `spec`'s episode if it finished, in this or an earlier run, in
+        the job `job` (a planner seed; `rollout.planner_seed`)."""
+        kept = self.results.get((spec.task, spec.episode))
+        return kept[0] if kept is not None and kept[1] == job else None
 
-    def add(self, result: EpisodeResult) -> None:
-        """Record a finished episode (its return, length and spec; not its video)."""
+    def add(self, result: EpisodeResult, job: int) -> None:
+        """Record a finished episode of job `job` (its return, length and spec; not its
+        video)."""
         spec = result.spec
         values = (spec.seed, spec.task, spec.task_id, spec.episode, spec.attempt,
-                  float(result.ret), result.length, float(result.success))  # fmt: skip
+                  float(result.ret), result.length, float(result.success), job)  # fmt: skip
         self._write_line(dict(zip(EPISODE_KEYS, values, strict=True)))
-        self.results[(spec.task, spec.episode)] = result
+        self.results[(spec.task, spec.episode)] = (result, job)
 
 
 def _flat(values: Mapping, prefix: str = "") -> dict:

@@ -2,13 +2,16 @@
 reports per-task returns and TD-MPC2's normalized score.
 
 Seeds: episode e of task T under run seed S has env seed derive_seed("env", S, T, e, attempt),
-whatever actor runs it. Jobs of `envs_per_actor` (`EvalConfig.job_size`) hold the same episode
-index of consecutive tasks (`job_groups`), and a job's planner is seeded from its members, so
-results are reproducible for a given job size and device kind whatever the number of actors,
-their CPU or GPU shares, their scheduling or a rerun after an actor died, and episode e comes
-out the same whether a run asks for e + 1 episodes or more: a longer run extends a shorter one.
-The planner draws one random stream per job (not per environment), so changing the job size
-changes the planner noise, not the env seeds. Never more actors start than there are jobs.
+whatever actor runs it. Episodes are taken episode-major (episode 0 of every task, then episode
+1, ...) into jobs of `envs_per_actor` (`EvalConfig.job_size`; `job_groups`), and a job's planner
+is seeded from its members, so results are reproducible for a given job size and device kind
+whatever the number of actors, their CPU or GPU shares, their scheduling or a rerun after an
+actor died. A job's episodes come out the same in any run that has that job, so a run with more
+episodes per task repeats the jobs of a shorter one whenever the shorter one's episodes fill
+whole jobs (MT30: 30 tasks per episode, in jobs of 2, 5, 10, ...): a recorded run extends
+exactly (`record`). The planner draws one random stream per job (not per environment), so
+changing the job size changes the planner noise, not the env seeds. Never more actors start
+than there are jobs.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from tdmpc_ray.atomic import atomic_path
 from tdmpc_ray.evaluate.config import EvalConfig
 from tdmpc_ray.evaluate.pool import EvalPool, Retry, RolloutSettings, model_payload
 from tdmpc_ray.evaluate.record import EpisodeRecord
-from tdmpc_ray.evaluate.rollout import EpisodeResult, EpisodeSpec
+from tdmpc_ray.evaluate.rollout import EpisodeResult, EpisodeSpec, planner_seed
 from tdmpc_ray.evaluate.stats import score_summary, task_interval
 from tdmpc_ray.evaluate.video import require_writer
 from tdmpc_ray.model import ModelConfig, WorldModel, checkpoint_hash, load_world_model
@@ -97,17 +100,12 @@ def episode_specs(
 
 
 def job_groups(specs: Sequence[EpisodeSpec], size: int) -> list[tuple[EpisodeSpec, ...]]:
-    """Lockstep jobs of at most `size` episodes: each holds one episode index of consecutive
-    tasks, so the jobs (and planner seeds) of episode e do not depend on how many episodes each
-    task runs."""
-    by_episode: dict[int, list[EpisodeSpec]] = defaultdict(list)
-    for spec in specs:
-        by_episode[spec.episode].append(spec)
-    return [
-        tuple(row[i : i + size])
-        for _, row in sorted(by_episode.items())
-        for i in range(0, len(row), size)
-    ]
+    """Lockstep jobs of `size` episodes (the last may be smaller), taken episode-major: the
+    first episodes of every task come first, so asking for more episodes per task adds jobs
+    after those of a shorter run rather than reshuffling them (whenever the shorter run's
+    episodes fill whole jobs), and one task's episodes still share jobs."""
+    ordered = sorted(specs, key=lambda spec: spec.episode)
+    return [tuple(ordered[i : i + size]) for i in range(0, len(ordered), size)]
 
 
 def evaluate(
@@ -150,19 +148,17 @@ def evaluate(
     cfg = dataclasses.replace(cfg, envs_per_actor=cfg.job_size())
     specs = episode_specs(names, episodes, model.cfg, cfg)
     log = _record(record, path, model, cfg)
-    earlier = [r for s in specs if log is not None and (r := log.done(s)) is not None]
-    finished = {(r.spec.task, r.spec.episode) for r in earlier}
-    groups = [
-        group
-        for group in job_groups(specs, cfg.envs_per_actor)
-        if not all((s.task, s.episode) in finished for s in group)
-    ]
+    jobs = job_groups(specs, cfg.envs_per_actor)
+    job_of = {(s.task, s.episode): planner_seed(job) for job in jobs for s in job}
+    done = [[log.done(s, job_of[(s.task, s.episode)]) for s in job] if log else [] for job in jobs]
+    groups = [job for job, kept in zip(jobs, done, strict=True) if not kept or None in kept]
+    earlier = [r for kept in done if kept and None not in kept for r in kept]
     bar = _TaskProgress(names, episodes, progress, on_result, earlier)
     results: list[EpisodeResult] = []
     retries: list[Retry] = []
     try:
         if groups:
-            results, retries = _run(model, cfg, groups, num_actors, pool, bar, log)
+            results, retries = _run(model, cfg, groups, num_actors, pool, bar, log, job_of)
             num_actors = len(pool.actors) if pool is not None else min(num_actors, len(groups))
     finally:
         bar.close()
@@ -199,9 +195,10 @@ def _run(
     pool: EvalPool | None,
     bar: _TaskProgress,
     log: EpisodeRecord | None,
+    job_of: Mapping[tuple[str, int], int],
 ) -> tuple[list[EpisodeResult], list[Retry]]:
     """Run `groups` as jobs on `pool` (or on a pool of `num_actors` started and stopped here),
-    recording each finished episode in `log` as it arrives."""
+    recording each finished episode in `log` as it arrives, with the job it belongs to."""
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
     weights = ray.put(model_payload(model))
@@ -215,7 +212,7 @@ def _run(
 
     def finished(result: EpisodeResult) -> None:
         if log is not None:
-            log.add(result)
+            log.add(result, job_of[(result.spec.task, result.spec.episode)])
         bar.update(result)
 
     try:
@@ -237,7 +234,7 @@ def _record(
                if k not in ("compile", "env_block")}  # fmt: skip
     identity = {"checkpoint_sha256": checkpoint_hash(path), "model": model.cfg.to_dict(),
                 "seed": cfg.seed, "eval_mode": cfg.eval_mode, "planner": planner,
-                "envs_per_actor": cfg.envs_per_actor, "max_steps": cfg.max_steps}  # fmt: skip
+                "max_steps": cfg.max_steps}  # fmt: skip
     return EpisodeRecord(record, identity)
 
 

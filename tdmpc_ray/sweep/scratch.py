@@ -3,17 +3,18 @@ on the same evaluation episodes, per trial and pooled over seeds.
 
 A trial's baseline is the scratch trial (no distillation) that agrees with it on every searched
 key except the distillation settings (`DISTILL_KEYS`), seed included: trials of one seed evaluate
-on the same env seeds (the evaluation seed is the training seed), so their episodes pair. Both are compared at the latest step both evaluated. Pooled over
-seeds, each seed's paired episodes are concatenated per task: seeds become extra episodes of the
-stratified bootstrap (docs/decisions.md). Light to import (no Ray): the sweep summary and the
-dashboard share it.
+on the same env seeds (the evaluation seed is the training seed), so their episodes pair. Both
+are compared at the latest step both evaluated. Pooled over seeds, each seed is one run: its
+mean return per task is the unit of the stratified bootstrap (`compare.run_means`, rliable's
+runs), kept paired with its scratch partner's. Light to import (no Ray): the sweep summary and
+the dashboard share it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from tdmpc_ray.evaluate.compare import compare_results
+from tdmpc_ray.evaluate.compare import compare_results, run_means
 from tdmpc_ray.evaluate.stats import score_summary
 from tdmpc_ray.train.losses import DISTILL_TERMS
 
@@ -99,7 +100,8 @@ def pooled_over_seeds(
     """Per group of trials that differ only in `seed` (keyed by the other searched keys' values
     as strings): `score` (the seeds' final evaluations pooled per task: the normalized score
     and IQM with their intervals) and `vs_scratch` (the paired comparison pooled over the seeds
-    that have a scratch partner; absent without one)."""
+    that have a scratch partner; absent without one), both over runs: each seed's mean return
+    per task (`compare.run_means`), `runs` of them."""
     others = [k for k in keys if k != "seed"]
     groups: dict[tuple, list[Trial]] = {}
     for trial in trials:
@@ -111,7 +113,10 @@ def pooled_over_seeds(
         finals = [t["evals"][max(t["evals"])] for t in members if t["evals"]]
         try:
             if finals:
-                entry["score"] = score_summary(_concatenated([load(f) for f in finals]))
+                results = [load(f) for f in finals]
+                episodes = min(len(r["returns"]) for res in results for r in res["tasks"].values())
+                entry["score"] = {**score_summary(run_means(results)), "runs": len(results),
+                                  "episodes_per_task": episodes}  # fmt: skip
         except (ValueError, OSError, KeyError) as err:
             entry["score_error"] = str(err)
         partners = [
@@ -121,12 +126,3 @@ def pooled_over_seeds(
             entry["vs_scratch"] = _compare(", ".join(t["trial"] for t in members), partners, load)
         pooled[group] = entry
     return pooled
-
-
-def _concatenated(results: Sequence[dict]) -> dict[str, list[float]]:
-    """Every result's returns, concatenated per task."""
-    returns: dict[str, list[float]] = {}
-    for result in results:
-        for task, row in result["tasks"].items():
-            returns.setdefault(task, []).extend(row["returns"])
-    return returns
