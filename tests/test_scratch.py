@@ -6,8 +6,14 @@ from __future__ import annotations
 import pytest
 
 from tdmpc_ray.config import config_keys
-from tdmpc_ray.sweep.runner import format_groups, format_table, group_over_seeds
-from tdmpc_ray.sweep.scratch import DISTILL_KEYS, against_scratch, is_scratch, pooled_over_seeds
+from tdmpc_ray.sweep.runner import format_groups, format_pairs, format_table, group_over_seeds
+from tdmpc_ray.sweep.scratch import (
+    DISTILL_KEYS,
+    against_scratch,
+    between_groups,
+    is_scratch,
+    pooled_over_seeds,
+)
 from tdmpc_ray.train.config import TrainConfig
 from tests.test_compare import result
 
@@ -156,3 +162,23 @@ def test_summary_tables_show_intervals_and_the_comparison_with_scratch() -> None
     )
     groups = format_groups(summary)
     assert "pooled score [95% interval]" in groups and "5.00 [5.00, 5.00]" in groups
+
+
+def test_every_two_groups_compare_over_the_seeds_both_ran() -> None:
+    trials, data = make_sweep()
+    trials.append(trial("l1", "latent", 1, BETTER, steps=(1000,)))
+    data.update(files((trials[-1], BETTER)))
+    pairs = between_groups(trials, ["recipe", "seed"], data.__getitem__)
+    by_name = {(p["a"]["recipe"], p["b"]["recipe"]): p for p in pairs}
+    assert set(by_name) == {("scratch", "reward"), ("scratch", "latent"), ("reward", "latent")}
+    scratch_reward = by_name[("scratch", "reward")]
+    assert scratch_reward["seeds"] == ["1", "2"] and scratch_reward["steps"] == [2000]
+    assert scratch_reward["difference"]["value"] == pytest.approx(-5.0)
+    assert scratch_reward["verdict"] == "B scores higher" and scratch_reward["episodes_per_task"] == 2
+    assert set(scratch_reward["tasks"]) == set(SCRATCH) and scratch_reward["scores"]["b"]
+    latent = by_name[("reward", "latent")]
+    assert latent["seeds"] == ["1"] and latent["steps"] == [1000]
+    assert latent["verdict"].startswith("not distinguishable")
+    table = format_pairs({"space": ["recipe", "seed"], "pairs": pairs})
+    assert "A - B [95% interval]" in table and "-5.00 [-5.00, -5.00]" in table
+    assert between_groups(trials, ["recipe"], data.__getitem__) == []

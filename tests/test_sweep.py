@@ -190,7 +190,11 @@ def test_a_recipe_sweep_trains_each_recipe_with_its_terms(ray_session, tmp_path)
         "max_concurrent_trials": "1",
     }  # fmt: skip
     spec = load_spec(REPO / "tune" / "study.yaml", overrides)
-    recipes = {k: spec.recipes[k] for k in ("reward+latent-pca", "all-terms")}
+    recipes = {
+        "reward+latent-pca": {"d_coef": 0.45, "latent_d_coef": 1.0, "latent_bridge": "pca"},
+        "all-terms": {"d_coef": 0.45, "latent_d_coef": 1.0, "latent_bridge": "linear",
+                      "value_d_coef": 0.1, "policy_d_coef": 1.0},
+    }  # fmt: skip
     spec = dataclasses.replace(spec, recipes=recipes, space={"seed": {"grid": [1]}})
     summary = run_sweep(spec)
     assert sorted(t["recipe"] for t in summary["trials"]) == ["all-terms", "reward+latent-pca"]

@@ -3,6 +3,7 @@ teacher actor, and Ray Train runs that evaluate asynchronously and survive a kil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import torch.multiprocessing as mp
 from tdmpc_ray.config import build_config, config_dict
 from tdmpc_ray.data.episode_store import Batch, EpisodeStore
 from tdmpc_ray.model import WorldModel, model_config, predicted_reward
+from tdmpc_ray.planning import PlannerConfig
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.losses import LossConfig
 from tdmpc_ray.train.teacher import get_teacher
@@ -263,6 +265,25 @@ def test_flat_keys_set_the_composed_loss_and_optimiser_configs():
         build_config(TrainConfig, None, ["d_cof=0.4"])
     with pytest.raises(ValueError, match="^lr: expected float"):
         build_config(TrainConfig, None, ["lr=fast"])
+
+
+def test_the_periodic_evaluation_plans_and_acts_as_configured():
+    cfg = build_config(TrainConfig, None, ["data=d", "eval_planner=iterations=2,num_samples=128",
+                                           "eval_mode=false"])  # fmt: skip
+    kwargs = cfg.eval_kwargs()
+    assert kwargs["planner"] == PlannerConfig(iterations=2, num_samples=128)
+    assert kwargs["eval_mode"] is False
+    assert build_config(TrainConfig, None, config_dict(cfg)) == cfg
+    prior = dataclasses.replace(cfg, eval_mpc=False).eval_kwargs()["planner"]
+    assert prior.mpc is False and prior.iterations == 2
+    assert build_config(TrainConfig).eval_kwargs()["planner"] == PlannerConfig()
+    for pairs, message in (
+        ("iters=2", "eval_planner: unknown config key 'iters' for PlannerConfig"),
+        ("iterations=two", "eval_planner: iterations: expected int"),
+        ("mpc=false", "set the policy prior with eval_mpc"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            build_config(TrainConfig, None, ["data=d", f"eval_planner={pairs}"]).check()
 
 
 def test_the_teacher_is_hashed_once_by_the_driver_and_handed_down(tmp_path):

@@ -10,7 +10,7 @@ import sys
 def _sweep(args: argparse.Namespace) -> int:
     os.environ.setdefault("MUJOCO_GL", "disable")  # before dm_control loads, here and in workers
     from tdmpc_ray.config import parse_overrides
-    from tdmpc_ray.sweep.runner import format_groups, format_table, run_sweep
+    from tdmpc_ray.sweep.runner import format_groups, format_pairs, format_table, run_sweep
     from tdmpc_ray.sweep.spec import load_spec
 
     spec = load_spec(args.spec, parse_overrides(args.overrides))
@@ -19,6 +19,8 @@ def _sweep(args: argparse.Namespace) -> int:
     print(format_table(summary))
     if summary["groups"]:
         print(f"\nover seeds:\n{format_groups(summary)}")
+    if summary.get("pairs"):
+        print(f"\ngroups against each other, pooled over seeds:\n{format_pairs(summary)}")
     best = summary["best"]
     if best:
         score = best["normalized_score"]

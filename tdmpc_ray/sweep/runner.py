@@ -21,7 +21,12 @@ from tdmpc_ray.config import build_config
 from tdmpc_ray.evaluate.report import interval, load_json, save_json
 from tdmpc_ray.evaluate.stats import Interval
 from tdmpc_ray.resources import available, capacity, fit_workers, plan_sweep
-from tdmpc_ray.sweep.scratch import against_scratch, is_scratch, pooled_over_seeds
+from tdmpc_ray.sweep.scratch import (
+    against_scratch,
+    between_groups,
+    is_scratch,
+    pooled_over_seeds,
+)
 from tdmpc_ray.sweep.spec import SweepSpec, check_inputs
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.loop import STUDENT_FILE, validate_checkpoint
@@ -315,7 +320,8 @@ def summarize(grid, spec: SweepSpec, experiment: str) -> dict:
         "space": keys,
         "scratch": [t["trial"] for t in trials if t["scratch"]],
     }
-    return {**summary, "groups": group_over_seeds(summary, pooled_over_seeds(records, keys, load))}
+    groups = group_over_seeds(summary, pooled_over_seeds(records, keys, load))
+    return {**summary, "groups": groups, "pairs": between_groups(records, keys, load)}
 
 
 def group_over_seeds(summary: dict, pooled: dict[tuple, dict] | None = None) -> list[dict]:
@@ -370,6 +376,25 @@ def format_groups(summary: dict) -> str:
          **_scratch_cells(g.get("vs_scratch"), False)}
         for g in summary["groups"]
     ]  # fmt: skip
+    return _fixed_width(columns, rows)
+
+
+def format_pairs(summary: dict) -> str:
+    """Every two groups over seeds against each other (`scratch.between_groups`) as a
+    fixed-width table: A - B pooled over their common seeds, P(A > B), the verdict."""
+    keys = [k for k in summary["space"] if k != "seed"]
+    columns = ["A", "B", "seeds", "A - B [95% interval]", "P(A > B)", "verdict"]
+    rows = []
+    for pair in summary.get("pairs", []):
+        row = {"A": "/".join(str(pair["a"][k]) for k in keys),
+               "B": "/".join(str(pair["b"][k]) for k in keys), "seeds": len(pair["seeds"])}  # fmt: skip
+        if "error" in pair:
+            row["verdict"] = "error: " + pair["error"]
+        else:
+            row.update({"A - B [95% interval]": Interval(**pair["difference"]).format(),
+                        "P(A > B)": Interval(**pair["probability_of_improvement"]).format(),
+                        "verdict": pair["verdict"]})  # fmt: skip
+        rows.append(row)
     return _fixed_width(columns, rows)
 
 

@@ -1,5 +1,6 @@
-"""Each trial of a sweep against the sweep's scratch trial: paired differences and P(improvement)
-on the same evaluation episodes, per trial and pooled over seeds.
+"""Each trial of a sweep against the sweep's scratch trial, and every two groups of seeds against
+each other: paired differences and P(improvement) on the same evaluation episodes, per trial and
+pooled over seeds.
 
 A trial's baseline is the scratch trial (no distillation) that agrees with it on every searched
 key except the distillation settings (`DISTILL_KEYS`), seed included: trials of one seed evaluate
@@ -12,6 +13,7 @@ the dashboard share it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 
 from tdmpc_ray.evaluate.compare import compare_results, run_means
@@ -126,3 +128,42 @@ def pooled_over_seeds(
             entry["vs_scratch"] = _compare(", ".join(t["trial"] for t in members), partners, load)
         pooled[group] = entry
     return pooled
+
+
+def between_groups(trials: Sequence[Trial], keys: Sequence[str], load: Load) -> list[dict]:
+    """Every two groups of trials that differ only in `seed` (`A`, `B`: their other searched
+    keys), compared pooled over the seeds both ran, each seed at the latest step both of its
+    trials evaluated: A - B with its paired interval, P(A > B) and the verdict, each seed one
+    run (`compare.run_means`). Empty when `seed` is not searched."""
+    if "seed" not in keys:
+        return []
+    others = [k for k in keys if k != "seed"]
+    groups: dict[tuple, dict] = {}
+    for trial in trials:
+        if trial["evals"]:
+            group = groups.setdefault(tuple(str(trial["config"].get(k)) for k in others), {})
+            group[str(trial["config"].get("seed"))] = trial
+    pairs = []
+    for (a, a_seeds), (b, b_seeds) in itertools.combinations(groups.items(), 2):
+        partners = []
+        for seed in sorted(set(a_seeds) & set(b_seeds)):
+            first, second = a_seeds[seed], b_seeds[seed]
+            common = set(first["evals"]) & set(second["evals"])
+            if common:
+                step = max(common)
+                partners.append((seed, step, first["evals"][step], second["evals"][step]))
+        if not partners:
+            continue
+        entry = {"a": dict(zip(others, a, strict=True)), "b": dict(zip(others, b, strict=True)),
+                 "seeds": [p[0] for p in partners], "steps": sorted({p[1] for p in partners})}  # fmt: skip
+        try:
+            report = compare_results([(load(p[2]), load(p[3])) for p in partners])
+        except (ValueError, OSError, KeyError) as err:
+            entry["error"] = f"{'/'.join(a)} vs {'/'.join(b)}: {err}"
+        else:
+            fields = ("difference", "probability_of_improvement", "verdict", "episodes_per_task",
+                      "tasks")  # fmt: skip
+            entry.update(scores={"a": report["a"], "b": report["b"]},
+                         **{k: report[k] for k in fields})  # fmt: skip
+        pairs.append(entry)
+    return pairs
