@@ -48,6 +48,8 @@ def test_a_record_keeps_episodes_and_reads_them_back(tmp_path) -> None:
 def test_a_record_of_other_settings_is_refused_naming_the_setting(tmp_path) -> None:
     path = tmp_path / "episodes.jsonl"
     EpisodeRecord(path, IDENTITY)
+    assert not path.exists(), "no episode yet, no record"
+    EpisodeRecord(path, IDENTITY).add(_result("walker-walk", 0, 1.0), job=1)
     other = {**IDENTITY, "planner": {"iterations": 6, "temperature": 0.3}}
     with pytest.raises(ValueError, match=r"planner.temperature=0.5, this run has 0.3"):
         EpisodeRecord(path, other)

@@ -36,11 +36,9 @@ class EpisodeRecord:
         self.path = Path(path)
         self.identity = {"format": FORMAT, **json.loads(json.dumps(dict(identity)))}
         self.results: dict[tuple[str, int], tuple[EpisodeResult, int]] = {}
-        if self.path.is_file() and self.path.stat().st_size:
+        self._started = self.path.is_file() and self.path.stat().st_size > 0
+        if self._started:
             self._read()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._write_line({"header": self.identity}, mode="w")
 
     def _read(self) -> None:
         lines = self.path.read_text().splitlines()
@@ -72,11 +70,16 @@ class EpisodeRecord:
                 break
             self.results[(result.spec.task, result.spec.episode)] = (result, int(row["job"]))
 
-    def _write_line(self, row: dict, mode: str = "a") -> None:
-        with open(self.path, mode) as f:
-            f.write(json.dumps(row) + "\n")
+    def _write_line(self, row: dict) -> None:
+        """Append `row`, after the header line when it is the first (so a run that stops
+        before its first episode leaves no record)."""
+        lines = [row] if self._started else [{"header": self.identity}, row]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write("".join(json.dumps(line) + "\n" for line in lines))
             f.flush()
             os.fsync(f.fileno())
+        self._started = True
 
     def done(self, spec: EpisodeSpec, job: int) -> EpisodeResult | None:
         """The recorded result of `spec`'s episode if it finished, in this or an earlier run, in

@@ -153,15 +153,25 @@ def evaluate(
     done = [[log.done(s, job_of[(s.task, s.episode)]) for s in job] if log else [] for job in jobs]
     groups = [job for job, kept in zip(jobs, done, strict=True) if not kept or None in kept]
     earlier = [r for kept in done if kept and None not in kept for r in kept]
-    bar = _TaskProgress(names, episodes, progress, on_result, earlier)
     results: list[EpisodeResult] = []
     retries: list[Retry] = []
+    owned = pool is None and bool(groups)
+    if owned:
+        if not ray.is_initialized():
+            ray.init(logging_level=logging.WARNING)
+        pool = EvalPool(
+            min(num_actors, len(groups)), cfg.cpus_per_actor, env_vars=_actor_env(cfg),
+            gpus_per_actor=cfg.gpus_per_actor,
+        )  # fmt: skip
+    bar = _TaskProgress(names, episodes, progress, on_result, earlier)
     try:
         if groups:
-            results, retries = _run(model, cfg, groups, num_actors, pool, bar, log, job_of)
-            num_actors = len(pool.actors) if pool is not None else min(num_actors, len(groups))
+            results, retries = _run(model, cfg, groups, pool, bar, log, job_of)
+            num_actors = len(pool.actors)
     finally:
         bar.close()
+        if owned:
+            pool.shutdown()
     ran = {(r.spec.task, r.spec.episode) for r in results}
     results += [r for r in earlier if (r.spec.task, r.spec.episode) not in ran]
     result = {
@@ -191,35 +201,22 @@ def _run(
     model: WorldModel,
     cfg: EvalConfig,
     groups: list[tuple[EpisodeSpec, ...]],
-    num_actors: int,
-    pool: EvalPool | None,
+    pool: EvalPool,
     bar: _TaskProgress,
     log: EpisodeRecord | None,
     job_of: Mapping[tuple[str, int], int],
 ) -> tuple[list[EpisodeResult], list[Retry]]:
-    """Run `groups` as jobs on `pool` (or on a pool of `num_actors` started and stopped here),
-    recording each finished episode in `log` as it arrives, with the job it belongs to."""
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING)
+    """Run `groups` as jobs on `pool`, recording each finished episode in `log` as it arrives,
+    with the job it belongs to."""
     weights = ray.put(model_payload(model))
     settings = RolloutSettings(cfg.planner, cfg.eval_mode, cfg.max_steps)
-    owned = pool is None
-    if owned:
-        pool = EvalPool(
-            min(num_actors, len(groups)), cfg.cpus_per_actor, env_vars=_actor_env(cfg),
-            gpus_per_actor=cfg.gpus_per_actor,
-        )  # fmt: skip
 
     def finished(result: EpisodeResult) -> None:
         if log is not None:
             log.add(result, job_of[(result.spec.task, result.spec.episode)])
         bar.update(result)
 
-    try:
-        return pool.run(weights, settings, groups, cfg.max_retries, finished)
-    finally:
-        if owned:
-            pool.shutdown()
+    return pool.run(weights, settings, groups, cfg.max_retries, finished)
 
 
 def _record(
