@@ -315,7 +315,7 @@ def test_a_recorded_run_extends_to_the_same_returns_as_one_run(pool, reference, 
     assert extended["resumed_episodes"] == 2
     assert _returns(extended) == _returns(reference)
     again = evaluate(CHECKPOINT, TASKS, EPISODES, cfg=CFG, pool=pool, record=record)
-    assert again["resumed_episodes"] == len(TASKS) * EPISODES
+    assert again["resumed_episodes"] == len(TASKS) * EPISODES and again["env_steps_run"] == 0
     assert _returns(again) == _returns(reference)
     with pytest.raises(ValueError, match="were run with planner.num_samples=32, this run has 64"):
         bigger = replace(CFG, planner=replace(TINY, num_samples=64))

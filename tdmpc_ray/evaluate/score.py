@@ -192,7 +192,7 @@ def evaluate(
     }
     wall = time.perf_counter() - start
     steps_run = sum(r.length for r in results if (r.spec.task, r.spec.episode) in ran)
-    result.update(wall_time_s=wall, env_steps_per_s=steps_run / wall)
+    result.update(wall_time_s=wall, env_steps_run=steps_run, env_steps_per_s=steps_run / wall)
     result["provenance"] = provenance()
     return result
 
@@ -222,7 +222,8 @@ def _run(
 def _record(
     record: str | os.PathLike | None, path: Path | None, model: WorldModel, cfg: EvalConfig
 ) -> EpisodeRecord | None:
-    """The episode record at `record`, keyed by everything an episode's outcome depends on."""
+    """The episode record at `record`, keyed by everything an episode's outcome depends on (the
+    device kind too: a GPU's arithmetic and random stream differ from a CPU's)."""
     if record is None:
         return None
     if path is None:
@@ -231,7 +232,7 @@ def _record(
                if k not in ("compile", "env_block")}  # fmt: skip
     identity = {"checkpoint_sha256": checkpoint_hash(path), "model": model.cfg.to_dict(),
                 "seed": cfg.seed, "eval_mode": cfg.eval_mode, "planner": planner,
-                "max_steps": cfg.max_steps}  # fmt: skip
+                "max_steps": cfg.max_steps, "device": "cuda" if cfg.gpus_per_actor else "cpu"}  # fmt: skip
     return EpisodeRecord(record, identity)
 
 
