@@ -128,11 +128,12 @@ def test_compare_cli_evaluates_two_checkpoints_on_the_same_env_seeds(
     assert str(out / "compare.json") in printed
 
     again = tmp_path / "again"
-    assert (
-        cli.main(["compare", str(out / "a"), str(out / "b" / "eval.json"), "--out", str(again)])
-        == 0
-    )
-    assert json.loads((again / "compare.json").read_text())["difference"] == diff
+    renamed = tmp_path / "int8_eval.json"
+    renamed.write_text((out / "b" / "eval.json").read_text())
+    assert cli.main(["compare", str(out / "a"), str(renamed), "--out", str(again)]) == 0
+    rereport = json.loads((again / "compare.json").read_text())
+    assert rereport["difference"] == diff
+    assert rereport["names"] == {"a": "a", "b": "int8_eval"}
     assert not (again / "a").exists()
 
 

@@ -129,9 +129,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _name(path: str) -> str:
-    """A short name for an input: a checkpoint's stem, a result's folder name."""
+    """A short name for an input: an eval.json's folder name, another file's stem, a folder's name."""
     path = Path(path)
-    return path.parent.name if path.suffix == ".json" else path.stem if path.suffix else path.name
+    return path.parent.name if path.name == "eval.json" else path.stem if path.suffix else path.name
 
 
 def _default_out(name: str, parent: str = "eval") -> Path:
