@@ -127,11 +127,14 @@ def format_summary(result: dict, paths: list[Path]) -> str:
         f"intervals         {boot['method']}; {boot['samples']} samples, seed {boot['seed']}",
         f"acting            {mode}, eval_mode={cfg['eval_mode']}, seed {cfg['seed']}"
         + (f", episodes cut at {cfg['max_steps']} steps" if cfg["max_steps"] else ""),
-        f"speed             {result.get('env_steps_run', result['env_steps'])} env steps in "
+        f"speed             {result['env_steps_run']} env steps in "
         f"{result['wall_time_s']:.1f} s ({result['env_steps_per_s']:.1f}/s) on "
         f"{cfg['num_actors']} actors"
-        + (f"; {result['resumed_episodes']} episodes from an earlier run"
-           if result.get("resumed_episodes") else ""),  # fmt: skip
+        + (
+            f"; {result['resumed_episodes']} episodes from an earlier run"
+            if result["resumed_episodes"]
+            else ""
+        ),
         f"retries           {len(result['retries'])}",
     ]
     if result["videos"]:

@@ -146,7 +146,7 @@ def between_groups(trials: Sequence[Trial], keys: Sequence[str], load: Load) -> 
     pairs = []
     for (a, a_seeds), (b, b_seeds) in itertools.combinations(groups.items(), 2):
         partners = []
-        for seed in (seed for seed in a_seeds if seed in b_seeds):
+        for seed in [s for s in a_seeds if s in b_seeds]:
             first, second = a_seeds[seed], b_seeds[seed]
             common = set(first["evals"]) & set(second["evals"])
             if common:
