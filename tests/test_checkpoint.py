@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import os
 import pickle
+import re
+import struct
+import subprocess
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -147,6 +153,46 @@ def _foreign_zip(path: Path) -> None:
         archive.writestr("b.txt", "world")
 
 
+def _saved(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _bomb(path: Path, inflated: int = 1 << 30) -> None:
+    """A checkpoint whose one tensor record is deflated: ~1 MiB on disk, `inflated` bytes of
+    zeros once torch.load inflates it (its pickle declares the matching float32 tensor)."""
+    small, numel = 123457, inflated // 4
+    with zipfile.ZipFile(io.BytesIO(_saved({"w": torch.zeros(small)}))) as src:
+        with zipfile.ZipFile(path, "w") as dst:
+            for info in src.infolist():
+                if info.filename.endswith("data/0"):
+                    record = zipfile.ZipInfo(info.filename)
+                    record.compress_type = zipfile.ZIP_DEFLATED
+                    with dst.open(record, "w", force_zip64=True) as f:
+                        for _ in range(inflated >> 20):
+                            f.write(bytes(1 << 20))
+                    continue
+                data = src.read(info)
+                small_int, big_int = (struct.pack("<ci", b"J", n) for n in (small, numel))
+                dst.writestr(info, data.replace(small_int, big_int))
+
+
+def _overlapping_records(path: Path) -> None:
+    """An uncompressed checkpoint of ten 4 MB tensors whose record table points all ten records
+    at the bytes of the first: a 4 MB file that torch.load would read as 40 MB."""
+    data = _saved({f"w{k}": torch.zeros(1 << 20) for k in range(10)})
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            if not re.fullmatch(r"archive/data/[1-9]", info.filename):
+                dst.writestr(info, src.read(info))
+        first = dst.getinfo("archive/data/0")
+        for k in range(1, 10):
+            alias = copy.copy(first)
+            alias.filename = f"archive/data/{k}"
+            dst.filelist.append(alias)
+
+
 BAD_FILES = {
     "text": (lambda p: p.write_text("hello, I am a text file\n"), "not a PyTorch checkpoint"),
     "random": (lambda p: p.write_bytes(b"\x17" + os.urandom(4095)), "not a PyTorch checkpoint"),
@@ -161,6 +207,11 @@ BAD_FILES = {
         "refused: loading it would call io.open",
     ),
     "list": (lambda p: torch.save([torch.zeros(2)], p), "expected a dict, found list"),
+    "repeated-views": (
+        lambda p: torch.save({"w": torch.zeros(1, dtype=torch.float16).expand(1 << 28)}, p),
+        "refused: its tensors hold 512 MiB, more than 4x the file's",
+    ),
+    "overlapping-records": (_overlapping_records, "refused: records declare"),
     "dict": (lambda p: torch.save({"steps": 5, "w": torch.zeros(3)}, p), "not a TD-MPC2 world model"),
     "model-entry": (lambda p: torch.save({"model": 5}, p), "'model' entry is not a state dict"),
     "bad-shapes": (
@@ -226,3 +277,28 @@ def test_checkpoint_hash_is_the_file_sha256():
     assert checkpoint_hash(shared_checkpoint(PUBLISHED[0])) == (
         "3e35489756abf6e0e244371698d063487f70ffb5d109e3d8c84ae7dda5955bfb"
     )
+
+
+_PEAK_RSS = """
+import resource, sys
+from tdmpc_ray.model import CheckpointError, load_world_model
+try:
+    load_world_model(sys.argv[1])
+except CheckpointError as err:
+    print(err)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_a_zip_bomb_is_refused_before_it_inflates(tmp_path):
+    """1 MiB on disk, 1 GiB inflated: refused in one line; the loading process's peak memory
+    stays that of importing torch (measured in a fresh process)."""
+    _bomb(tmp_path / "bomb.pt")
+    assert (tmp_path / "bomb.pt").stat().st_size < 2 << 20
+    run = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, str(tmp_path / "bomb.pt")],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    message, peak_mib = run.stdout.strip().splitlines()
+    assert message.startswith(f"{tmp_path / 'bomb.pt'}: refused: record archive/data/0 is ")
+    assert int(peak_mib) < 700, f"peak RSS {peak_mib} MiB"

@@ -26,6 +26,9 @@ from tests.helpers import REPO
 
 CLUSTER = REPO / "cluster"
 BIN = Path(sys.executable).parent
+IMAGE = r"REGISTRY/tdmpc-ray:0\.1\.0@sha256:IMAGE_DIGEST"
+"""The node image in the cluster files: cluster/Dockerfile's, pinned by a digest placeholder
+that docs/cluster.md explains (never a made-up digest)."""
 
 
 def _load(name: str) -> dict:
@@ -96,8 +99,9 @@ def test_cluster_launcher_config_has_gpu_workers_and_token_auth():
     for cmd in ("head_start_ray_commands", "worker_start_ray_commands"):
         assert any("RAY_AUTH_MODE=token ray start" in c for c in config[cmd]), cmd
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
-    assert any("pip install" in c and "tdmpc_ray" in c for c in config["setup_commands"])
-    assert any("torch" in c for c in config["setup_commands"])
+    # Nodes run the project's image (pinned by digest) and install nothing when they boot.
+    assert re.fullmatch(IMAGE, config["docker"]["image"])
+    assert not [c for c in config["setup_commands"] if "install" in c]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +140,7 @@ def test_rayjob_manifest_shape():
     (head_container,) = _containers(head)
     assert "nvidia.com/gpu" not in head_container["resources"]["limits"]
     image = head_container["image"]
-    assert image.endswith("/tdmpc-ray:0.1.0")
+    assert re.fullmatch(IMAGE, image)
 
     groups = cluster["workerGroupSpecs"]
     assert groups and len({g["groupName"] for g in groups}) == len(groups)
@@ -153,6 +157,19 @@ def test_rayjob_manifest_shape():
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in group["template"]["spec"]["volumes"]}
         assert "persistentVolumeClaim" in volumes[mounts["/mnt/tdmpc"]]
+
+
+def test_rayjob_pods_run_unprivileged_and_expose_only_used_ports():
+    cluster = _load("rayjob.yaml")["spec"]["rayClusterSpec"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        (container,) = pod["containers"]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        ports = {p["containerPort"] for p in container.get("ports", [])}
+        assert ports <= {6379, 8265}, "10001 is Ray Client's port, which nothing here uses"
 
 
 def test_rayjob_pod_templates_are_valid_kubernetes():
@@ -173,6 +190,8 @@ def test_dockerfile_installs_this_package_on_the_matching_ray_image():
     base = re.search(r"^ARG RAY_IMAGE=(\S+)$", text, re.M).group(1)
     assert base.startswith(f"rayproject/ray:{ray.__version__}-") and base.endswith("-gpu")
     assert re.search(r"^RUN pip install --no-cache-dir \. ", text, re.M)
+    assert re.search(r"^ENV .*\bRAY_USAGE_STATS_ENABLED=0\b", text, re.M)
+    assert re.search(r"^USER 1000:100$", text, re.M)  # numeric: runAsNonRoot can check it
     for path in ("pyproject.toml", "tdmpc_ray", "tune"):
         assert re.search(rf"^COPY .*\b{re.escape(path)}\b", text, re.M), path
         assert f"!{path}" in (CLUSTER / "Dockerfile.dockerignore").read_text()

@@ -50,6 +50,28 @@ def test_part_round_trip_keeps_numbers_metadata_and_return_stats(tmp_path):
     assert info.stats[3] == ReturnStats.of(returns[3:4])
 
 
+@pytest.mark.parametrize(
+    ("footer", "problem"),
+    [
+        (b"[]", "a JSON list, not an object"),
+        (b'{"format": 1}', "missing key 'tasks'"),
+        (b'{"format": 1, "tasks": 5}', "'int' object is not iterable"),
+        (b'{"format": 1, "tasks": []}', "missing 5 required positional arguments"),
+        (b"{not json", "Expecting property name"),
+        (b'{"format": 99}', "episode layout format 99 is not supported"),
+    ],
+)
+def test_a_malformed_footer_fails_with_one_line(tmp_path, footer, problem):
+    table, _ = _table()
+    path = tmp_path / "part-00000.parquet"
+    pq.write_table(table.replace_schema_metadata({"tdmpc_ray": footer}), path)
+    with pytest.raises(ValueError) as err:
+        read_part_info(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: bad tdmpc_ray metadata: ") and "\n" not in message
+    assert problem in message
+
+
 def test_table_arrays_are_views_of_arrow_memory():
     table, _ = _table()
 

@@ -27,17 +27,21 @@ from tdmpc_ray.model.published import (
 from tests.helpers import shared_checkpoint
 
 FP16 = published("mt30-1M-fp16")
+FLOOD = 64 << 20
 
 
 class Mirror:
     """What the server serves and what it was asked: `mode` is `good`, `corrupt` (one byte
-    altered) or `cut` (the connection drops halfway through the next response, once)."""
+    altered), `cut` (the connection drops halfway through the next response, once) or `flood`
+    (the file, then `FLOOD` more bytes, with no Content-Length); `flooded` is set when a flood
+    was sent whole (the client read it all)."""
 
     def __init__(self, files: dict[str, Path]) -> None:
         self.files = files
         self.mode = "good"
         self.requests: list[tuple[str, str | None]] = []
         self.url = ""
+        self.flooded = False
 
 
 def _handler(mirror: Mirror) -> type[http.server.BaseHTTPRequestHandler]:
@@ -49,6 +53,9 @@ def _handler(mirror: Mirror) -> type[http.server.BaseHTTPRequestHandler]:
                 self.send_error(404)
                 return
             data = bytearray(mirror.files[name].read_bytes())
+            if mirror.mode == "flood":
+                self._flood(bytes(data))
+                return
             if mirror.mode == "corrupt":
                 data[len(data) // 2] ^= 0xFF
             start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") else 0
@@ -63,6 +70,18 @@ def _handler(mirror: Mirror) -> type[http.server.BaseHTTPRequestHandler]:
                 body = body[: len(body) // 2]
                 self.close_connection = True
             self.wfile.write(body)
+
+        def _flood(self, data: bytes) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.close_connection = True
+            try:
+                self.wfile.write(data)
+                for _ in range(FLOOD >> 20):
+                    self.wfile.write(bytes(1 << 20))
+                mirror.flooded = True
+            except OSError:
+                pass  # the client hung up: it stopped reading
 
         def log_message(self, *args) -> None:
             pass
@@ -119,6 +138,26 @@ def test_an_interrupted_download_resumes_with_a_range_request(mirror, tmp_path):
     (path,) = download(["mt30-1M-fp16"], cache, mirror.url, progress=False)
     assert mirror.requests == [(FP16.file, None), (FP16.file, f"bytes={have}-")]
     assert _sha256(path) == FP16.sha256 and not part.exists()
+
+
+def test_a_server_sending_too_much_is_cut_off_while_reading(mirror, tmp_path):
+    cache = tmp_path / "cache"
+    mirror.mode = "flood"
+    with pytest.raises(DownloadError, match="sent more than the published 3982258 bytes") as err:
+        download(["mt30-1M-fp16"], cache, mirror.url, progress=False)
+    assert str(err.value).startswith(f"{mirror.url}/{FP16.file}: ") and "\n" not in str(err.value)
+    assert list(cache.iterdir()) == [] and not mirror.flooded
+
+
+def test_the_partial_file_never_follows_a_symlink(mirror, tmp_path):
+    """A `.part` symlink planted in the cache is replaced, and its target left untouched."""
+    cache, target = tmp_path / "cache", tmp_path / "precious.txt"
+    target.write_text("keep me")
+    cache.mkdir()
+    (cache / f"{FP16.file}.part").symlink_to(target)
+    (path,) = download(["mt30-1M-fp16"], cache, mirror.url, progress=False)
+    assert _sha256(path) == FP16.sha256 and target.read_text() == "keep me"
+    assert not path.is_symlink() and sorted(p.name for p in cache.iterdir()) == [FP16.file]
 
 
 @pytest.fixture

@@ -203,13 +203,21 @@ def read_part_info(path: str | os.PathLike) -> PartInfo:
         raise ValueError(
             f"{path}: no {METADATA_KEY.decode()} metadata: not a tdmpc_ray episode file"
         )
-    footer = json.loads(raw)
-    if footer.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: episode layout format {footer.get('format')} is not supported")
+    try:
+        footer = json.loads(raw)
+        if not isinstance(footer, dict):
+            raise TypeError(f"a JSON {type(footer).__name__}, not an object")
+        if footer.get("format") != FORMAT_VERSION:
+            raise ValueError(f"episode layout format {footer.get('format')!r} is not supported")
+        meta = EpisodeMeta.from_dict(footer)
+        stats = {int(k): ReturnStats.from_dict(v) for k, v in footer["stats"].items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        why = f"missing key {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        raise ValueError(f"{path}: bad {METADATA_KEY.decode()} metadata: {why}") from None
     return PartInfo(
         path=path,
-        meta=EpisodeMeta.from_dict(footer),
-        stats={int(k): ReturnStats.from_dict(v) for k, v in footer["stats"].items()},
+        meta=meta,
+        stats=stats,
         num_episodes=metadata.num_rows,
         num_bytes=path.stat().st_size,
         schema=metadata.schema.to_arrow_schema().remove_metadata(),

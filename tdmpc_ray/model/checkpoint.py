@@ -8,7 +8,9 @@ Layouts read by `load_world_model`:
   `save_checkpoint`.
 Each may be wrapped as `{"model": state_dict}` or be a bare state dict, in fp32, fp16, or the
 paper's `torch.qint8` tensors; everything is dequantized to fp32 on load. Files are always read
-with `weights_only=True`: a checkpoint can never run code.
+with `weights_only=True`: a checkpoint can never run code. Before `torch.load`, an archive with
+compressed or overlapping records is refused (zip bombs); after it, tensors holding more than a
+few times the file's bytes (repeated views) are refused before anything is cast.
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
 _GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 _UNPICKLER = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
+_ALIAS_LIMIT = 4
 
 
 def _format_problem(path: Path) -> str | None:
-    """Why `path` cannot be a `torch.save` file, judged from its first bytes (None: it may be)."""
+    """Why `path` cannot be a `torch.save` file, judged from its first bytes and, for an
+    archive, its record table (None: it may be)."""
     with open(path, "rb") as f:
         head = f.read(4)
     if not head:
@@ -55,14 +59,55 @@ def _format_problem(path: Path) -> str | None:
     if head == _ZIP_MAGIC:
         try:
             with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
+                infos = archive.infolist()
+                names = [i.filename for i in infos]
         except (zipfile.BadZipFile, OSError, ValueError) as err:
             return f"damaged zip archive (truncated?): {err}"
         if not any(name.endswith("/data.pkl") for name in names):
             return f"a zip archive but not a PyTorch checkpoint (no data.pkl among {len(names)} entries)"
-        return None
+        return _archive_problem(infos, path.stat().st_size)
     if not head.startswith(_PICKLE_PROTO):
         return "not a PyTorch checkpoint (neither a torch.save archive nor a pickle)"
+    return None
+
+
+def _archive_problem(infos: list[zipfile.ZipInfo], file_size: int) -> str | None:
+    """Why a torch.save archive's records cannot be loaded safely (None: they can). torch.save
+    stores records uncompressed, so a compressed one is tampering (a zip bomb inflates in
+    torch.load); stored records occupy the file, so declaring more bytes than the file holds
+    means records overlap (the same bytes loaded many times)."""
+    compressed = next((i for i in infos if i.compress_type != zipfile.ZIP_STORED), None)
+    if compressed is not None:
+        return (
+            f"refused: record {compressed.filename} is compressed ({compressed.file_size} bytes "
+            "inflated; torch.save never compresses: a zip bomb?)"
+        )
+    declared = sum(i.file_size for i in infos)
+    if declared > file_size:
+        return f"refused: records declare {declared} bytes, more than the file's {file_size}"
+    return None
+
+
+def _tensor_bytes_problem(obj: object, file_size: int) -> str | None:
+    """Why the tensors of a loaded checkpoint would outgrow the file (None: they do not). Views
+    can repeat one storage (stride 0, or many tensors on one record), and casting them to fp32
+    would allocate every repeat; a real checkpoint holds at most `_ALIAS_LIMIT` times its file
+    (TD-MPC2's new layout saves its Q parameters twice)."""
+    total, stack = 0, [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            total += item.numel() * item.element_size()
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    limit = _ALIAS_LIMIT * file_size + (1 << 20)
+    if total > limit:
+        return (
+            f"refused: its tensors hold {total / 2**20:.0f} MiB, more than {_ALIAS_LIMIT}x the "
+            f"file's {file_size / 2**20:.1f} MiB (repeated views of the same bytes)"
+        )
     return None
 
 
@@ -101,6 +146,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: {_load_problem(err)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
+    problem = _tensor_bytes_problem(obj, path.stat().st_size)
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}")
     return obj
 
 

@@ -21,11 +21,13 @@ import hashlib
 import http.client
 import os
 import re
+import stat
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
@@ -153,11 +155,13 @@ def download(
     cache_dir: str | os.PathLike | None = None,
     base_url: str | None = None,
     progress: bool = True,
+    timeout_s: float = TIMEOUT_S,
 ) -> list[Path]:
     """Bring published checkpoints `names` into `cache_dir` (default `default_cache_dir()`) from
     `base_url` (default `TDMPC_RAY_CHECKPOINTS_URL`, else the paper's repository) and return
     their paths. Files already there and verified are kept; a partial download is resumed; a
-    file whose sha256 does not match is deleted and refused with a `DownloadError`."""
+    file whose sha256 does not match is deleted and refused with a `DownloadError`, as is a
+    server silent for `timeout_s` seconds."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     base = (base_url or os.environ.get(BASE_URL_ENV) or BASE_URL).rstrip("/")
     entries = [_entry(name) for name in names]
@@ -167,7 +171,7 @@ def download(
         dest = folder / entry.file
         with _locked(folder):
             if not _is_copy(dest, entry):
-                _fetch(entry, f"{base}/{entry.file}", dest, progress)
+                _fetch(entry, f"{base}/{entry.file}", dest, progress, timeout_s)
         paths.append(dest)
     return paths
 
@@ -183,21 +187,18 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _fetch(entry: PublishedCheckpoint, url: str, dest: Path, progress: bool) -> None:
+def _fetch(
+    entry: PublishedCheckpoint, url: str, dest: Path, progress: bool, timeout_s: float
+) -> None:
     """Download `url` into `dest` through `dest.part` (resumed when present), verified."""
     part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.is_file() else 0
+    have = _part_size(part)
     if have > entry.size:
         part.unlink()
         have = 0
     if have < entry.size:
-        _transfer(url, part, have, entry.size, entry.name, progress)
+        _transfer(url, part, have, entry.size, entry.name, progress, timeout_s)
     got = part.stat().st_size
-    if got > entry.size:
-        part.unlink()
-        raise DownloadError(
-            f"{url}: sent {got} bytes, the published file has {entry.size}: deleted"
-        )
     if got < entry.size:
         raise DownloadError(
             f"{url}: got {got} of {entry.size} bytes; run again to resume from {part}"
@@ -214,23 +215,54 @@ def _fetch(entry: PublishedCheckpoint, url: str, dest: Path, progress: bool) -> 
     os.replace(part, dest)
 
 
-def _transfer(url: str, part: Path, have: int, size: int, desc: str, progress: bool) -> None:
+def _part_size(part: Path) -> int:
+    """Bytes already in the partial download `part` (0 when absent); a symlink or anything
+    else that is not a regular file is removed, never followed."""
+    try:
+        info = part.lstat()
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISREG(info.st_mode):
+        part.unlink()
+        return 0
+    return info.st_size
+
+
+def _open_part(part: Path, append: bool) -> BinaryIO:
+    """`part` for writing, created as `open` creates files if absent; O_NOFOLLOW, so a symlink
+    put there never redirects the download onto another file."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
+    return os.fdopen(os.open(part, flags, 0o666), "ab" if append else "wb")
+
+
+def _transfer(
+    url: str, part: Path, have: int, size: int, desc: str, progress: bool, timeout_s: float
+) -> None:
     """Append bytes `have..size` of `url` to `part` (a Range request when `have` > 0; a server
-    that ignores it sends the whole file, which then replaces `part`)."""
+    that ignores it sends the whole file, which then replaces `part`). A server sending more
+    than `size` bytes in all is cut off at the first byte too many and `part` deleted."""
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             start = _range_start(response.headers.get("Content-Range"))
             start = start if response.status == 206 else 0
             if start not in (0, have):
                 raise DownloadError(f"{url}: server sent bytes from {start}, asked from {have}")
             with (
-                open(part, "ab" if start else "wb") as f,
+                _open_part(part, append=bool(start)) as f,
                 tqdm(total=size, initial=start, unit="B", unit_scale=True, desc=desc,
                      disable=not progress) as bar,
             ):  # fmt: skip
-                while block := response.read(1 << 16):
+                left = size - start
+                while block := response.read(min(1 << 16, left + 1)):
+                    if len(block) > left:
+                        f.close()
+                        part.unlink()
+                        raise DownloadError(
+                            f"{url}: sent more than the published {size} bytes: cut off, deleted"
+                        )
                     f.write(block)
+                    left -= len(block)
                     bar.update(len(block))
     except urllib.error.HTTPError as err:
         raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
