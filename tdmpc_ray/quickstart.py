@@ -1,11 +1,12 @@
 """`tdmpc-ray quickstart`: the whole pipeline end to end on built-in defaults, on one machine.
 
-Take the paper's published 1M MT30 student as the teacher (or, where it is not on this machine,
-train a small teacher), generate a small multi-task data set with dm_control rollouts, label it
-with the teacher, sweep two students (from scratch and distilled) with Ray Tune, score both and
-the teacher on the same environment seeds, compare the students with a paired interval, quantize
-the distilled student to int8, export the sweep's dashboard, and print one screen of results.
-Everything goes under one folder.
+Take the paper's published 1M MT30 student as the teacher (downloaded on first use, with a short
+timeout; offline, train a small teacher and say plainly when it is no better than the students),
+generate a small multi-task data set with dm_control rollouts, label it with the teacher, sweep
+two students (from scratch and distilled) with Ray Tune, score both and the teacher on the same
+environment seeds, compare the students with a paired interval, quantize the distilled student
+to int8, export the sweep's dashboard (every score with its interval, the paired difference, loss
+curves), and print one screen of results. Everything goes under one folder.
 """
 
 from __future__ import annotations
@@ -20,13 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tdmpc_ray.atomic import write_json
-from tdmpc_ray.model.published import find_published
+from tdmpc_ray.model.published import DownloadError, download, find_published
 
 STUDENT_DIMS = {"enc_dim": 128, "mlp_dim": 160, "latent_dim": 64}
 """Students a quarter of the 1M preset (0.35M parameters)."""
 PUBLISHED_TEACHER = "mt30-1M-fp16"
-"""The paper's published 1M MT30 student (fp16), the teacher wherever it is on this machine
-(download cache or local mirror; `tdmpc-ray download` puts it there)."""
+"""The paper's published 1M MT30 student (fp16), the teacher: found on this machine (download
+cache or local mirror) or downloaded."""
+PUBLISHED_SOURCE = "published 1M MT30 student"
+"""The summary's `teacher` when the published student teaches."""
+DOWNLOAD_TIMEOUT_S = 10.0
+"""Seconds a silent server may keep the quickstart waiting for the teacher before it goes on
+offline."""
 ACTORS = 2
 """Rollout actors of the data generation and evaluation stages (1 CPU each)."""
 RAY_DATA_LOGGING = "ray_data_logging.yaml"
@@ -49,10 +55,12 @@ class QuickstartConfig:
     eval_episodes: int = 10
     """Episodes per task for every agent, on the same environment seeds (an interval needs 2)."""
     seed: int = 1
+    log_every: int = 50
+    """Training steps between reports (each a point of the dashboard's loss curves)."""
 
 
 TINY = QuickstartConfig(episodes_per_task=2, max_steps=40, teacher_steps=30, student_steps=20,
-                        batch_size=32, eval_episodes=2)  # fmt: skip
+                        batch_size=32, eval_episodes=6, log_every=5)  # fmt: skip
 """The CI-sized run: every stage, minimal sizes."""
 
 FULL_PATH = """\
@@ -106,7 +114,7 @@ def _stage(index: int, total: int, text: str, started: float) -> None:
 def _common(cfg: QuickstartConfig, out: Path) -> dict:
     """Training settings shared by the teacher and both students."""
     return {"data": str(out / "data"), "batch_size": cfg.batch_size, "seed": cfg.seed,
-            "log_every": 50, "out": str(out / "runs")}  # fmt: skip
+            "log_every": cfg.log_every, "out": str(out / "runs")}  # fmt: skip
 
 
 def _students(cfg: QuickstartConfig, out: Path, teacher: str):
@@ -154,6 +162,35 @@ def check_resources(cfg: QuickstartConfig, out: Path, published: Path | None) ->
     res.check_evaluation(ACTORS, 1.0, cap)
 
 
+def published_teacher() -> tuple[Path | None, str]:
+    """The published teacher: on this machine, else downloaded (a server silent for
+    DOWNLOAD_TIMEOUT_S is given up), with where it came from; None and why when offline."""
+    local = find_published(PUBLISHED_TEACHER)
+    if local is not None:
+        return local, "found on this machine"
+    try:
+        return download([PUBLISHED_TEACHER], timeout_s=DOWNLOAD_TIMEOUT_S)[0], "downloaded"
+    except (DownloadError, OSError) as err:
+        return None, str(err)
+
+
+def record_scores(sweep: dict, results: dict[str, dict], teacher: str) -> None:
+    """Write each student's final evaluation into its trial's run folder as the sweep's own
+    evaluations are written (`<run_dir>/evals/step_N.json`), and the teacher's into the
+    experiment's `evals/teacher.json`, so the sweep's dashboard shows every score the
+    quickstart prints, with its interval, and the students' paired difference."""
+    from tdmpc_ray.dashboard.results import EVALS_DIR, step_file
+
+    experiment = Path(sweep["experiment"])
+    for trial in sweep["trials"]:
+        step = int(trial["step"])
+        record = {"step": step, "checkpoint": trial["student"], **results[trial["recipe"]]}
+        write_json(experiment / step_file(trial["run_dir"], step), record)
+    write_json(
+        experiment / EVALS_DIR / "teacher.json", {"checkpoint": teacher, **results["teacher"]}
+    )
+
+
 def _score(result: dict) -> dict:
     """An agent's normalized score with its interval, and the evaluation's size, as `evaluate`
     reported them."""
@@ -181,7 +218,7 @@ def run(cfg: QuickstartConfig) -> dict:
     out = Path(cfg.out).resolve()
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out}: already holds files; pass another --out or remove it")
-    published = find_published(PUBLISHED_TEACHER)
+    published, found = published_teacher()
     start_ray()
     check_resources(cfg, out, published)
     started, stages = time.perf_counter(), 7
@@ -194,12 +231,14 @@ def run(cfg: QuickstartConfig) -> dict:
                             max_steps=cfg.max_steps, seed=cfg.seed, num_actors=ACTORS), data)  # fmt: skip
 
     if published is not None:
-        _stage(2, stages, f"teacher: the published 1M MT30 student ({published})", started)
-        teacher, teacher_source = str(published), "published 1M MT30 student"
-    else:
-        _stage(2, stages, f"teacher: {PUBLISHED_TEACHER} is not on this machine (tdmpc-ray "
-               f"download); train a 1M teacher from scratch ({cfg.teacher_steps} steps)",
+        _stage(2, stages, f"teacher: the published 1M MT30 student, {found} ({published})",
                started)  # fmt: skip
+        teacher, teacher_source = str(published), PUBLISHED_SOURCE
+    else:
+        _stage(2, stages, f"teacher: {PUBLISHED_TEACHER} is not on this machine and could not "
+               f"be downloaded; train a 1M teacher from scratch ({cfg.teacher_steps} steps)",
+               started)  # fmt: skip
+        print(f"  ({found})", flush=True)
         teacher = train(_teacher_run(cfg, out))["student"]
         teacher_source = f"1M teacher trained here ({cfg.teacher_steps} steps)"
 
@@ -228,8 +267,12 @@ def run(cfg: QuickstartConfig) -> dict:
         name: {task: row["returns"] for task, row in result["tasks"].items()}
         for name, result in results.items()
     }
-    comparison = compare(returns["distilled"], returns["scratch"], seed=cfg.seed)
+    comparison = compare(returns["distilled"], returns["scratch"])
     comparison["verdict"] = verdict(Interval(**comparison["difference"]), "distilled", "scratch")
+    teacher_gap = {
+        name: compare(returns["teacher"], returns[name])["difference"] for name in students
+    }
+    record_scores(sweep, results, teacher)
 
     _stage(6, stages, "quantize the distilled student to int8", started)
     quantized = quantize_checkpoint(students["distilled"], out / "student-int8.pt", "int8")
@@ -243,6 +286,7 @@ def run(cfg: QuickstartConfig) -> dict:
         "teacher": teacher_source,
         "scores": {name: _score(result) for name, result in results.items()},
         "distilled_vs_scratch": comparison,
+        "teacher_vs_students": teacher_gap,
         "parameters": {
             "teacher": parameter_count(TrainConfig(data="-").model()),
             "student": parameter_count(TrainConfig(data="-", **STUDENT_DIMS).model()),
@@ -281,7 +325,7 @@ def format_summary(summary: dict) -> str:
     }
     lines = [
         f"quickstart finished in {summary['seconds']:.0f} s",
-        f"normalized score [95% bootstrap interval] on {cfg['tasks']}: policy prior, "
+        f"normalized score [95% interval] on {cfg['tasks']}: policy prior, "
         f"{cfg['eval_episodes']} episodes x {cfg['max_steps']} steps per task, the same env "
         "seeds for every agent (not MT30 scores: episodes are cut short)",
         *(
@@ -291,6 +335,7 @@ def format_summary(summary: dict) -> str:
         f"distilled - scratch: {Interval(**versus['difference']).format(3)}: {versus['verdict']}",
         f"  (one student per recipe, training seed {cfg['seed']}: it compares these two students "
         "on these episodes, not the recipes)",
+        *teacher_lines(summary["teacher_vs_students"], summary["teacher"] == PUBLISHED_SOURCE),
         f"size of the distilled student: {summary['student_mib']['fp32']:.2f} MiB fp32 -> "
         f"{summary['student_mib']['int8']:.2f} MiB int8",
         "paths:",
@@ -299,6 +344,26 @@ def format_summary(summary: dict) -> str:
         "      tdmpc-ray quickstart --full            (the real MT30 path)",
     ]
     return "\n".join(lines)
+
+
+def teacher_lines(gaps: dict[str, dict], published: bool) -> list[str]:
+    """Whether the teacher has anything to teach: its paired difference from each student, and
+    plainly when it is not clearly better than both (then the run cannot show distillation;
+    a teacher trained here says how to get the `published` one)."""
+    from tdmpc_ray.evaluate.stats import Interval
+
+    gap = {name: Interval(**d) for name, d in gaps.items()}
+    text = "teacher - students: " + ", ".join(f"{d.format(3)} vs {n}" for n, d in gap.items())
+    if all(d.low is not None and d.low > 0 for d in gap.values()):
+        return [f"{text}: the teacher is better than both"]
+    advice = (
+        "" if published else f" (get the published one: tdmpc-ray download {PUBLISHED_TEACHER})"
+    )
+    return [
+        f"{text}:",
+        f"  the teacher is not clearly better than the students, so this run cannot show "
+        f"distillation{advice}",
+    ]
 
 
 def _quickstart(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -19,7 +20,12 @@ import ray.cloudpickle
 
 from tdmpc_ray.cli import main
 from tdmpc_ray.dashboard import ResultsReader, export_html, make_server
-from tdmpc_ray.dashboard.results import effective_config, split_config, summarize_rows
+from tdmpc_ray.dashboard.results import (
+    MAX_FILE_BYTES,
+    effective_config,
+    split_config,
+    summarize_rows,
+)
 from tdmpc_ray.dashboard.server import DashboardServer
 from tdmpc_ray.tasks import MT30
 
@@ -32,7 +38,8 @@ SVG_NAMESPACE = "http://www.w3.org/2000/svg"
 D_COEFS = [0.0, 0.2, 0.4, 0.45]
 FAILING_D_COEF = 0.2
 REPORTS = 4
-EPISODES = 3
+EPISODES = 6
+"""Episodes per task of the synthetic evaluations: enough for per-task intervals."""
 SCREENSHOT = os.environ.get("DASHBOARD_SCREENSHOT")
 """Also save the page's screenshot here (docs/results/dashboard.png is made this way)."""
 
@@ -474,3 +481,186 @@ def test_exported_page_renders_offline(browser: object, sweep: Path, tmp_path: P
     assert page.locator("#plot-steps polyline").count() == len(D_COEFS) - 1
     assert "Static snapshot" in page.locator("#freshness").inner_text() and errors == []
     assert page.evaluate("window.DASHBOARD_DATA.best")
+
+
+# --- Hostile results folders (issue 27): every case fails on the reader before the fix (it read
+# outside the folder, hung on the FIFO, or raised), while the other trials must still render.
+
+BAD = 2
+"""The trial the hostile cases spoil: recipe reward, seed 1 (it pairs with scratch seed 1)."""
+SECRET = "TOP-SECRET line of a file outside the results folder"
+
+
+def spoil_rows(folder: Path, eval_file: str) -> None:
+    """Point every evaluation row of a trial's result.json at `eval_file`."""
+    rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines()]
+    for row in rows:
+        if "eval_file" in row:
+            row["eval_file"] = eval_file
+    (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def last_eval(root: Path) -> Path:
+    """The bad trial's last per-step evaluation file (replaced by the cases below)."""
+    path = root / f"run_trial_{BAD:05d}" / "train" / "evals" / f"step_{1000 * REPORTS:09d}.json"
+    path.unlink()
+    return path
+
+
+def spoil(case: str, root: Path, outside: Path) -> None:
+    """Make trial BAD of the recipe sweep in `root` hostile in the way `case` names; `outside`
+    is a folder beside it holding a secret and a valid evaluation file."""
+    folder = next(root.glob(f"run_trial_{BAD:05d}_*"))
+    if case == "symlinked error.txt":
+        (folder / "error.txt").symlink_to(outside / "secret.txt")
+    elif case == "symlinked eval file":
+        last_eval(root).symlink_to(outside / "eval.json")
+    elif case == "absolute eval_file":
+        spoil_rows(folder, str(outside / "eval.json"))
+    elif case == "/dev/zero as eval_file":
+        spoil_rows(folder, "/dev/zero")
+    elif case == "eval file linked to /dev/zero":
+        last_eval(root).symlink_to("/dev/zero")
+    elif case == "FIFO eval file":
+        os.mkfifo(last_eval(root))
+    elif case == "oversized eval file":
+        with open(last_eval(root), "wb") as f:
+            f.truncate(MAX_FILE_BYTES + 1)  # sparse: costs no disk
+    elif case == "NUL byte in eval_file":
+        spoil_rows(folder, f"run_trial_{BAD:05d}/train/evals/step\x00.json")
+    elif case == "NUL bytes in an eval file":
+        last_eval(root).write_bytes(b'{"tasks": {"walker-walk": \x00\x00}}')
+    elif case == "no tasks in an eval file":
+        last_eval(root).write_text('{"tasks": [], "normalized_score": 99.0}')
+
+
+HOSTILE = {
+    "symlinked error.txt": "leads outside the results folder",
+    "symlinked eval file": "leads outside the results folder",
+    "absolute eval_file": "an absolute path",
+    "/dev/zero as eval_file": "an absolute path",
+    "eval file linked to /dev/zero": "leads outside the results folder",
+    "FIFO eval file": "not a regular file",
+    "oversized eval file": "larger than",
+    "NUL byte in eval_file": "a NUL byte",
+    "NUL bytes in an eval file": "not an evaluation result",
+    "no tasks in an eval file": "not an evaluation result",
+}
+
+
+def read_within(root: Path, seconds: float = 30) -> dict:
+    """The reader's payload for `root`, which must come within `seconds` (a FIFO once blocked
+    the reader, and the server with it, forever)."""
+    payload: dict = {}
+    reader = threading.Thread(target=lambda: payload.update(ResultsReader(root).read()),
+                              daemon=True)  # fmt: skip
+    reader.start()
+    reader.join(seconds)
+    assert not reader.is_alive(), f"reading {root} hangs"
+    return payload
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_trial_shows_its_error_and_the_others_render(case: str, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text(f"Traceback\n{SECRET}\n")
+    (outside / "eval.json").write_text(json.dumps(evaluation(1, 50.0, 4000)))
+    root = recipe_sweep(tmp_path / "sweep")
+    spoil(case, root, outside)
+    payload = read_within(root)
+    trials = {t["dir"]: t for t in payload["trials"]}
+    bad = trials.pop(next(d for d in trials if d.startswith(f"run_trial_{BAD:05d}")))
+    assert HOSTILE[case] in bad["error"] and "\n" not in bad["error"]
+    assert bad["latest_score"] is None and bad["curve"] == []
+    assert len(trials) == 3 and all(t["latest_score"] is not None for t in trials.values())
+    assert all(t["error"] is None for t in trials.values())
+    assert SECRET not in json.dumps(payload)
+    assert len(export_html(root, tmp_path / "report.html")["trials"]) == 4
+
+
+def test_a_symlinked_trial_folder_is_not_read(tmp_path: Path) -> None:
+    root = recipe_sweep(tmp_path / "sweep")
+    elsewhere = recipe_sweep(tmp_path / "elsewhere")
+    (root / "zz_link").symlink_to(next(elsewhere.glob("run_trial_00000_*")))
+    payload = ResultsReader(root).read()
+    assert len(payload["trials"]) == 4 and "zz_link" not in json.dumps(payload)
+
+
+def test_evaluations_found_only_as_step_files_are_shown(tmp_path: Path) -> None:
+    """The quickstart writes its final scores as per-step files that no Tune row names."""
+    root = recipe_sweep(tmp_path / "sweep")
+    for folder in root.glob("run_trial_*_*"):
+        rows = (folder / "result.json").read_text().splitlines()
+        (folder / "result.json").write_text(
+            "".join(json.dumps({k: v for k, v in json.loads(r).items()
+                                if k not in ("eval_file", "eval_step")}) + "\n" for r in rows)
+        )  # fmt: skip
+    trials = {(t["params"]["recipe"], t["params"]["seed"]): t
+              for t in ResultsReader(root).read()["trials"]}  # fmt: skip
+    reward = trials[("reward", 1)]
+    assert [p[0] for p in reward["curve"]] == [2000, 4000]
+    assert reward["latest_low"] < reward["latest_score"] < reward["latest_high"]
+    assert reward["eval_episodes"] == EPISODES and set(reward["tasks"]) == set(MT30)
+    assert reward["vs_scratch"]["steps"] == [4000]
+    assert reward["vs_scratch"]["verdict"] == "trial scores higher"
+    assert [p[0] for p in reward["losses"]["total_loss"]] == [1000 * i for i in range(1, 5)]
+
+
+def test_export_names_no_path_or_host_and_prints_ids_safely(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = recipe_sweep(tmp_path / "sweep")
+    folder = next(root.glob(f"run_trial_{BAD:05d}_*"))
+    rows = (folder / "result.json").read_text().splitlines()
+    evil = "evil\x1b]0;pwned\x07\x1b[31m"
+    rows = [json.dumps({**json.loads(r), "trial_id": evil}) for r in rows]
+    (folder / "result.json").write_text("\n".join(rows) + "\n")
+    (folder / "error.txt").write_text(f"RuntimeError: {root}/x failed on {socket.gethostname()}")
+    out = tmp_path / "report.html"
+    assert main(["dashboard", str(root), "--export", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\x07" not in printed and "evil\\x1b]0;pwned" in printed
+    html = out.read_text()
+    assert str(tmp_path) not in html
+    assert not re.search(rf"(?<![\w.-]){re.escape(socket.gethostname())}(?![\w-])", html)
+    data = json.loads(re.search(r"window\.DASHBOARD_DATA = (.*);</script>", html).group(1))
+    assert data["root"] == "sweep" and data["shared"]["out"] == "sweep"  # from the folder's parent
+    assert "<host>" in next(t["error"] for t in data["trials"] if t["error"])
+
+
+def test_every_response_carries_nosniff_and_a_csp(tmp_path: Path) -> None:
+    with make_server(tmp_path, port=0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            cases = [("/", "localhost", 200), ("/api/results", "localhost", 200),
+                     ("/static/app.js", "localhost", 200), ("/nope", "localhost", 404),
+                     ("/", "evil.example", 403)]  # fmt: skip
+            for path, host, status in cases:
+                conn = http.client.HTTPConnection(*server.server_address, timeout=10)
+                conn.request("GET", path, headers={"Host": host})
+                response = conn.getresponse()
+                response.read()
+                conn.close()
+                assert response.status == status, path
+                assert response.getheader("X-Content-Type-Options") == "nosniff", path
+                csp = response.getheader("Content-Security-Policy")
+                assert "default-src 'none'" in csp and "script-src 'self'" in csp, path
+        finally:
+            server.shutdown()
+
+
+def test_agents_scored_beside_the_sweep_are_shown_as_references(tmp_path: Path) -> None:
+    root = recipe_sweep(tmp_path / "sweep")
+    (tmp_path / "outside.json").write_text(json.dumps(evaluation(1, 50.0, 4000)))
+    (root / "evals").mkdir()
+    (root / "evals" / "teacher.json").write_text(json.dumps(evaluation(1, 2.0, 4000)))
+    (root / "evals" / "broken.json").write_text('{"tasks": []}')
+    (root / "evals" / "linked.json").symlink_to(tmp_path / "outside.json")
+    payload = ResultsReader(root).read()
+    references = {r["name"]: r for r in payload["references"]}
+    assert sorted(references) == ["broken", "linked", "teacher"] and len(payload["trials"]) == 4
+    teacher = references["teacher"]
+    assert teacher["low"] < teacher["score"] < teacher["high"] and teacher["episodes"] == EPISODES
+    assert "not an evaluation result" in references["broken"]["error"]
+    assert "leads outside" in references["linked"]["error"] and "score" not in references["linked"]

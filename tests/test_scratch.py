@@ -17,8 +17,11 @@ from tdmpc_ray.sweep.scratch import (
 from tdmpc_ray.train.config import TrainConfig
 from tests.test_compare import result
 
-SCRATCH = {"walker-walk": [300.0, 500.0], "cup-catch": [0.0, 950.0]}
-BETTER = {"walker-walk": [400.0, 600.0], "cup-catch": [0.0, 950.0]}
+SAME = {"cartpole-swingup": [700.0, 720.0], "finger-spin": [10.0, 900.0], "hopper-stand": [5.0, 6.0]}
+SCRATCH = {"walker-walk": [300.0, 500.0], "cup-catch": [0.0, 950.0], **SAME}
+BETTER = {"walker-walk": [400.0, 600.0], "cup-catch": [0.0, 950.0], **SAME}
+"""Five tasks, 2 episodes each (the fewest `stats` gives an interval for); BETTER is 100 higher
+on walker-walk only, so it scores 2 points higher."""
 
 
 def trial(name: str, recipe: str, seed: int, returns: dict, steps=(1000, 2000), **config) -> dict:
@@ -85,8 +88,9 @@ def test_each_trial_pairs_with_the_scratch_trial_of_its_seed() -> None:
     assert sorted(comparisons) == ["r1", "r2"]  # scratch trials and r3 have no partner
     r1 = comparisons["r1"]
     assert r1["scratch"] == ["s1"] and r1["steps"] == [2000] and r1["pairs"] == 1
-    assert r1["difference"] == {"value": pytest.approx(5.0), "low": pytest.approx(5.0),
-                                "high": pytest.approx(5.0)}  # fmt: skip
+    difference = {k: r1["difference"][k] for k in ("value", "low", "high")}
+    assert difference == {"value": pytest.approx(2.0), "low": pytest.approx(2.0),
+                          "high": pytest.approx(2.0)}  # fmt: skip
     assert r1["verdict"] == "trial scores higher" and r1["episodes_per_task"] == 2
     assert set(loaded) == {"r1@2000", "s1@2000", "r2@2000", "s2@2000"}
 
@@ -131,14 +135,14 @@ def test_seeds_pool_as_runs() -> None:
     reward, scratch = pooled[("reward",)], pooled[("scratch",)]
     assert reward["score"]["runs"] == 3 and reward["score"]["episodes_per_task"] == 2
     assert reward["score"]["normalized_score"] == pytest.approx(
-        (sum(BETTER["walker-walk"]) / 2 + sum(BETTER["cup-catch"]) / 2) / 20
+        sum(sum(r) / len(r) for r in BETTER.values()) / 10 / len(BETTER)
     )
     assert reward["score"]["normalized_score_low"] == pytest.approx(
         reward["score"]["normalized_score"]
     )
     assert reward["vs_scratch"]["pairs"] == 2 and reward["vs_scratch"]["scratch"] == ["s1", "s2"]
     assert reward["vs_scratch"]["episodes_per_task"] == 2
-    assert reward["vs_scratch"]["difference"]["value"] == pytest.approx(5.0)
+    assert reward["vs_scratch"]["difference"]["value"] == pytest.approx(2.0)
     assert "vs_scratch" not in scratch and scratch["score"]["runs"] == 2
 
 
@@ -157,11 +161,11 @@ def test_summary_tables_show_intervals_and_the_comparison_with_scratch() -> None
     table = format_table(summary)
     assert "score [95% interval]" in table and "vs scratch [95% interval]" in table
     r1 = next(line for line in table.splitlines() if line.startswith("r1 "))
-    assert "5.00 [5.00, 5.00]" in r1 and "(scratch)" in next(
+    assert "2.00 [2.00, 2.00]" in r1 and "(scratch)" in next(
         line for line in table.splitlines() if line.startswith("s1 ")
     )
     groups = format_groups(summary)
-    assert "pooled score [95% interval]" in groups and "5.00 [5.00, 5.00]" in groups
+    assert "pooled score [95% interval]" in groups and "2.00 [2.00, 2.00]" in groups
 
 
 def test_every_two_groups_compare_over_the_seeds_both_ran() -> None:
@@ -173,12 +177,34 @@ def test_every_two_groups_compare_over_the_seeds_both_ran() -> None:
     assert set(by_name) == {("scratch", "reward"), ("scratch", "latent"), ("reward", "latent")}
     scratch_reward = by_name[("scratch", "reward")]
     assert scratch_reward["seeds"] == ["1", "2"] and scratch_reward["steps"] == [2000]
-    assert scratch_reward["difference"]["value"] == pytest.approx(-5.0)
+    assert scratch_reward["difference"]["value"] == pytest.approx(-2.0)
     assert scratch_reward["verdict"] == "B scores higher" and scratch_reward["episodes_per_task"] == 2
     assert set(scratch_reward["tasks"]) == set(SCRATCH) and scratch_reward["scores"]["b"]
     latent = by_name[("reward", "latent")]
     assert latent["seeds"] == ["1"] and latent["steps"] == [1000]
     assert latent["verdict"].startswith("not distinguishable")
     table = format_pairs({"space": ["recipe", "seed"], "pairs": pairs})
-    assert "A - B [95% interval]" in table and "-5.00 [-5.00, -5.00]" in table
+    assert "A - B [95% interval]" in table and "-2.00 [-2.00, -2.00]" in table
     assert between_groups(trials, ["recipe"], data.__getitem__) == []
+
+
+@pytest.mark.parametrize(
+    "broken, reason",
+    [
+        ({"tasks": []}, "not an evaluation result"),
+        ({"tasks": {}}, "not an evaluation result"),
+        ([], "not an evaluation result"),
+        ({"tasks": {"walker-walk": [1.0]}}, "no per-episode returns"),
+        ({"tasks": {"walker-walk": {"returns": ["x"], "env_seeds": [1]}}}, "not finite numbers"),
+    ],
+)
+def test_a_malformed_evaluation_file_gives_an_error_entry_not_a_crash(broken, reason) -> None:
+    trials, data = make_sweep()
+    data["s1@2000"] = broken
+    keys = ["recipe", "seed"]
+    assert reason in against_scratch(trials, keys, data.__getitem__)["r1"]["error"]
+    pooled = pooled_over_seeds(trials, keys, data.__getitem__)
+    assert reason in pooled[("scratch",)]["score_error"]
+    assert reason in pooled[("reward",)]["vs_scratch"]["error"]
+    pairs = between_groups(trials, keys, data.__getitem__)
+    assert any(reason in p.get("error", "") for p in pairs)

@@ -8,15 +8,15 @@ from pathlib import Path
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tdmpc_ray.dashboard.server import export_html
+    from tdmpc_ray.dashboard.server import export_html, printable
     from tdmpc_ray.evaluate.stats import Interval
 
     payload = export_html(args.results_dir, args.export)
     best = next((t for t in payload["trials"] if t["id"] == payload["best"]), None)
     score = best and Interval(best["latest_score"], best["latest_low"], best["latest_high"])
-    summary = f"best {best['id']} ({score.format()})" if best else "no evaluations yet"
+    summary = f"best {printable(best['id'])} ({score.format()})" if best else "no evaluations yet"
     print(f"{len(payload['trials'])} trials, {summary}")
-    print(f"wrote {args.export}")
+    print(f"wrote {printable(args.export)}")
     return 0
 
 

@@ -21,8 +21,9 @@ per-episode returns and env seeds), from which the per-task intervals and the pa
 with the sweep's scratch trial (`tdmpc_ray.sweep.scratch`) are computed.
 
 Payload: `{"root", "name", "message", "read_at", "trials", "swept", "varying", "shared", "best",
-"scratch"}`, where `message` explains an empty page, `swept` are the Tune config keys that differ
-between trials (each gets a score panel), `varying` / `shared` split the trials' effective
+"scratch", "references"}`, where `references` are the evaluations in the folder's own `evals/`
+(`[{"name", "score", "low", "high", "episodes", "error"}]`), `message` explains an empty page,
+`swept` are the Tune config keys that differ between trials (each gets a score panel), `varying` / `shared` split the trials' effective
 configs into keys that differ and keys equal in every trial, `best` is the id of the trial with
 the highest latest score and `scratch` the ids of trials without distillation. Each trial is
 `{"id", "dir", "status", "params", "config", "scratch", "step", "latest_score", "latest_low",
@@ -30,7 +31,19 @@ the highest latest score and `scratch` the ids of trials without distillation. E
 "curve": [[step, score, low, high], ...], "tasks": {task: score}, "task_intervals": {task: [low,
 high]}, "eval_step", "vs_scratch", "error", "eval_error"}`: `params` is its Tune config and
 `config` the same keys as the trial ran them; `latest_*`, `tasks` and `vs_scratch` come from the
-last evaluation, at `eval_step`. Non-finite numbers become null.
+last evaluation, at `eval_step`; `losses` are the training losses the trial reported
+(`{metric: [[step, value], ...]}`). Non-finite numbers become null.
+
+Evaluations come from two places: the rows of `result.json` that report one, and the per-step
+evaluation files in each trial's run folder (`<run_dir>/evals/step_NNNNNNNNN.json`), which also
+hold evaluations that never reached Tune (the quickstart scores its students' final checkpoints
+after the sweep and writes them there). A step both know is read from the row.
+
+Every file may be hostile (issue 27): each path is resolved and must stay inside the results
+folder (absolute paths, NUL bytes and symlinks that lead out are refused), only regular files
+are read (never a FIFO or a device), at most `MAX_FILE_BYTES` of them, and each trial is read
+on its own: a trial whose files are refused or malformed becomes a row with its error, and the
+others still render.
 """
 
 from __future__ import annotations
@@ -38,13 +51,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import stat
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tdmpc_ray.sweep.scratch import against_scratch, is_scratch
+from tdmpc_ray.evaluate.report import interval
+from tdmpc_ray.sweep.scratch import against_scratch, checked_result, is_scratch
 
 SCORE_KEY = "normalized_score"
 TASK_PREFIX = "score/"
@@ -53,6 +69,17 @@ RUN_SPECIFIC = ("out", "name")
 """Config keys that differ between trials by construction (each trial's own output folder)."""
 _STATE_GLOB = "experiment_state-*.json"
 _TRIAL_FILES = ("params.json", "result.json", "progress.csv")
+EVALS_DIR = "evals"
+"""A run folder's per-step evaluation files (`validate_checkpoint` writes them); in the
+experiment folder itself, evaluations of agents the sweep did not train (`<name>.json`: the
+quickstart's teacher), shown beside the trials as references."""
+_STEP_FILE = re.compile(r"step_(\d+)\.json")
+LOSS_SUFFIX = "_loss"
+"""Reported metrics whose names end so are drawn as loss curves."""
+MAX_CURVE_POINTS = 400
+"""Points per loss curve and trial; longer histories are thinned evenly (the last point kept)."""
+MAX_FILE_BYTES = 32 * 2**20
+"""The largest file the reader reads: a `result.json` of 10^5 MT30 reports is ~20 MiB."""
 
 
 def _finite(value: Any) -> float | None:
@@ -95,50 +122,99 @@ def parse_result_lines(text: str) -> list[dict]:
 def summarize_rows(rows: list[dict]) -> dict:
     """What the dashboard shows of one trial's `tune.report` rows (oldest first): a curve point
     per evaluated step (the first row reporting it), never one for a row without an
-    evaluation."""
-    curve: list[list[float | None]] = []
-    evaluated: dict[float, dict] = {}
+    evaluation, and the loss curves."""
+    evaluations: dict[float, dict] = {}
     for row in rows:
         score, step = _finite(row.get(SCORE_KEY)), _finite(row.get("eval_step"))
-        if score is None or step is None or step in evaluated:
-            continue
-        evaluated[step] = row
-        curve.append([step, score, _finite(row.get(f"{SCORE_KEY}_low")),
-                      _finite(row.get(f"{SCORE_KEY}_high"))])  # fmt: skip
-    latest = evaluated[curve[-1][0]] if curve else {}
+        if score is not None and step is not None and step not in evaluations:
+            evaluations[step] = row_evaluation(row)
     last = rows[-1] if rows else {}
-    best = max(curve, key=lambda point: point[1]) if curve else [None, None]
     errors = [row["eval_error"] for row in rows if isinstance(row.get("eval_error"), str)]
     return {
         "rows": len(rows),
         "step": _finite(last.get("step", last.get("training_iteration"))),
-        "latest_score": curve[-1][1] if curve else None,
-        "latest_low": curve[-1][2] if curve else None,
-        "latest_high": curve[-1][3] if curve else None,
-        "eval_episodes": _finite(latest.get("eval_episodes")),
-        "best_score": best[1],
-        "best_step": best[0],
         "updates_per_s": _finite(last.get("updates_per_s")),
         "time_total_s": _finite(last.get("time_total_s")),
         "done": bool(last.get("done")),
         "trial_id": last.get("trial_id"),
         "row_config": last.get("config"),
-        "curve": curve,
-        "tasks": {
-            k[len(TASK_PREFIX) :]: _finite(v)
-            for k, v in latest.items()
-            if k.startswith(TASK_PREFIX)
-        },
-        "eval_step": curve[-1][0] if curve else None,
-        "eval_file": latest.get("eval_file") if isinstance(latest.get("eval_file"), str) else None,
-        "evals": {
-            step: row["eval_file"]
-            for step, row in evaluated.items()
-            if isinstance(row.get("eval_file"), str)
-        },  # fmt: skip
         "run_dir": next((r["run_dir"] for r in rows if isinstance(r.get("run_dir"), str)), None),
         "eval_error": errors[-1] if errors else None,
+        "losses": loss_curves(rows),
+        "evaluations": evaluations,
+        **scores(evaluations),
     }
+
+
+def row_evaluation(row: dict) -> dict:
+    """An evaluation as a `tune.report` row carries it (`training_metrics` and `eval_file`)."""
+    file = row.get("eval_file")
+    return {
+        "score": _finite(row.get(SCORE_KEY)),
+        "low": _finite(row.get(f"{SCORE_KEY}_low")),
+        "high": _finite(row.get(f"{SCORE_KEY}_high")),
+        "episodes": _finite(row.get("eval_episodes")),
+        "tasks": {
+            k[len(TASK_PREFIX) :]: _finite(v) for k, v in row.items() if k.startswith(TASK_PREFIX)
+        },
+        "file": file if isinstance(file, str) else None,
+    }
+
+
+def file_evaluation(result: object, file: str) -> dict:
+    """An evaluation as its file holds it (`evaluate`'s result); a one-line ValueError when
+    the file holds no evaluation result or no score."""
+    result = checked_result(result, file)
+    if _finite(result.get(SCORE_KEY)) is None:
+        raise ValueError(f"{file}: no {SCORE_KEY}")
+    score = interval(result, SCORE_KEY)
+    return {
+        "score": _finite(score.value),
+        "low": _finite(score.low),
+        "high": _finite(score.high),
+        "episodes": _finite(result.get("episodes_per_task")),
+        "tasks": {task: _score(row.get("mean")) for task, row in result["tasks"].items()},
+        "file": file,
+    }
+
+
+def scores(evaluations: dict[float, dict]) -> dict:
+    """A trial's score fields from its evaluations by step: the curve with intervals, the
+    latest and best scores, and the latest evaluation's episodes, per-task scores and file."""
+    steps = sorted(evaluations)
+    curve = [[s, evaluations[s]["score"], evaluations[s]["low"], evaluations[s]["high"]]
+             for s in steps]  # fmt: skip
+    latest = evaluations[steps[-1]] if steps else {}
+    best = max(curve, key=lambda point: point[1]) if curve else [None, None]
+    return {
+        "curve": curve,
+        "latest_score": latest.get("score"),
+        "latest_low": latest.get("low"),
+        "latest_high": latest.get("high"),
+        "eval_episodes": latest.get("episodes"),
+        "best_score": best[1],
+        "best_step": best[0],
+        "tasks": latest.get("tasks", {}),
+        "eval_step": steps[-1] if steps else None,
+        "eval_file": latest.get("file"),
+        "evals": {s: e["file"] for s, e in evaluations.items() if e["file"]},
+    }
+
+
+def loss_curves(rows: list[dict]) -> dict[str, list[list[float]]]:
+    """Each training loss the rows report (`*_loss`) against the step, thinned evenly to at
+    most MAX_CURVE_POINTS points (the last one kept)."""
+    curves: dict[str, list[list[float]]] = {}
+    for row in rows:
+        step = _finite(row.get("step"))
+        for key, value in row.items():
+            if step is not None and key.endswith(LOSS_SUFFIX) and _finite(value) is not None:
+                curves.setdefault(key, []).append([step, float(value)])
+    for key, points in curves.items():
+        stride = math.ceil(len(points) / MAX_CURVE_POINTS)
+        if stride > 1:
+            curves[key] = points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
+    return dict(sorted(curves.items()))
 
 
 def parse_experiment_state(text: str) -> dict[str, dict]:
@@ -194,6 +270,38 @@ def effective_config(params: dict, run: dict | None) -> dict:
     return {k: ran.get(k, v) if k not in RUN_SPECIFIC else v for k, v in params.items()}
 
 
+def step_file(run_dir: str, step: int) -> str:
+    """Where a run folder keeps its evaluation of step `step` (as `validate_checkpoint` names
+    it), relative to the experiment folder."""
+    return f"{run_dir}/{EVALS_DIR}/step_{step:09d}.json"
+
+
+class RefusedFileError(ValueError):
+    """A file the reader will not read (outside the folder, not a regular file, too large)."""
+
+
+def read_regular(path: Path, name: str) -> str:
+    """The text of `path` (undecodable bytes replaced), opened without following a symlink or
+    waiting on a FIFO; a one-line ValueError naming `name` unless it is a regular file of at
+    most MAX_FILE_BYTES."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        check_regular(os.fstat(fd), name)
+        data = f.read(MAX_FILE_BYTES + 1)
+    check_regular(None, name, len(data))
+    return data.decode("utf-8", errors="replace")
+
+
+def check_regular(info: os.stat_result | None, name: str, size: int | None = None) -> None:
+    """Refuse (one line) anything but a regular file, and any file over
+    MAX_FILE_BYTES (by `info`'s size, or `size` bytes read)."""
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise RefusedFileError(f"{name}: not a regular file; refused")
+    size = info.st_size if info is not None else size
+    if size is not None and size > MAX_FILE_BYTES:
+        raise RefusedFileError(f"{name}: larger than {MAX_FILE_BYTES // 2**20} MiB; refused")
+
+
 class ResultsReader:
     """Reads one experiment folder on demand, re-parsing only files that changed since last time.
 
@@ -223,6 +331,7 @@ class ResultsReader:
             "shared": {},
             "best": None,
             "scratch": [],
+            "references": [],
         }
         if self.root.exists() and not self.root.is_dir():
             payload["message"] = f"{self.root} is a file, not a Ray Tune results folder."
@@ -234,7 +343,7 @@ class ResultsReader:
             )
             return payload
         trials = self._trials()
-        payload["trials"] = trials
+        payload["trials"], payload["references"] = trials, self._references()
         if not trials:
             payload["message"] = self._empty_message()
             return payload
@@ -255,17 +364,40 @@ class ResultsReader:
             payload["best"] = max(scored, key=lambda t: t["latest_score"])["id"]
         return payload
 
+    def _inside(self, relative: str | os.PathLike) -> Path:
+        """The real path of `relative` (a path inside the folder); `RefusedFileError` (one line)
+        for an absolute path, a NUL byte, or a path or symlink that leads out of the folder."""
+        text = os.fspath(relative)
+        if "\0" in text:
+            raise RefusedFileError(f"{text!r}: a NUL byte in a file name; refused")
+        if os.path.isabs(text):
+            raise RefusedFileError(
+                f"{text}: an absolute path, not one inside the results folder; refused"
+            )
+        try:
+            real = self.root.resolve()
+            path = (real / text).resolve()
+        except (OSError, RuntimeError) as err:  # a symlink loop
+            raise RefusedFileError(f"{text}: cannot be resolved ({err}); refused") from None
+        if not path.is_relative_to(real):
+            raise RefusedFileError(f"{text}: leads outside the results folder; refused")
+        return path
+
     def _load(self, relative: str) -> dict:
-        """A JSON file of the experiment folder (an evaluation result)."""
-        value = self._cached(self.root / relative, json.loads)
-        if not isinstance(value, dict):
-            raise FileNotFoundError(f"{relative}: missing or unreadable")
-        return value
+        """An evaluation result file of the experiment folder; FileNotFoundError while it is
+        absent (a run folder may be written on another node, or be mid-sync), a one-line
+        ValueError when it is refused or holds no evaluation result."""
+        value = self._cached(relative, json.loads)
+        if value is None and not self._inside(relative).exists():
+            raise FileNotFoundError(f"{relative}: no such evaluation file")
+        return checked_result(value, relative)
 
     def _empty_message(self) -> str:
         """Why there is nothing to show, naming experiments if `root` is their parent."""
         experiments = sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob(_STATE_GLOB))
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.is_symlink() and any(p.glob(_STATE_GLOB))
         )
         if experiments:
             return (
@@ -278,103 +410,173 @@ class ResultsReader:
         )
 
     def _trials(self) -> list[dict]:
-        """Every trial with a folder or a state entry, matched by folder name or trial id."""
+        """Every trial with a folder or a state entry, matched by folder name or trial id; a
+        trial whose files cannot be read becomes a row with its error."""
         states = self._states()
         by_dir = {s["dir"]: s for s in states.values() if s["dir"]}
         trials, seen = [], set()
-        for name, folder in self._trial_dirs().items():
-            summary = self._summary(folder / "result.json")
-            state = by_dir.get(name) or states.get(summary["trial_id"])
+        for name in self._trial_dirs():
+            state = by_dir.get(name)
+            try:
+                summary = self._summary(Path(name) / "result.json")
+                state = state or states.get(summary["trial_id"])
+                trial = self._trial(name, summary, state)
+            except Exception as err:  # noqa: BLE001 - one trial's files must not hide the others
+                trial = unreadable_trial(name, state, err)
             seen.add(state and state["trial_id"])
-            trials.append(self._trial(folder, summary, state))
+            trials.append(trial)
         for trial_id, state in states.items():
             if trial_id not in seen:
                 trials.append(self._trial(None, summarize_rows([]), state))
         return sorted(trials, key=lambda t: (t["id"], t["dir"] or ""))
 
-    def _trial_dirs(self) -> dict[str, Path]:
-        """Subfolders that hold a trial's files, by folder name."""
-        found = {}
-        for entry in os.scandir(self.root):
-            if entry.is_dir() and not entry.name.startswith("."):
-                path = Path(entry.path)
-                if any((path / name).is_file() for name in _TRIAL_FILES):
-                    found[entry.name] = path
-        return found
+    def _trial_dirs(self) -> list[str]:
+        """Names of the subfolders (not symlinks) that hold a trial's files."""
+        return sorted(
+            entry.name
+            for entry in os.scandir(self.root)
+            if entry.is_dir(follow_symlinks=False)
+            and not entry.name.startswith(".")
+            and any(os.path.lexists(os.path.join(entry.path, f)) for f in _TRIAL_FILES)
+        )
 
     def _states(self) -> dict[str, dict]:
         """Trial entries of every readable experiment_state file by trial id; newer files (by
-        the timestamp in their names) win."""
+        the timestamp in their names) win; a refused file counts as absent."""
         merged: dict[str, dict] = {}
         for path in sorted(self.root.glob(_STATE_GLOB)):
-            merged.update(self._cached(path, parse_experiment_state) or {})
+            try:
+                merged.update(self._cached(path.name, parse_experiment_state) or {})
+            except RefusedFileError:
+                continue
         return merged
 
-    def _cached(self, path: Path, parse: Callable[[str], Any]) -> Any:
-        """`parse(text of path)`, reused while the file's mtime and size stay the same; None if
-        the file is missing or does not parse (it may be mid-copy)."""
+    def _cached(self, relative: str | os.PathLike, parse: Callable[[str], Any]) -> Any:
+        """`parse(text)` of the file at `relative` (inside the folder), reused while its mtime
+        and size stay the same; None if it is missing or does not parse (it may be mid-copy).
+        `RefusedFileError` (one line) for a path that leaves the folder, or a file that is not a
+        regular file or is larger than MAX_FILE_BYTES."""
+        path = self._inside(relative)
         try:
-            stat = path.stat()
+            info = path.stat()
         except OSError:
             return None
-        key = (stat.st_mtime_ns, stat.st_size)
+        check_regular(info, os.fspath(relative))
+        key = (info.st_mtime_ns, info.st_size)
         hit = self._cache.get(path)
         if hit is not None and hit[0] == key:
             return hit[1]
         try:
-            value = parse(path.read_text(encoding="utf-8", errors="replace"))
+            value = parse(read_regular(path, os.fspath(relative)))
+        except FileNotFoundError:
+            return None
+        except RefusedFileError:
+            raise
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             value = None
         self._cache[path] = (key, value)
         return value
 
-    def _summary(self, path: Path) -> dict:
+    def _summary(self, relative: Path) -> dict:
         """`summarize_rows` of a result.json; a shorter re-read (a copy in progress) keeps the
         previous summary, since Tune only ever appends rows."""
+        path = self._inside(relative)
         previous = self._cache.get(path)
         parse = lambda text: summarize_rows(parse_result_lines(text))  # noqa: E731
-        summary = self._cached(path, parse) or summarize_rows([])
+        summary = self._cached(relative, parse) or summarize_rows([])
         if previous and previous[1] and summary["rows"] < previous[1]["rows"]:
             self._cache[path] = (self._cache[path][0], previous[1])
             return previous[1]
         return summary
 
-    def _trial(self, folder: Path | None, summary: dict, state: dict | None) -> dict:
-        """One trial's row of the payload, from its folder (and its results' `summary`), Tune's
-        state entry, and its run folder (run.json, the last evaluation's file)."""
-        params = self._cached(folder / "params.json", json.loads) if folder else None
+    def _trial(self, name: str | None, summary: dict, state: dict | None) -> dict:
+        """One trial's row of the payload, from its folder `name` (and its results'
+        `summary`), Tune's state entry, and its run folder (run.json, the per-step evaluation
+        files, the last evaluation's file)."""
+        params = self._cached(Path(name) / "params.json", json.loads) if name else None
         candidates = (params, (state or {}).get("config"), summary["row_config"])
         params = next((c for c in candidates if isinstance(c, dict) and c), {})
         run_dir = summary["run_dir"]
-        run = self._cached(self.root / run_dir / RUN_FILE, json.loads) if run_dir else None
+        run = self._cached(Path(run_dir) / RUN_FILE, json.loads) if run_dir else None
         run = run if isinstance(run, dict) else None
-        error = self._cached(folder / "error.txt", last_error_line) if folder else None
+        if run_dir:
+            found = self._step_files(run_dir)
+            summary = {**summary, **scores({**found, **summary["evaluations"]})}
+        error = self._cached(Path(name) / "error.txt", last_error_line) if name else None
         status = derive_status(state and state["status"], summary, error is not None)
-        trial_id = (state and state["trial_id"]) or summary["trial_id"] or folder.name
+        trial_id = (state and state["trial_id"]) or summary["trial_id"] or name
         return {
             "id": str(trial_id),
-            "dir": folder.name if folder else None,
+            "dir": name,
             "status": status,
             "params": params,
             "config": effective_config(params, run),
             "scratch": is_scratch(params, run),
             "error": error if status == "ERROR" else None,
             "task_intervals": self._task_intervals(summary["eval_file"]),
-            **{
-                k: v
-                for k, v in summary.items()
-                if k not in ("rows", "done", "row_config", "trial_id", "eval_file", "run_dir")
-            },
+            **{k: v for k, v in summary.items() if k not in _INTERNAL},
         }
 
+    def _step_files(self, run_dir: str) -> dict[float, dict]:
+        """The evaluations of a run folder's per-step files (`evals/step_N.json`), by step."""
+        folder = self._inside(Path(run_dir) / EVALS_DIR)
+        if not folder.is_dir():
+            return {}
+        found = {}
+        for entry in os.scandir(folder):
+            match = _STEP_FILE.fullmatch(entry.name)
+            if match:
+                file = f"{run_dir}/{EVALS_DIR}/{entry.name}"
+                found[float(match[1])] = file_evaluation(self._load(file), file)
+        return found
+
+    def _references(self) -> list[dict]:
+        """The evaluations in the folder's own `evals/` (agents the sweep did not train), by
+        name; a file that cannot be read gives its error instead of a score."""
+        folder = self.root / EVALS_DIR
+        if not folder.is_dir() or folder.is_symlink():
+            return []
+        references = []
+        for name in sorted(e.name for e in os.scandir(folder) if e.name.endswith(".json")):
+            file, entry = f"{EVALS_DIR}/{name}", {"name": name[: -len(".json")], "error": None}
+            try:
+                found = file_evaluation(self._load(file), file)
+            except (OSError, ValueError) as err:
+                entry["error"] = str(err)
+            else:
+                entry.update({k: found[k] for k in ("score", "low", "high", "episodes")})
+            references.append(entry)
+        return references
+
     def _task_intervals(self, eval_file: str | None) -> dict[str, list[float | None]]:
-        """Per task, the 95% interval of the score (mean return / 10) in an evaluation file."""
+        """Per task, the 95% interval of the score (mean return / 10) in an evaluation file
+        (none while the file is absent)."""
         try:
             tasks = self._load(eval_file)["tasks"] if eval_file else {}
-        except (OSError, KeyError):
+        except FileNotFoundError:
             return {}
         return {
             task: [_score(row.get("mean_low")), _score(row.get("mean_high"))]
             for task, row in tasks.items()
-            if isinstance(row, dict)
         }
+
+
+_INTERNAL = ("rows", "done", "row_config", "trial_id", "eval_file", "run_dir", "evaluations")
+"""Summary fields the reader uses but the payload does not carry."""
+
+
+def unreadable_trial(name: str, state: dict | None, err: BaseException) -> dict:
+    """The row of a trial whose files could not be read: its status as Tune knows it (else
+    ERROR) and the reason as its error; no scores."""
+    summary = summarize_rows([])
+    return {
+        "id": str((state and state["trial_id"]) or name),
+        "dir": name,
+        "status": (state and state["status"]) or "ERROR",
+        "params": {},
+        "config": {},
+        "scratch": False,
+        "error": f"unreadable trial folder: {type(err).__name__}: {err}"[:300],
+        "task_intervals": {},
+        **{k: v for k, v in summary.items() if k not in _INTERNAL},
+    }

@@ -14,6 +14,7 @@ the dashboard share it.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 from tdmpc_ray.evaluate.compare import compare_results, run_means
@@ -30,6 +31,31 @@ NAMES = ("trial", "scratch")
 Trial = Mapping
 """`{"trial": id, "config": {searched key: value}, "scratch": bool, "evals": {step: file}}`."""
 Load = Callable[[str], dict]
+
+
+def checked_result(value: object, name: str) -> dict:
+    """`value` if it is an evaluation result the comparisons can use (a non-empty `tasks`
+    mapping whose rows hold finite `returns` and their `env_seeds`), else a one-line
+    ValueError naming `name` (an evaluation file may be hostile or broken)."""
+    tasks = value.get("tasks") if isinstance(value, dict) else None
+    if not isinstance(tasks, dict) or not tasks:
+        raise ValueError(f"{name}: not an evaluation result (no per-task returns)")
+    for task, row in tasks.items():
+        returns = row.get("returns") if isinstance(row, dict) else None
+        if not isinstance(returns, list) or not isinstance(row.get("env_seeds"), list):
+            raise ValueError(f"{name}: task {task!r} has no per-episode returns and env seeds")
+        if not all(_number(r) for r in returns):
+            raise ValueError(f"{name}: task {task!r} has returns that are not finite numbers")
+    return value
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _checked(load: Load) -> Load:
+    """`load` whose results are checked (`checked_result`)."""
+    return lambda name: checked_result(load(name), name)
 
 
 def is_scratch(config: Mapping, run: Mapping | None = None) -> bool:
@@ -87,7 +113,7 @@ def against_scratch(
     """Per trial id, its paired comparison with the scratch trial of the same seed (absent for
     scratch trials and for trials without a matching scratch trial or common evaluated step).
     `cache` (kept by the caller) saves recomputing comparisons of the same files."""
-    scratch = [t for t in trials if t["scratch"]]
+    scratch, load = [t for t in trials if t["scratch"]], _checked(load)
     comparisons = {}
     for trial in trials:
         partner = None if trial["scratch"] else _scratch_partner(trial, scratch, keys)
@@ -104,7 +130,7 @@ def pooled_over_seeds(
     and IQM with their intervals) and `vs_scratch` (the paired comparison pooled over the seeds
     that have a scratch partner; absent without one), both over runs: each seed's mean return
     per task (`compare.run_means`), `runs` of them."""
-    others = [k for k in keys if k != "seed"]
+    others, load = [k for k in keys if k != "seed"], _checked(load)
     groups: dict[tuple, list[Trial]] = {}
     for trial in trials:
         groups.setdefault(tuple(str(trial["config"].get(k)) for k in others), []).append(trial)
@@ -137,7 +163,7 @@ def between_groups(trials: Sequence[Trial], keys: Sequence[str], load: Load) -> 
     run (`compare.run_means`). Empty when `seed` is not searched."""
     if "seed" not in keys:
         return []
-    others = [k for k in keys if k != "seed"]
+    others, load = [k for k in keys if k != "seed"], _checked(load)
     groups: dict[tuple, dict] = {}
     for trial in trials:
         if trial["evals"]:

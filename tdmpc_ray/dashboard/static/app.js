@@ -1,14 +1,16 @@
 // tdmpc-ray sweep dashboard: renders the payload of /api/results (polled) or of an exported
 // snapshot (window.DASHBOARD_DATA) as a best-trial card, SVG plots (a score panel per swept key,
-// score vs steps, paired difference vs scratch, per-task scores) and a trials table. Scores are
-// drawn only where an evaluation ran, with their 95% intervals as error bars.
+// score vs steps, paired difference vs scratch, training losses, per-task scores) and a trials
+// table. Scores are drawn only where an evaluation ran, with their 95% intervals as error bars.
+// Under the page's Content-Security-Policy: no inline script, style attribute or handler.
 "use strict";
 (() => {
   const SVG_NS = "http://www.w3.org/2000/svg";
   const COLORS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
                   "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
   const MARGIN = { left: 52, right: 14, top: 10, bottom: 38 };
-  const view = { data: null, selected: null, key: null };
+  const view = { data: null, selected: null, key: null, loss: "total_loss" };
+  const NO_INTERVAL = "too few episodes for an interval";
 
   function el(tag, attrs = {}, text = null) {
     const node = document.createElement(tag);
@@ -32,10 +34,12 @@
   const short = (x) => String(Number(x.toPrecision(6)));
   const tick = (x) => (Math.abs(x) >= 1e6 ? `${short(x / 1e6)}M`
     : Math.abs(x) >= 1e4 ? `${short(x / 1e3)}k` : short(x));
-  // "23.40 [18.10, 28.90]", or "23.40 [no interval]" where none could be estimated.
+  // A path shown by its last part (the whole value stays in the cell's tooltip).
+  const brief = (v) => { const text = value(v); return text.includes("/") ? text.split("/").filter(Boolean).pop() || text : text; };
+  // "23.40 [18.10, 28.90]", or "23.40 (too few episodes for an interval)" where none exists.
   const interval = (v, lo, hi, digits = 2) => (!known(v) ? "–"
     : known(lo) && known(hi) ? `${fixed(v, digits)} [${fixed(lo, digits)}, ${fixed(hi, digits)}]`
-    : `${fixed(v, digits)} [no interval]`);
+    : `${fixed(v, digits)} (${NO_INTERVAL})`);
   const scoreOf = (t) => interval(t.latest_score, t.latest_low, t.latest_high);
   const versus = (c) => (c && c.difference ? interval(c.difference.value, c.difference.low, c.difference.high)
     : c && c.error ? "error" : "–");
@@ -60,7 +64,9 @@
 
   function ticks(lo, hi, step) {
     const out = [];
-    for (let t = lo; t <= hi + step / 2; t += step) out.push(Number(t.toPrecision(12)));
+    for (let i = 0, t = lo; t <= hi + step / 2; i += 1, t = lo + i * step) {
+      out.push(Math.abs(t) < step / 1e6 ? 0 : Number(t.toPrecision(12)));  // no "8.9e-18" for 0
+    }
     return out;
   }
 
@@ -274,6 +280,24 @@
         : "This sweep has no scratch trial (d_coef 0 or recipe scratch)." });
   }
 
+  // Each trial's training loss `view.loss` (chosen in the select) against the step.
+  function renderLosses(data, color) {
+    const names = [...new Set(data.trials.flatMap((t) => Object.keys(t.losses || {})))].sort();
+    if (names.length && !names.includes(view.loss)) view.loss = names.includes("total_loss") ? "total_loss" : names[0];
+    const select = document.getElementById("loss-metric");
+    select.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+    select.value = view.loss;
+    select.hidden = !names.length;
+    const series = data.trials.filter((t) => t.losses && t.losses[view.loss]).map((t) => ({
+      color: color(t.id), points: t.losses[view.loss], line: true, markers: t.losses[view.loss].length <= 60,
+      width: t.id === view.selected ? 2.5 : 1,
+      titles: t.losses[view.loss].map((p) => `${t.id} (${label(data, t)}): ${view.loss} ${short(p[1])} at step ${steps(p[0])}`),
+    }));
+    plotXY(document.getElementById("plot-losses"), series, {
+      xLabel: "training step", yLabel: view.loss || "loss",
+      empty: "No trial has reported a training loss yet." });
+  }
+
   function renderTasks(data, color) {
     const trial = data.trials.find((t) => t.id === view.selected);
     document.getElementById("tasks-caption").textContent =
@@ -303,10 +327,24 @@
     box.appendChild(dl);
   }
 
+  // Agents scored beside the sweep (the quickstart's teacher): their scores with intervals.
+  function renderReferences(data) {
+    const box = document.getElementById("references");
+    const refs = data.references || [];
+    box.hidden = !refs.length;
+    box.querySelector("dl").replaceChildren(...refs.map((r) => {
+      const item = el("div");
+      const episodes = known(r.episodes) ? `${r.episodes} episodes per task` : "";
+      item.append(el("dt", {}, r.name), el("dd", {}, r.error ? "unreadable" : interval(r.score, r.low, r.high)),
+                  el("dd", { class: "muted" }, r.error || episodes));
+      return item;
+    }));
+  }
+
   function renderTable(data, color) {
     const columns = [
-      ["Trial", "", (t) => t.id], ["Status", "", (t) => t.status],
-      ...data.varying.map((k) => [k, "", (t) => (k in t.config ? value(t.config[k]) : "")]),
+      ["Trial", "id", (t) => t.id], ["Status", "", (t) => t.status],
+      ...data.varying.map((k) => [k, "", (t) => (k in t.config ? brief(t.config[k]) : ""), (t) => value(t.config[k])]),
       ["Step", "num", (t) => steps(t.step)],
       ["Score [95% interval]", "num", scoreOf], ["Episodes", "num", (t) => fixed(t.eval_episodes, 0)],
       ["vs scratch [95% interval]", "num", (t) => (t.scratch ? "(scratch)" : versus(t.vs_scratch))],
@@ -322,9 +360,13 @@
     body.replaceChildren(...data.trials.map((t) => {
       const tr = el("tr", { "data-trial": t.id, title: t.dir || t.id });
       if (t.id === view.selected) tr.classList.add("selected");
-      for (const [name, cls, get] of columns) {
-        const td = el("td", { class: cls, title: get(t) }, get(t));
-        if (name === "Trial") td.prepend(el("span", { class: "swatch", style: `background:${color(t.id)}` }));
+      for (const [name, cls, get, full] of columns) {
+        const td = el("td", { class: cls, title: (full || get)(t) }, get(t));
+        if (name === "Trial") {
+          const swatch = el("span", { class: "swatch" });
+          swatch.style.background = color(t.id);  // a CSSOM property: the CSP refuses style="..."
+          td.prepend(swatch);
+        }
         if (name === "Status") td.replaceChildren(el("span", { class: `status ${t.status}` }, t.status));
         tr.appendChild(td);
       }
@@ -355,9 +397,11 @@
     if (!data.trials.some((t) => t.id === view.selected)) view.selected = data.best || data.trials[0].id;
     const color = colorOf(data);
     renderBest(data);
+    renderReferences(data);
     renderKeyPanels(data, color);
     renderSteps(data, color);
     renderScratch(data, color);
+    renderLosses(data, color);
     renderTasks(data, color);
     renderTable(data, color);
   }
@@ -380,6 +424,11 @@
         setTimeout(poll, 5000);
       });
   }
+
+  document.getElementById("loss-metric").addEventListener("change", (event) => {
+    view.loss = event.target.value;
+    render(view.data);
+  });
 
   if (window.DASHBOARD_DATA) {
     render(window.DASHBOARD_DATA);
