@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import inspect
 import textwrap
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,6 +64,13 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         except (TypeError, ValueError, OverflowError):
             raise ValueError(f"{name}: expected {annotation.__name__}, got {value!r}") from None
     return value
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`; did you mean 'steps'?` (up to three close matches of `name`), or "" when none is
+    close: the tail of an error about an unknown name."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:
@@ -163,7 +172,8 @@ def build_config(
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(
-            f"unknown config key {unknown[0]!r} for {cls.__name__}; known: {', '.join(sorted(known))}"
+            f"unknown config key {unknown[0]!r} for {cls.__name__}"
+            f"{did_you_mean(unknown[0], known)} (--help lists every key)"
         )
     return _build(cls, values)
 

@@ -9,11 +9,17 @@ from pathlib import Path
 import pytest
 
 from tdmpc_ray import cli
-from tdmpc_ray.evaluate.compare import check_paired, compare_results, load_result, pool_pairs
+from tdmpc_ray.evaluate.compare import (
+    check_paired,
+    compare_results,
+    format_comparison,
+    load_result,
+    pool_pairs,
+)
 from tests.helpers import FP16_STUDENT, shared_checkpoint
 
 TASKS = "cartpole-balance,pendulum-swingup"
-EPISODES = 3
+EPISODES = 6
 TINY_EVAL = ["--tasks", TASKS, "--episodes", str(EPISODES), "--max-steps", "30",
              "--num-actors", "1", "--envs-per-actor", "6", "--cpus-per-actor", "0.5",
              "--iterations", "1", "--num-samples", "32", "--num-elites", "8",
@@ -36,15 +42,16 @@ def result(returns: dict[str, list[float]], seed: int = 0, length: int = 500) ->
     }
 
 
-A = {"walker-walk": [500.0, 600.0, 550.0], "cup-catch": [0.0, 950.0, 0.0]}
-B = {"walker-walk": [400.0, 500.0, 450.0], "cup-catch": [0.0, 950.0, 0.0]}
+A = {"walker-walk": [500.0, 600.0, 550.0, 520.0, 580.0, 560.0],
+     "cup-catch": [0.0, 950.0, 0.0, 0.0, 950.0, 0.0]}  # fmt: skip
+B = {"walker-walk": [r - 100 for r in A["walker-walk"]], "cup-catch": A["cup-catch"]}
 
 
 @pytest.mark.parametrize(
     "b, message",
     [
         (result({"walker-walk": B["walker-walk"]}), "task 'cup-catch' is only in A"),
-        (result({**B, "cup-catch": [0.0, 950.0]}), "'cup-catch' has 3 episodes in A and 2 in B"),
+        (result({**B, "cup-catch": [0.0, 950.0]}), "'cup-catch' has 6 episodes in A and 2 in B"),
         (result(B, seed=1), "episode 0 ran on env seed"),
         (result(B, length=30), "episode 0 lasted 500 in A and 30 in B"),
     ],
@@ -61,17 +68,32 @@ def test_a_paired_comparison_sees_a_shift_that_the_unpaired_scores_blur() -> Non
     assert report["difference"]["low"] == pytest.approx(5.0)  # cup-catch pairs exactly
     assert report["a"]["low"] < report["b"]["high"]  # the scores alone overlap
     assert report["verdict"] == "fp16 scores higher"
-    assert report["pairing"] == {"pairs": 1, "tasks": 2, "episodes_per_task": 3, "unit": "episode",
+    assert report["pairing"] == {"pairs": 1, "tasks": 2, "episodes_per_task": 6, "unit": "episode",
                                  "env_seeds": "identical per episode"}  # fmt: skip
     assert compare_results([(result(A), result(B))], ("fp16", "int8")) == report
+
+
+def test_p_of_improvement_beside_a_negative_difference_says_how_ties_count() -> None:
+    """The issue's case: most episodes tie at 0, A wins a few by a little and loses one by a
+    lot, so P(A > B) > 0.5 while A - B < 0; the report says ties count half and wins count,
+    not their size."""
+    a = {f"t{i}": [0.0, 0.0, 0.0, 0.0, 20.0, 20.0] for i in range(5)}
+    b = {f"t{i}": [0.0, 0.0, 0.0, 0.0, 0.0, 200.0] for i in range(5)}
+    report = compare_results([(result(a), result(b))])
+    assert report["difference"]["value"] < 0 < report["probability_of_improvement"]["value"] - 0.5
+    assert report["ties"] == pytest.approx(20 / 36)
+    assert "56% of episode pairs tie and count half" in format_comparison(report)
+    distinct = {"t0": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]}
+    shifted = {"t0": [r + 0.5 for r in distinct["t0"]]}
+    assert "tie" not in format_comparison(compare_results([(result(distinct), result(shifted))]))
 
 
 def test_seeds_pool_as_runs_each_its_mean_per_task() -> None:
     pairs = [(result(A, seed), result(B, seed)) for seed in (1, 2)]
     a, b = pool_pairs(pairs)
-    assert a["cup-catch"] == [950.0 / 3] * 2 and b["walker-walk"] == [450.0] * 2
+    assert a["cup-catch"] == [950.0 / 3] * 2 and b["walker-walk"] == [pytest.approx(451.6667)] * 2
     report = compare_results(pairs)
-    assert report["pairing"]["pairs"] == 2 and report["episodes_per_task"] == 3
+    assert report["pairing"]["pairs"] == 2 and report["episodes_per_task"] == 6
     assert report["pairing"]["unit"].startswith("run")
     assert report["difference"]["value"] == pytest.approx(5.0)
     with pytest.raises(ValueError, match="env seed"):
@@ -109,7 +131,8 @@ def test_compare_cli_evaluates_two_checkpoints_on_the_same_env_seeds(
     out = tmp_path / "cmp"
     argv = ["compare", str(students["fp16"]), str(students["int8"]), *TINY_EVAL, "--out", str(out)]
     assert cli.main(argv) == 0
-    printed = capsys.readouterr().out
+    printed, bars = capsys.readouterr()
+    assert "A = student_fp16:" in bars and "B = student_int8:" in bars  # which agent runs
     report = json.loads((out / "compare.json").read_text())
     a, b = load_result(out / "a"), load_result(out / "b")
     for task in TASKS.split(","):
@@ -120,7 +143,7 @@ def test_compare_cli_evaluates_two_checkpoints_on_the_same_env_seeds(
     assert diff["low"] <= diff["value"] <= diff["high"]
     assert report["names"] == {"a": "student_fp16", "b": "student_int8"}
     assert report["sources"]["b"]["checkpoint"] == str(students["int8"])
-    assert report["bootstrap"]["samples"] == 5000 and report["provenance"]["versions"]
+    assert report["intervals"]["samples"] == 5000 and report["provenance"]["versions"]
     assert (
         f"A - B score       {diff['value']:.2f} [{diff['low']:.2f}, {diff['high']:.2f}]" in printed
     )

@@ -53,9 +53,15 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _label(args: argparse.Namespace) -> int:
+    from tdmpc_ray.config import build_config
     from tdmpc_ray.data.label import label
+    from tdmpc_ray.planning import PlannerConfig
 
-    summary = label(args.data, args.teacher, args.out, args.batch_episodes, args.num_actors)
+    if (args.planner or args.seed is not None) and not args.mpc:
+        raise ValueError("--planner and --seed set the planner labels: they need --mpc")
+    planner = build_config(PlannerConfig, overrides=args.planner or []) if args.mpc else None
+    summary = label(args.data, args.teacher, args.out, args.batch_episodes, args.num_actors,
+                    planner=planner, seed=args.seed or 0)  # fmt: skip
     print(summary.format())
     return 0
 
@@ -77,7 +83,10 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         default=EPISODES_PER_FILE,
         help="episodes per part file (default %(default)s)",
     )
-    p.add_argument("--task-set", choices=("mt30", "mt80"), default="mt30")
+    p.add_argument(
+        "--task-set", choices=("mt30", "mt80"), default="mt30",
+        help="task set of the chunks: task ids index it (default %(default)s)",
+    )  # fmt: skip
     p.set_defaults(handler=_convert)
 
 
@@ -173,6 +182,23 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--num-actors", type=int, default=1, metavar="K", help="teacher replicas (a CPU each)"
+    )
+    p.add_argument(
+        "--mpc",
+        action="store_true",
+        help="also label the teacher's MPPI distribution (mean and std of the first action, "
+        "cold-started at each state) as teacher_planner, for planner_d_coef; expensive: "
+        "about a full MPPI step per transition",
+    )
+    p.add_argument(
+        "--planner",
+        action="append",
+        metavar="KEY=VALUE",
+        help="PlannerConfig override with --mpc, e.g. --planner iterations=2 (repeatable; "
+        "default TD-MPC2's MPPI)",
+    )
+    p.add_argument(
+        "--seed", type=int, metavar="N", help="seed of the planner labels with --mpc (default 0)"
     )
     p.set_defaults(handler=_label)
 

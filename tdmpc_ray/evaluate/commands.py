@@ -24,6 +24,8 @@ _CLI_DEFAULTS = {"compile": True}
 _FLAG_HELP = {
     "mpc": "plan with MPPI (default); --no-mpc acts with the policy prior",
     "compile": "fuse kernels with torch.compile (default; a few seconds per actor to compile)",
+    "env_block": "environments planned together in one block of matmuls (default: 2 on CPU, "
+    "all of a job's on GPU)",
 }
 
 
@@ -43,7 +45,9 @@ def _planner_options(parser: argparse.ArgumentParser) -> None:
             )
         else:
             kind = float if hints[f.name] is float else int
-            group.add_argument(flag, type=kind, default=default, help="default %(default)s")
+            help_text = _FLAG_HELP.get(f.name, "default %(default)s")
+            group.add_argument(flag, type=kind, default=default, metavar=kind.__name__.upper(),
+                               help=help_text)  # fmt: skip
 
 
 def eval_config(args: argparse.Namespace, video_dir: str | None = None) -> EvalConfig:
@@ -113,6 +117,7 @@ def _compare(args: argparse.Namespace) -> int:
     evaluated = evaluate_checkpoints(
         [inputs[side] for side in todo], args.tasks, args.episodes, args.num_actors,
         eval_config(args), progress=True,
+        labels=[f"{side.upper()} = {names['ab'.index(side)]}" for side in todo],
     )  # fmt: skip
     paths = []
     for side, result in zip(todo, evaluated, strict=True):
@@ -142,25 +147,43 @@ def _default_out(name: str, parent: str = "eval") -> Path:
 def eval_options(p: argparse.ArgumentParser) -> None:
     """The options of an evaluation run (tasks, episodes, actors, seed, acting, planner), shared
     by every verb that evaluates checkpoints."""
-    p.add_argument("--tasks", default="mt30", help="mt30, or comma-separated task names")
-    p.add_argument("--episodes", type=int, default=10, help="per task (default %(default)s)")
-    p.add_argument("--num-actors", type=int, default=1, help="rollout actors (default 1)")
+    p.add_argument(
+        "--tasks", default="mt30", metavar="NAMES",
+        help="a task set (mt30) or comma-separated task names (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--episodes", type=int, default=10, metavar="INT", help="per task (default %(default)s)"
+    )
+    p.add_argument(
+        "--num-actors", type=int, default=None, metavar="INT",
+        help="rollout actors (default: as many as the CPUs allow at --cpus-per-actor each, at "
+        "most one per job; the run says how many work)",
+    )  # fmt: skip
     p.add_argument(
         "--envs-per-actor",
         type=int,
         default=EvalConfig.envs_per_actor,
+        metavar="INT",
         help="episodes one actor steps together as a job; fixes the planner noise (default: 2 "
         "for MPPI on CPU, 10 on GPU or with --no-mpc)",
     )
-    p.add_argument("--cpus-per-actor", type=float, default=EvalConfig.cpus_per_actor)
+    p.add_argument(
+        "--cpus-per-actor", type=float, default=EvalConfig.cpus_per_actor, metavar="FLOAT",
+        help="CPUs Ray reserves for each actor; it plans with that many torch threads "
+        "(default %(default)s)",
+    )  # fmt: skip
     p.add_argument(
         "--gpus-per-actor",
         type=float,
         default=EvalConfig.gpus_per_actor,
+        metavar="FLOAT",
         help="GPU share per actor, e.g. 0.125 for 8 actors on one GPU; each actor then plans "
         "its environments in one pass on it (default %(default)s: CPU)",
     )
-    p.add_argument("--seed", type=int, default=EvalConfig.seed, help="run seed (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=EvalConfig.seed, metavar="INT",
+        help="run seed (default %(default)s)",
+    )  # fmt: skip
     p.add_argument(
         "--eval-mode",
         action=argparse.BooleanOptionalAction,
@@ -172,6 +195,7 @@ def eval_options(p: argparse.ArgumentParser) -> None:
         "--max-steps",
         type=int,
         default=None,
+        metavar="INT",
         help="testing: cut episodes after N agent steps (scores are then not comparable)",
     )
     _planner_options(p)
@@ -184,8 +208,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="score a checkpoint on MT30 tasks with parallel rollout actors",
         description="Run episodes of each task on Ray rollout actors (each steps several "
         "environments in lockstep with one batched plan per step) and write per-task returns, "
-        "env seeds and the normalized score with its 95% interval (stratified bootstrap) and "
-        "IQM to eval.json and eval.csv.",
+        "env seeds and the normalized score and IQM with their 95% intervals (or \"too few "
+        "episodes for an interval\") to eval.json and eval.csv.",
     )
     p.add_argument(
         "--checkpoint",
@@ -210,7 +234,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Compare A with B, each an evaluation result (eval.json or its folder) or "
         "a checkpoint; checkpoints are evaluated with the options below (the same for both, so "
         "every episode runs on the same env seed). Refuses results that do not share tasks, "
-        "episodes and env seeds. Reports A - B with a paired-bootstrap 95% interval, P(A > B), "
+        "episodes and env seeds. Reports A - B with a paired 95% interval, P(A > B), "
         "a per-task table and the verdict, and writes compare.json (with the evaluations of "
         "checkpoints in a/ and b/).",
     )

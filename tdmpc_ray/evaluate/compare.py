@@ -152,15 +152,20 @@ def evaluate_checkpoints(
     checkpoints: Sequence[str],
     tasks: str,
     episodes: int,
-    num_actors: int,
+    num_actors: int | None,
     cfg: EvalConfig,
     progress: bool = False,
+    labels: Sequence[str] = (),
 ) -> list[dict]:
     """`evaluate` each checkpoint with the same settings, so each episode runs on the same env
-    seed for all of them."""
+    seed for all of them; each progress bar is named by its label (default "eval")."""
     from tdmpc_ray.evaluate.score import evaluate
 
-    return [evaluate(c, tasks, episodes, num_actors, cfg, progress=progress) for c in checkpoints]
+    names = list(labels) or ["eval"] * len(checkpoints)
+    return [
+        evaluate(c, tasks, episodes, num_actors, cfg, progress=progress, label=name)
+        for c, name in zip(checkpoints, names, strict=True)
+    ]
 
 
 def format_comparison(report: dict) -> str:
@@ -176,16 +181,30 @@ def format_comparison(report: dict) -> str:
     for task, row in report["tasks"].items():
         diff = Interval(**row["difference"]).format(1)
         lines.append(f"{task:<26} {row['episodes']:>8} {row['a']:9.1f} {row['b']:9.1f} {diff:>30}")
-    pairing, boot = report["pairing"], report["bootstrap"]
+    pairing, boot = report["pairing"], report["intervals"]
     units = f"{pairing['tasks']} tasks x {pairing['episodes_per_task']} episodes on the same env seeds"
     if pairing["pairs"] > 1:
         units = f"{pairing['pairs']} seed pairs as the units, each {units}"
     lines += [
         "",
-        f"A - B score       {Interval(**report['difference']).format()}  (paired bootstrap, "
-        f"{units})",
-        f"P(A > B)          {Interval(**report['probability_of_improvement']).format()}",
+        f"A - B score       {Interval(**report['difference']).format()}  (paired, {units})",
+        f"P(A > B)          {Interval(**report['probability_of_improvement']).format()}  "
+        f"{_improvement_meaning(report)}",
         f"verdict           {report['verdict']}",
-        f"intervals         {boot['method']}; {boot['samples']} samples, seed {boot['seed']}",
+        f"intervals         {boot['method']} ({boot['samples']} samples, seed {boot['seed']}); "
+        f"an interval needs {boot['needs']}",
     ]
     return "\n".join(lines)
+
+
+def _improvement_meaning(report: dict) -> str:
+    """What P(A > B) counts; with ties, that they count half and that it counts wins, not
+    their size, so it can lean the other way than A - B (0.53 beside a negative A - B)."""
+    ties = report["ties"]
+    meaning = "(the chance an episode of A beats one of B on the same task"
+    if not ties:
+        return meaning + ")"
+    return (
+        f"{meaning}; {ties:.0%} of episode pairs tie and count half: it counts wins, not by "
+        "how much, so it can lean the other way than A - B)"
+    )

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from tdmpc_ray.atomic import atomic_path, write_json
-from tdmpc_ray.evaluate.stats import Interval
+from tdmpc_ray.evaluate.stats import NEEDS, Interval
 
 CSV_FIELDS = ("task", "task_id", "episodes", "mean_return", "mean_return_low", "mean_return_high",
               "std_return", "score", "score_low", "score_high", "returns", "env_seeds")  # fmt: skip
@@ -22,7 +22,8 @@ def write_results(result: dict, out_dir: str | Path) -> list[Path]:
 
     The CSV has one row per task (score = mean return / 10, with the interval of the mean;
     returns and env seeds space-separated in episode order), then a row `iqm` and a last row
-    `all` whose score is the normalized score; empty bounds mean no interval (1 episode).
+    `all` whose score is the normalized score; empty bounds mean too few episodes for an
+    interval (`stats.interval_note`).
     """
     out_dir = Path(out_dir)
     json_path = write_json(out_dir / "eval.json", result)
@@ -52,8 +53,10 @@ def _num(value: float | None) -> str:
 
 
 def interval(result: dict, name: str) -> Interval:
-    """The score `name` of a result (or of a row of its metrics) with its interval."""
-    return Interval(result[name], result.get(f"{name}_low"), result.get(f"{name}_high"))
+    """The score `name` of a result (or of a row of its metrics) with its interval, or the
+    reason it has none."""
+    return Interval(result[name], result.get(f"{name}_low"), result.get(f"{name}_high"),
+                    result.get(f"{name}_note"))  # fmt: skip
 
 
 def training_metrics(result: dict) -> dict:
@@ -93,16 +96,14 @@ def load_json(path: str | Path) -> dict:
 
 
 def score_line(result: dict) -> str:
-    """`31.04 [27.12, 35.01] (95% interval, 30 tasks x 2 episodes)`, or the score with "no
-    interval" and why."""
+    """`31.04 [27.12, 35.01] (95% interval, 30 tasks x 2 episodes)`, or the score, "too few
+    episodes for an interval" and what one needs."""
     tasks, episodes = len(result["tasks"]), result["episodes_per_task"]
     score = interval(result, "normalized_score")
+    counts = f"{tasks} tasks x {episodes} episodes"
     if score.low is None:
-        return (
-            f"{score.value:.2f}  no interval ({tasks} tasks x {episodes} episode: "
-            "an interval needs 2 or more episodes per task)"
-        )
-    return f"{score.format()}  (95% interval, {tasks} tasks x {episodes} episodes)"
+        return f"{score.format()}  ({counts}; an interval needs {NEEDS})"
+    return f"{score.format()}  (95% interval, {counts})"
 
 
 def format_summary(result: dict, paths: list[Path]) -> str:
@@ -117,14 +118,15 @@ def format_summary(result: dict, paths: list[Path]) -> str:
     )
     lines = [f"{'task':<26} {'episodes':>8} {'mean return [95% interval]':>28} {'std':>7}"]
     for task, row in result["tasks"].items():
-        mean = Interval(row["mean"], row.get("mean_low"), row.get("mean_high")).format(1)
+        mean = interval(row, "mean").format(1)
         lines.append(f"{task:<26} {len(row['returns']):>8} {mean:>28} {row['std']:7.1f}")
-    boot = result["bootstrap"]
+    boot = result["intervals"]
     lines += [
         "",
         f"normalized score  {score_line(result)}",
         f"IQM               {interval(result, 'iqm').format()}",
-        f"intervals         {boot['method']}; {boot['samples']} samples, seed {boot['seed']}",
+        f"intervals         {boot['method']} ({boot['samples']} samples, seed "
+        f"{boot['seed']}); an interval needs {boot['needs']}",
         f"acting            {mode}, eval_mode={cfg['eval_mode']}, seed {cfg['seed']}"
         + (f", episodes cut at {cfg['max_steps']} steps" if cfg["max_steps"] else ""),
         f"speed             {result['env_steps_run']} env steps in "

@@ -11,7 +11,8 @@ episodes per task repeats the jobs of a shorter one whenever the shorter one's e
 whole jobs (MT30: 30 tasks per episode, in jobs of 2, 5, 10, ...): a recorded run extends
 exactly (`record`). The planner draws one random stream per job (not per environment), so
 changing the job size changes the planner noise, not the env seeds. Never more actors start
-than there are jobs.
+than there are jobs; by default as many as the cluster's CPUs allow, and the progress output
+says in one line how many work.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from tdmpc_ray.atomic import atomic_path
+from tdmpc_ray.config import did_you_mean
 from tdmpc_ray.evaluate.config import EvalConfig
 from tdmpc_ray.evaluate.pool import EvalPool, Retry, RolloutSettings, model_payload
 from tdmpc_ray.evaluate.record import EpisodeRecord
@@ -41,7 +43,8 @@ from tdmpc_ray.model.checkpoint import infer_config
 from tdmpc_ray.model.published import resolve_checkpoint
 from tdmpc_ray.planning import Planner
 from tdmpc_ray.provenance import provenance
-from tdmpc_ray.tasks.task_sets import TASK_SETS, get_task_set
+from tdmpc_ray.resources import capacity
+from tdmpc_ray.tasks.task_sets import TASK_SETS, episode_length, get_task_set
 
 ModelSource = str | os.PathLike | WorldModel | Mapping[str, torch.Tensor]
 
@@ -74,6 +77,7 @@ def resolve_tasks(spec: str | Sequence[str], cfg: ModelConfig) -> list[str]:
         if name not in model_tasks:
             raise ValueError(
                 f"the model is for task set {cfg.task_set!r}, which has no task {name!r}"
+                f"{did_you_mean(name, model_tasks)}"
             )
         if name.startswith("mw-"):
             raise NotImplementedError(f"Meta-World tasks are not supported yet: {name}")
@@ -112,7 +116,7 @@ def evaluate(
     checkpoint: ModelSource,
     tasks: str | Sequence[str] = "mt30",
     episodes: int = 10,
-    num_actors: int = 1,
+    num_actors: int | None = None,
     cfg: EvalConfig | None = None,
     *,
     model_config: ModelConfig | None = None,
@@ -120,6 +124,7 @@ def evaluate(
     progress: bool = False,
     on_result: Callable[[EpisodeResult], None] | None = None,
     record: str | os.PathLike | None = None,
+    label: str = "eval",
 ) -> dict:
     """Run `episodes` episodes of each task and return per-task returns (with env seeds) and
     `normalized_score`, with 95% intervals beside them (`_scores`).
@@ -127,7 +132,10 @@ def evaluate(
     `checkpoint` is a checkpoint path (any layout `load_world_model` reads), a `WorldModel`, or
     its state dict (config from `model_config` or inferred from shapes); the weights go to the
     object store once. `pool` reuses running actors (then `num_actors` is the pool's), e.g. for
-    periodic evaluation during training; otherwise one is started and stopped here. `record`
+    periodic evaluation during training; otherwise one is started and stopped here, with
+    `num_actors` actors (None: as many as the cluster's CPUs allow), never more than jobs.
+    `progress` shows a bar of environment steps (moving within seconds, with an ETA) named
+    `label`, and one line saying how many actors work. `record`
     (a checkpoint file's evaluation only) keeps every finished episode in that JSON-lines file
     as it arrives and skips the episodes it already holds from an earlier run with the same
     settings (`record.EpisodeRecord`): a stopped run resumes, a finished one extends. Bad
@@ -135,7 +143,7 @@ def evaluate(
     """
     start = time.perf_counter()
     cfg = cfg or EvalConfig()
-    if episodes < 1 or num_actors < 1:
+    if episodes < 1 or (num_actors is not None and num_actors < 1):
         raise ValueError(
             f"episodes and num_actors must be at least 1, got {episodes}, {num_actors}"
         )
@@ -160,10 +168,14 @@ def evaluate(
         if not ray.is_initialized():
             ray.init(logging_level=logging.WARNING)
         pool = EvalPool(
-            min(num_actors, len(groups)), cfg.cpus_per_actor, env_vars=_actor_env(cfg),
+            _actors(num_actors, cfg, len(groups)), cfg.cpus_per_actor, env_vars=_actor_env(cfg),
             gpus_per_actor=cfg.gpus_per_actor,
         )  # fmt: skip
-    bar = _TaskProgress(names, episodes, progress, on_result, earlier)
+    steps = sum(min(episode_length(s.task), cfg.max_steps or episode_length(s.task))
+                for job in groups for s in job)  # fmt: skip
+    bar = _TaskProgress(names, episodes, steps, progress, on_result, earlier, label)
+    if groups:
+        bar.write(_actors_line(num_actors, len(pool.actors), groups, cfg.envs_per_actor, label))
     try:
         if groups:
             results, retries = _run(model, cfg, groups, pool, bar, log, job_of)
@@ -197,6 +209,35 @@ def evaluate(
     return result
 
 
+def _actors(requested: int | None, cfg: EvalConfig, jobs: int) -> int:
+    """Actors to start: `requested`, or as many as the cluster's CPUs (and GPUs, with a GPU
+    share) hold at once; never more than `jobs`."""
+    if requested is None:
+        cap = capacity()
+        requested = int(cap["CPU"] // cfg.cpus_per_actor)
+        if cfg.gpus_per_actor:
+            requested = min(requested, int(cap["GPU"] // cfg.gpus_per_actor))
+    return max(1, min(requested, jobs))
+
+
+def _actors_line(
+    requested: int | None, working: int, groups: Sequence[Sequence[EpisodeSpec]], size: int,
+    label: str,
+) -> str:
+    """One line: how many actors work on how many jobs, and why fewer than asked for."""
+    episodes = sum(len(job) for job in groups)
+    line = (f"{label}: {_count(episodes, 'episode')} in {_count(len(groups), 'job')} of up to "
+            f"{size} on {_count(working, 'actor')}")  # fmt: skip
+    if requested is not None and working < requested:
+        line += (f" ({requested} asked for: one job per actor; --envs-per-actor sets the job "
+                 "size, and with it the planner noise)")  # fmt: skip
+    return line
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def _run(
     model: WorldModel,
     cfg: EvalConfig,
@@ -207,7 +248,7 @@ def _run(
     job_of: Mapping[tuple[str, int], int],
 ) -> tuple[list[EpisodeResult], list[Retry]]:
     """Run `groups` as jobs on `pool`, recording each finished episode in `log` as it arrives,
-    with the job it belongs to."""
+    with the job it belongs to, and showing progress on `bar`."""
     weights = ray.put(model_payload(model))
     settings = RolloutSettings(cfg.planner, cfg.eval_mode, cfg.max_steps)
 
@@ -216,7 +257,7 @@ def _run(
             log.add(result, job_of[(result.spec.task, result.spec.episode)])
         bar.update(result)
 
-    return pool.run(weights, settings, groups, cfg.max_retries, finished)
+    return pool.run(weights, settings, groups, cfg.max_retries, finished, bar.running)
 
 
 def _record(
@@ -260,8 +301,8 @@ def _scores(
     results: Sequence[EpisodeResult], tasks: Sequence[str], specs: Sequence[EpisodeSpec]
 ) -> dict:
     """Per-task returns (in episode order) with their env seeds, mean with its 95% interval, std
-    (population); the normalized score and the IQM with their stratified-bootstrap intervals
-    (`stats.score_summary`: bounds None with 1 episode per task) and the bootstrap's settings."""
+    (population); the normalized score and the IQM with their intervals (`stats.score_summary`:
+    bounds None and a note with too few episodes) and how the intervals were computed."""
     by_task: dict[str, list[EpisodeResult]] = defaultdict(list)
     for result in results:
         by_task[result.spec.task].append(result)
@@ -276,6 +317,7 @@ def _scores(
             "mean": float(np.mean(returns)),
             "mean_low": interval.low,
             "mean_high": interval.high,
+            "mean_note": interval.note,
             "std": float(np.std(returns)),
             "lengths": [r.length for r in episodes],
             "env_seeds": [r.spec.env_seed for r in episodes],
@@ -303,32 +345,55 @@ def _write_videos(results: Sequence[EpisodeResult], video_dir: str | None) -> di
 
 
 class _TaskProgress:
-    """One tqdm bar of episodes, a line per task when its last episode is in, and the caller's
-    own callback."""
+    """A tqdm bar of environment steps, moved by finished episodes and by the steps of the jobs
+    still running (so it moves within seconds and its ETA means something), the finished
+    episodes beside it, a line per task when its last episode is in, and the caller's own
+    callback."""
 
     def __init__(
         self,
         tasks: Sequence[str],
         episodes: int,
+        steps: int,
         enabled: bool,
         callback: Callable[[EpisodeResult], None] | None,
         earlier: Sequence[EpisodeResult] = (),
+        label: str = "eval",
     ) -> None:
         self._episodes, self._callback = episodes, callback
         self._returns: dict[str, list[float]] = {task: [] for task in tasks}
         for result in earlier:
             self._returns[result.spec.task].append(result.ret)
-        self._bar = tqdm(
-            total=len(tasks) * episodes, initial=len(earlier), unit="episode", desc="eval",
-            disable=not enabled,
-        )  # fmt: skip
+        self._finished, self._total = len(earlier), len(tasks) * episodes
+        self._finished_steps = 0
+        self._bar = tqdm(total=steps, unit="step", desc=label, disable=not enabled)
+        self._bar.set_postfix_str(self._postfix())
+
+    def _postfix(self) -> str:
+        return f"episodes {self._finished}/{self._total}"
+
+    def _advance(self, steps: int) -> None:
+        if steps > self._bar.n:
+            self._bar.update(steps - self._bar.n)
+
+    def running(self, steps: int) -> None:
+        """The jobs still running have taken `steps` environment steps."""
+        self._advance(self._finished_steps + steps)
+
+    def write(self, line: str) -> None:
+        """Print a line above the bar (nothing without progress)."""
+        if not self._bar.disable:
+            self._bar.write(line)
 
     def update(self, result: EpisodeResult) -> None:
         returns = self._returns[result.spec.task]
         returns.append(result.ret)
-        self._bar.update(1)
-        if len(returns) == self._episodes and not self._bar.disable:
-            self._bar.write(
+        self._finished += 1
+        self._finished_steps += result.length
+        self._bar.set_postfix_str(self._postfix(), refresh=False)
+        self._advance(self._finished_steps)
+        if len(returns) == self._episodes:
+            self.write(
                 f"{result.spec.task:<26} return {np.mean(returns):7.1f} ± {np.std(returns):6.1f}"
             )
         if self._callback is not None:
