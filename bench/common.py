@@ -44,9 +44,15 @@ def machine() -> dict:
     }
 
 
+def stamped(result: dict) -> dict:
+    """`result` with what every bench result records about where it ran: versions, git commit,
+    host and time (`provenance`) and the machine (`machine`)."""
+    return {**result, **provenance(), "machine": machine()}
+
+
 def write_result(name: str, result: dict) -> Path:
-    """Write `bench/results/<name>.json` with machine and provenance attached."""
-    path = write_json(RESULTS / f"{name}.json", {**result, **provenance(), "machine": machine()})
+    """Write `bench/results/<name>.json`, `stamped`."""
+    path = write_json(RESULTS / f"{name}.json", stamped(result))
     print(f"wrote {path}")
     return path
 

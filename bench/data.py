@@ -1,6 +1,6 @@
 """Data pipeline speed and memory, written to bench/results/data.json.
 
-    /work/venv/bin/python bench/data.py [--episodes 35000] [--tmp DIR]
+    python bench/data.py [--episodes 35000] [--tmp DIR]
 
 1. Writes a synthetic chunk (>= 2 GB at the default 35,000 episodes) in TD-MPC2's public layout
    (a TensorDict saved with torch.save; per-task dims zero-padded, NaN step 0) to a temporary
@@ -30,20 +30,22 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import stamped  # noqa: E402
 
 from tdmpc_ray.atomic import write_json  # noqa: E402
 from tdmpc_ray.data.convert import convert, peak_rss_bytes  # noqa: E402
 from tdmpc_ray.data.episode_store import EpisodeStore  # noqa: E402
 from tdmpc_ray.data.layout import EPISODES_PER_FILE  # noqa: E402
-from tdmpc_ray.provenance import provenance  # noqa: E402
 from tdmpc_ray.tasks.task_sets import get_task_set  # noqa: E402
 
 STEPS = 501
 BLOCK_EPISODES = 1000
 BATCH, HORIZON = 256, 3
 REFERENCE_UPDATE_MS = 324.0
-"""TD-MPC2 reference update of the 1M model at batch 256 on this machine kind
-(../shared/REFERENCE-NOTES.md); used while our own update is not built."""
+"""TD-MPC2 reference update of the 1M model at batch 256, measured once by hand on this machine
+kind before bench/train.py timed it beside ours in one run (bench/results/train.json)."""
 
 
 def write_synthetic_chunk(path: Path, episodes: int, seed: int = 0) -> None:
@@ -225,11 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         if child.exitcode:
             raise SystemExit(f"writing the synthetic chunk failed ({child.exitcode})")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        result = {
+        result = stamped({
             "convert": bench_convert(chunk, tmp / "parquet"),
             "sampler": bench_sampler(tmp / "parquet", args.iterations),
-            "provenance": provenance(),
-        }
+        })
         ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,7 +15,8 @@ defaults, compiled as `tdmpc-ray eval` does), episodes cut at a few steps (`max_
   10-environment observation), against one plan for 10 environments and one env step.
 - `lockstep`: lockstep batching (each actor steps all its episodes together) against the
   baseline of one environment per job (how the public reference evaluates, ~391 ms per action
-  on one core of this machine kind, ../shared/REFERENCE-NOTES.md), for 1 and 2 actors.
+  on one core of this machine kind, measured once by hand; bench/planning.py times the
+  reference beside ours in one run), for 1 and 2 actors.
 
     python bench/eval.py [--mpc-steps 16] [--prior-steps 200] [--repeats 2] [--checkpoint NAME|PATH]
 

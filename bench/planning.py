@@ -9,7 +9,7 @@ over the number of environments. Every measurement is a subprocess pinned to one
 and each time is the median over all rounds' calls. Ours plans with the published 1M student
 (cast to fp32); the reference with its fresh 1M model (the cost does not depend on the weights).
 
-    python bench/planning.py --reference ~/tdmpc2 --reference-python /tmp/refvenv/bin/python
+    python bench/planning.py --reference ~/tdmpc2 --reference-python REFVENV/bin/python
 """
 
 from __future__ import annotations

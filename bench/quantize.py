@@ -1,7 +1,7 @@
 """Quantization of the published student: sizes, output errors and CPU inference speed, written to
 bench/results/quantize.json.
 
-    /work/venv/bin/python bench/quantize.py [--source mt30-1M-fp16|PATH] [--threads 1]
+    python bench/quantize.py [--source mt30-1M-fp16|PATH] [--threads 1]
 
 1. Quantizes the source (the paper's published FP16 student) in every mode, and `int8` once more
    with fp16 scales: file and tensor MiB, output errors against the source on the 256-row probe

@@ -8,11 +8,11 @@ from its own `config.yaml`, and prints per-call times as JSON. It imports only t
 own dependencies (torch, tensordict 0.8.x, hydra, omegaconf), so it runs in the reference's
 virtual environment:
 
-    python3 -m venv /tmp/refvenv && /tmp/refvenv/bin/pip install torch==2.13.0 \\
+    python3 -m venv REFVENV && REFVENV/bin/pip install torch==2.13.0 \\
         tensordict==0.8.3 hydra-core omegaconf numpy
 
-(tensordict 0.8.x: newer ones fail on the reference's checkpoint conversion; see
-../shared/REFERENCE-NOTES.md.)
+(tensordict 0.8.x: newer ones fail on the reference's checkpoint conversion; the environment
+the test fixtures were made in: tests/fixtures/README.md.)
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Not CI: it writes ~13 GB twice to disk and runs for tens of minutes. Run it alone:
 
-    flock /work/heavy.lock nice -n 5 python bench/scale.py --work /tmp/scale [--stages ...]
+    nice -n 5 python bench/scale.py --work DIR [--stages ...]
 
 Stages (each adds its own entry to scale.json, with the commit and time it ran at; `--stages`
 picks some, files of earlier stages are kept in `--work` until `--clean`):
@@ -44,12 +44,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import machine  # noqa: E402
+from common import stamped  # noqa: E402
 from data import STEPS, write_synthetic_chunk  # noqa: E402
 
 from tdmpc_ray.atomic import write_json  # noqa: E402
 from tdmpc_ray.model.published import resolve_checkpoint  # noqa: E402
-from tdmpc_ray.provenance import provenance  # noqa: E402
 
 RESULT = REPO / "bench" / "results" / "scale.json"
 FULL_EPISODES = 690_000
@@ -191,7 +190,7 @@ def stage_chunk(work: Path, episodes: int) -> dict:
     _in_child(work / "chunk.log", _write_chunk, chunk, episodes)
     seconds = time.perf_counter() - started
     return {
-        "path": str(chunk),
+        "path": chunk.name,
         "episodes": episodes,
         "steps": STEPS,
         "bytes": chunk.stat().st_size,
@@ -453,8 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         for stage in stages:
             load = os.getloadavg()[0]
             print(f"== {stage}", flush=True)
-            result = {**run[stage](), "load_average_1m_before": load}
-            result.update(provenance(), machine=machine())
+            result = stamped({**run[stage](), "load_average_1m_before": load})
             results = json.loads(args.out.read_text()) if args.out.is_file() else {}
             write_json(args.out, {**results, stage: result})
             print(json.dumps(result, indent=1)[:3000], flush=True)

@@ -8,7 +8,7 @@ load drifts hit every setting alike. Ours is the paper's recipe (reward distilla
 0.45, labels in the batch); the reference trains from scratch (it has no distillation term).
 A profile of one eager and one compiled update (top ops by self time) says where time goes.
 
-    python bench/train.py --reference ~/tdmpc2 --reference-python /tmp/refvenv/bin/python
+    python bench/train.py --reference ~/tdmpc2 --reference-python REFVENV/bin/python
 
 (the reference's venv: see bench/reference.py).
 """

@@ -4,8 +4,11 @@ noise, and runs in a Python that cannot import tdmpc_ray."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import site
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -34,12 +37,14 @@ def student():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A tiny controller for 3 environments: MPPI and prior, fp32 (.pt2) and int8 (.onnx)."""
+    """A tiny controller for 3 environments: MPPI and prior, fp32 (.pt2) and int8 (.onnx);
+    (folder, manifest, checkpoint, pin)."""
     pytest.importorskip("onnxruntime")
     path = shared_checkpoint("mt30_1M_steps_045dist_fp16.pt")
     out = tmp_path_factory.mktemp("export") / "controller"
     cfg = ExportConfig(planner=TINY, num_envs=3, precisions=("fp32", "int8"))
-    return out, export_controller(path, out, cfg), path
+    manifest, pin = export_controller(path, out, cfg)
+    return out, manifest, path, pin
 
 
 def _planner_actions(student, cfg, obs_steps, eval_mode, seed=3):
@@ -86,17 +91,17 @@ def test_bf16_prior_stays_close_to_fp32(student):
 @pytest.mark.slow
 def test_exported_programs_act_like_the_planner(student, exported):
     """The .pt2 and .onnx programs, loaded back, through the evaluation's Policy adapter."""
-    out, _, _ = exported
+    out, _, _, pin = exported
     torch.manual_seed(1)
     obs_steps = [torch.randn(3, 24) for _ in range(3)]
     expected, _ = _planner_actions(student, TINY, obs_steps, eval_mode=False)
     for program, atol in (("mppi-fp32.pt2", 1e-4),):
-        policy = ExportedPolicy(out, program, seed=3)
+        policy = ExportedPolicy(out, program, seed=3, sha256=pin)
         policy.reset()
         for obs, action in zip(obs_steps, expected, strict=True):
             torch.testing.assert_close(policy.act(obs, TASKS, False), action, atol=atol, rtol=0)
     prior_expected, _ = _planner_actions(student, PlannerConfig(mpc=False), obs_steps[:1], True)
-    got = ExportedPolicy(out, "prior-fp32.pt2", seed=3).act(obs_steps[0], TASKS, True)
+    got = ExportedPolicy(out, "prior-fp32.pt2", seed=3, sha256=pin).act(obs_steps[0], TASKS, True)
     torch.testing.assert_close(got, prior_expected[0], atol=1e-5, rtol=0)
     int8 = ExportedPolicy(out, "prior-int8.onnx", seed=3).act(obs_steps[0], TASKS, True)
     padded = torch.arange(6) >= torch.tensor([1, 5, 3]).unsqueeze(1)
@@ -106,8 +111,9 @@ def test_exported_programs_act_like_the_planner(student, exported):
 
 @pytest.mark.slow
 def test_manifest_and_files_describe_the_controller(exported):
-    out, manifest, source = exported
+    out, manifest, source, pin = exported
     assert manifest["source"]["sha256"] == checkpoint_hash(source)
+    assert pin == checkpoint_hash(out / "manifest.json")  # the sha256 of the file written
     assert manifest["num_envs"] == 3 and manifest["planner"]["num_samples"] == TINY.num_samples
     assert sorted(manifest["programs"]) == sorted(
         ["mppi-fp32.pt2", "mppi-int8.onnx", "prior-fp32.pt2", "prior-int8.onnx"]
@@ -133,7 +139,7 @@ def test_manifest_and_files_describe_the_controller(exported):
 def test_int8_program_computes_in_int8_and_is_small(exported):
     import onnx
 
-    out, manifest, _ = exported
+    out, manifest, _, _ = exported
     graph = onnx.load(out / "mppi-int8.onnx").graph
     ops = [n.op_type for n in graph.node]
     constants = {i.name for i in graph.initializer}
@@ -173,7 +179,7 @@ def test_controller_runs_where_tdmpc_ray_cannot_be_imported(student, exported):
     """A clean `python -I -S` (no site, no .pth files, so no editable install) with only the
     interpreter's site-packages for torch/onnxruntime; it proves tdmpc_ray does not import,
     runs the programs on the Planner's noise, and runs the README's control loops."""
-    out, _, _ = exported
+    out, *_ = exported
     torch.manual_seed(2)
     obs = torch.randn(3, 24)
     generator = torch.Generator().manual_seed(3)
@@ -229,3 +235,25 @@ def test_non_empty_out_and_missing_checkpoint_are_refused(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "d")]) == 2
     assert re.search(r"nope\.pt: no such checkpoint file", capsys.readouterr().err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+@pytest.mark.slow
+def test_int8_export_is_quiet_and_publishes_a_normal_folder(tmp_path, capfd, caplog):
+    """With the deploy extra: none of the ONNX tools' notices, a note on what max |diff| means,
+    and a folder and files with the modes the umask gives (not a temporary folder's 0700)."""
+    pytest.importorskip("onnxruntime")
+    ckpt = shared_checkpoint("mt30_1M_steps_045dist_fp16.pt")
+    out = tmp_path / "c"
+    tiny = ["--iterations", "1", "--num-samples", "16", "--num-elites", "4", "--num-pi-trajs", "2"]
+
+    assert main(["export", str(ckpt), "--out", str(out), "--precision", "fp32,int8", *tiny]) == 0
+
+    stdout, stderr = capfd.readouterr()
+    assert "max |diff|: the largest gap" in stdout
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    notices = "\n".join([stderr, *logged])  # torch logs to stderr; ONNX Runtime to the root logger
+    assert not re.search(r"torchvision|pre-processing|Warning", notices), notices
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o666 & ~mask}

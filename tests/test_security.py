@@ -168,7 +168,7 @@ def test_tampered_pt2_runs_nothing_and_fails_in_one_line(tmp_path, programs, tam
     pin = _write_folder(tmp_path / "c", {PT2: tamper(programs[PT2], marker)})
     for load in (
         lambda: load_controller(tmp_path / "c", PT2, sha256=pin),
-        lambda: ExportedPolicy(tmp_path / "c", PT2).act(torch.zeros(1, 24), torch.zeros(1), True),
+        lambda: ExportedPolicy(tmp_path / "c", PT2, sha256=pin),
     ):
         with pytest.raises(ControllerError) as err:
             load()
@@ -187,6 +187,24 @@ def test_clean_folder_loads_pinned_and_onnx_by_default(tmp_path, programs):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     with pytest.raises(ControllerError, match=r"a \.pt2 is code; pass sha256="):
         load_controller(tmp_path / "c", PT2)
+
+
+def test_exported_policy_loads_a_pt2_only_pinned(tmp_path, programs):
+    """`ExportedPolicy` loads by `load_controller`'s path: an unpinned `.pt2` is refused in one
+    line, a pinned one acts; a `.pt2` listed under an `.onnx` name is refused unpinned too."""
+    folder = tmp_path / "c"
+    pin = _write_folder(folder, programs)
+    with pytest.raises(ControllerError, match=r"a \.pt2 is code; pass sha256=") as err:
+        ExportedPolicy(folder, PT2)
+    assert str(folder / PT2) in str(err.value) and "\n" not in str(err.value)
+    obs = torch.randn(1, 24)
+    got = ExportedPolicy(folder, PT2, sha256=pin).act(obs, torch.zeros(1), True)
+    torch.testing.assert_close(got, torch.tanh(obs @ _Prior().w).detach())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["programs"]["disguised.onnx"] = manifest["programs"].pop(PT2)  # file: the .pt2
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ControllerError, match=r"a \.pt2 is code; pass sha256="):
+        load_controller(folder, "disguised.onnx")
 
 
 def test_pin_and_manifest_digests_are_checked(tmp_path, programs):

@@ -3,7 +3,9 @@
 A chunk is a TensorDict saved with plain `torch.save`, batch [E, T]: `obs` f32 [E,T,obs_dim],
 `action` f32 [E,T,action_dim] and `reward` f32 [E,T] with NaN at step 0, `task` int [E,T].
 It is opened with `torch.load(mmap=True, weights_only=True)`, so nothing is read until touched
-and no code outside `TENSORDICT_SAFE_GLOBALS` can run while unpickling.
+and no code outside `TENSORDICT_SAFE_GLOBALS` can run while unpickling. tensordict itself is not
+needed: the globals a pickled TensorDict names are mapped to `SavedTensorDict`, a plain dict of its
+fields (docs/decisions.md, "What the default install holds").
 """
 
 from __future__ import annotations
@@ -18,19 +20,38 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tensordict import TensorDict
-from tensordict._reductions import _make_td
 
 from tdmpc_ray.tasks.task_sets import TaskSet
 
-# What a pickled TensorDict references beyond torch's own tensor, storage and Size globals:
-# tensordict >= 0.3 pickles `_make_td(TensorDict, state)`; tensordict <= 0.2 (current when the
-# public data set was made, late 2023) pickles the class under its old module path, created by
-# NEWOBJ and filled by BUILD, with its key dict as `tensordict.utils._StringOnlyDict` (a dict).
+
+class SavedTensorDict(dict):
+    """A pickled TensorDict read without tensordict: its fields (`state["_tensordict"]`) as a
+    dict; batch size, device and lock state are dropped."""
+
+    def __setstate__(self, state: object) -> None:
+        fields = state.get("_tensordict") if isinstance(state, dict) else None
+        if not isinstance(fields, dict):
+            raise pickle.UnpicklingError("a TensorDict without its field dict")
+        self.update(fields)
+
+
+def _make_saved(_cls: type, state: object) -> SavedTensorDict:
+    """Stands in for tensordict's `_make_td(cls, state)`; builds a `SavedTensorDict` whatever
+    class the file names."""
+    saved = SavedTensorDict()
+    saved.__setstate__(state)
+    return saved
+
+
+# What a pickled TensorDict references beyond torch's own tensor, storage and Size globals, each
+# mapped to a stand-in: tensordict >= 0.3 pickles `_make_td(TensorDict, state)`; tensordict <= 0.2
+# (current when the public data set was made, late 2023) pickles the class under its old module
+# path, created by NEWOBJ and filled by BUILD, with its key dict as
+# `tensordict.utils._StringOnlyDict` (a dict).
 TENSORDICT_SAFE_GLOBALS: list = [
-    _make_td,
-    TensorDict,
-    (TensorDict, "tensordict.tensordict.TensorDict"),
+    (_make_saved, "tensordict._reductions._make_td"),
+    (SavedTensorDict, "tensordict._td.TensorDict"),
+    (SavedTensorDict, "tensordict.tensordict.TensorDict"),
     (dict, "tensordict.utils._StringOnlyDict"),
 ]
 FIELDS = ("obs", "action", "reward", "task")
@@ -53,13 +74,17 @@ def _load_problem(err: Exception) -> str:
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if found:
         return f"holds the global {found.group(1)}, outside the TensorDict allow-list"
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
     lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(err).__name__]
-    detail = next((line for line in lines if "WeightsUnpickler error:" in line), lines[0])
-    return f"not a readable torch file ({detail})"
+    return f"not a readable torch file ({found.group(1) if found else lines[0]})"
 
 
 def load_chunk(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
-    """Memory-map a chunk file; raises ValueError naming the file if it cannot be read."""
+    """Memory-map a chunk file; raises ValueError naming the file if it cannot be read.
+
+    Returns a `SavedTensorDict`, or tensordict's own TensorDict where tensordict is imported in
+    this process (importing it registers its own safe globals under the same names); both map
+    field names to tensors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -70,7 +95,7 @@ def load_chunk(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
             data = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as err:
         raise ValueError(f"{path}: {_load_problem(err)}") from None
-    if not isinstance(data, (TensorDict, dict)):
+    if not callable(getattr(data, "keys", None)):
         raise ValueError(f"{path}: holds a {type(data).__name__}, expected a TensorDict")
     return data
 
@@ -81,6 +106,9 @@ def check_chunk(path: str | os.PathLike, task_set: TaskSet) -> ChunkInfo:
     missing = [name for name in FIELDS if name not in data.keys()]
     if missing:
         raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
+    nested = [name for name in FIELDS if not isinstance(data[name], torch.Tensor)]
+    if nested:
+        raise ValueError(f"{path}: field {nested[0]} is not a tensor")
     obs = data["obs"]
     if obs.dim() != 3 or obs.shape[1] < 2:
         raise ValueError(

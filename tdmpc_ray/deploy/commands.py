@@ -19,6 +19,11 @@ _PLANNER_FIELDS = (
     "temperature",
 )
 _PRECISIONS = ("fp32", "bf16", "int8")
+_DIFF_NOTE = """\
+max |diff|: the largest gap of any output from the fp32 module's on one random input (actions
+  lie in [-1, 1]). MPPI ranks sampled plans: rounding, like a 0.001 change of the observation,
+  can swap an elite and move the action far. Judge a quantized MPPI step by its episode scores
+  (docs/results/deploy.md); the prior's gap is its rounding error."""
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -28,14 +33,18 @@ def _export(args: argparse.Namespace) -> int:
     planner = PlannerConfig(**{f: getattr(args, f) for f in _PLANNER_FIELDS})
     cfg = ExportConfig(planner, args.num_envs, precisions, args.onnx, args.prior)
     start = time.perf_counter()
-    print(f"exporting {args.checkpoint} ({', '.join(precisions)}; torch.export, ONNX for int8)")
-    manifest = export_controller(args.checkpoint, args.out, cfg)
+    kinds = ", ".join(f"{p} ({'ONNX' if p == 'int8' else 'torch.export'})" for p in precisions)
+    print(f"exporting {args.checkpoint}: {kinds}")
+    manifest, pin = export_controller(args.checkpoint, args.out, cfg)
     print(f"{'program':<20} {'MiB':>6}  max |diff| vs fp32 module")
     for name, entry in manifest["programs"].items():
         print(f"{name:<20} {entry['bytes'] / 2**20:6.2f}  {entry['max_abs_diff_vs_fp32']:.2g}")
+    if any(entry["precision"] != "fp32" for entry in manifest["programs"].values()):
+        print(_DIFF_NOTE)
     print(
         f"done in {time.perf_counter() - start:.0f} s; wrote {args.out}/ (manifest.json, README.md)"
     )
+    print(f"pin it: sha256 of manifest.json {pin} (load_controller(folder, sha256=...))")
     return 0
 
 
@@ -56,12 +65,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write (new or empty)")
     p.add_argument(
         "--precision",
-        default="fp32,int8",
+        default="fp32",
         help=f"comma-separated, of {', '.join(_PRECISIONS)} (default %(default)s); int8 is ONNX "
-        "Runtime's, bf16 pays only on CPUs with native bf16",
+        "Runtime's and needs pip install 'tdmpc-ray[deploy]'; bf16 pays only on CPUs with native "
+        "bf16",
     )
     p.add_argument("--num-envs", type=int, default=1, help="environments per call (default 1)")
-    p.add_argument("--onnx", action="store_true", help="also write the fp32 programs as .onnx")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write the fp32 programs as .onnx (needs the deploy extra)",
+    )
     p.add_argument(
         "--prior",
         action=argparse.BooleanOptionalAction,

@@ -10,12 +10,16 @@ and docs/results/deploy.md.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import importlib.util
+import logging
 import os
+import secrets
 import shutil
-import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +42,8 @@ _ONNX_EXTRA = (
     "ONNX and int8 output need the deploy extra: pip install 'tdmpc-ray[deploy]' "
     "(or --precision fp32)"
 )
+_ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")
+"""What writing `.onnx` needs: torch's exporter (onnx, onnxscript) and the int8 quantizer."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,9 @@ class ExportConfig:
     """MPPI settings baked into the MPPI program (fixed shapes); `compile`/`env_block` unused."""
     num_envs: int = 1
     """Environments one call controls (a fixed batch dimension)."""
-    precisions: tuple[str, ...] = ("fp32", "int8")
-    """Matmul precisions: fp32 and bf16 as `.pt2`, int8 as ONNX Runtime int8 `.onnx`."""
+    precisions: tuple[str, ...] = ("fp32",)
+    """Matmul precisions: fp32 and bf16 as `.pt2` (torch only), int8 as ONNX Runtime int8 `.onnx`
+    (needs the deploy extra)."""
     onnx: bool = False
     """Also write the fp32 programs as `.onnx` (for ONNX Runtime / TensorRT)."""
     prior: bool = True
@@ -65,6 +72,9 @@ class ExportConfig:
                 f"unknown precision {unknown[0] if unknown else '(none)'!r}; "
                 f"choose from {', '.join(EXPORT_PRECISIONS)}"
             )
+        onnx = self.onnx or "int8" in self.precisions
+        if onnx and not all(importlib.util.find_spec(m) for m in _ONNX_MODULES):
+            raise ValueError(_ONNX_EXTRA)
         cfg = self.planner
         if not cfg.mpc:
             raise ValueError("planner.mpc must be true (the prior is exported with prior=True)")
@@ -124,13 +134,44 @@ def _export_pt2(program: _Program, path: Path) -> None:
     torch.export.save(exported, str(path))
 
 
-def _export_onnx(program: _Program, path: Path) -> None:
+class _DropNotice(logging.Filter):
+    """Drops the records of one logger whose message starts with `prefix`."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def _quiet_onnx_tools() -> Iterator[None]:
+    """Hide the ONNX tools' notices that ask nothing of a user, and only those: torch's exporter
+    skipping torchvision's operators (a controller has none), ONNX Runtime's advice to
+    pre-process a model before quantizing (shape inference and graph optimisation; each int8
+    program is checked against the fp32 module without it) and a FutureWarning torch raises
+    inside its own exporter."""
+    notices = (
+        (logging.getLogger("torch.onnx._internal.exporter._registration"),
+         _DropNotice("torchvision is not installed")),
+        (logging.getLogger(), _DropNotice("Please consider to run pre-processing")),
+    )  # fmt: skip
+    for logger, notice in notices:
+        logger.addFilter(notice)
     try:
-        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
-    except ImportError:
-        raise ValueError(_ONNX_EXTRA) from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
+            )
+            yield
+    finally:
+        for logger, notice in notices:
+            logger.removeFilter(notice)
+
+
+def _export_onnx(program: _Program, path: Path) -> None:
+    with _quiet_onnx_tools():
         torch.onnx.export(
             program.module,
             tuple(program.inputs.values()),
@@ -158,11 +199,10 @@ def _strip_onnx(path: Path) -> None:
 
 
 def _quantize_int8(fp32_onnx: Path, path: Path) -> None:
-    try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError:
-        raise ValueError(_ONNX_EXTRA) from None
-    quantize_dynamic(fp32_onnx, path, per_channel=True, weight_type=QuantType.QInt8)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_onnx_tools():
+        quantize_dynamic(fp32_onnx, path, per_channel=True, weight_type=QuantType.QInt8)
     _strip_onnx(path)
 
 
@@ -211,9 +251,10 @@ def _tasks(model: WorldModel) -> list[dict]:
 
 def export_controller(
     checkpoint: str | os.PathLike, out: str | os.PathLike, cfg: ExportConfig | None = None
-) -> dict:
+) -> tuple[dict, str]:
     """Export the world model in `checkpoint` (any layout `load_world_model` reads) as a
-    controller folder `out` and return its manifest.
+    controller folder `out`; return its manifest and the folder's pin, the sha256 of the
+    manifest.json written (what `load_controller` and `ExportedPolicy` need to load a `.pt2`).
 
     `out` must not exist or be empty; the folder appears whole or not at all. Every program is
     loaded back and run once before the folder is published.
@@ -225,7 +266,8 @@ def export_controller(
         raise ValueError(f"{out}: exists and is not an empty folder")
     model = load_world_model(checkpoint, task_set=None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
+    tmp.mkdir()  # 0777 less the umask, as any folder a user makes (mkdtemp's would be 0700)
     try:
         programs = {}
         for program in _programs(model, cfg):
@@ -249,13 +291,14 @@ def export_controller(
                 programs[path.name] = _entry(program, path)
         manifest = _manifest(model, checkpoint, cfg, programs)
         write_json(tmp / MANIFEST, manifest)
+        pin = _sha256(tmp / MANIFEST)
         (tmp / "README.md").write_text(readme(manifest))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
+    return manifest, pin
 
 
 def _manifest(model: WorldModel, checkpoint: Path, cfg: ExportConfig, programs: dict) -> dict:
@@ -305,7 +348,9 @@ def readme(manifest: dict) -> str:
     loops = []
     pt2 = next((n for n in mppi if n.endswith(".pt2")), None)
     if pt2:
-        loops.append(_LOOP.format(program=pt2, load="step = torch.export.load(program).module()"))
+        loops.append(
+            _LOOP.format(program=pt2, load="step = torch.export.load(io.BytesIO(data)).module()")
+        )
     onnx = next((n for n in mppi if n.endswith(".onnx")), None)
     if onnx:
         loops.append(_LOOP.format(program=onnx, load=_ORT_LOAD))
@@ -328,15 +373,29 @@ step is a pure function: the plan it returns is the next call's warm start (zero
 episode's start), and every random draw is an input. The policy prior is one call,
 `action = prior(obs, task, eps)`, with `eps` zeros for its mean action.
 
+**Trust.** A `.pt2` file is code: torch's loader unpickles parts of it and generates Python from
+it, so load one only from a source you trust. Pin this folder: `sha256sum manifest.json` must
+print the digest `tdmpc-ray export` printed (`export_controller` returns it); the manifest holds
+every program's sha256, which the loops below check before loading. With tdmpc_ray installed,
+`tdmpc_ray.deploy.runtime.load_controller(folder, sha256=...)` (and `ExportedPolicy`, for
+evaluation) does both checks and also refuses archives with pickled entries or operators the
+exporter never writes; unpinned, both load only the `.onnx` programs. For a folder received from
+elsewhere, use the `.onnx` programs (ONNX Runtime runs no Python from the file).
+
 {"".join(loops)}"""
 
 
 _LOOP = """```python
+import hashlib
+import io
 import json
 import torch
 
-manifest = json.load(open("manifest.json"))
+manifest = json.load(open("manifest.json"))             # its sha256: the digest you pinned
 program = "{program}"
+data = open(program, "rb").read()
+if hashlib.sha256(data).hexdigest() != manifest["programs"][program]["sha256"]:
+    raise SystemExit(f"{{program}}: not the file manifest.json lists; not loading it")
 inputs = manifest["programs"][program]["inputs"]
 shapes = {{i["name"]: i["shape"] for i in inputs}}
 {load}
@@ -352,7 +411,7 @@ for t in range(3):                                      # your control loop
 
 """
 _ORT_LOAD = """import onnxruntime
-session = onnxruntime.InferenceSession(program)
+session = onnxruntime.InferenceSession(data)
 
 
 def step(*args):

@@ -166,18 +166,41 @@ def _program_entry(folder: Path, manifest: dict, name: str) -> dict:
     return entry
 
 
-def _verified_program(folder: Path, manifest: dict, name: str) -> Program:
-    """Program `name` of the folder: its bytes checked against the manifest's sha256, then
-    loaded from those same bytes (`load_program`)."""
+def _verified_program(folder: Path, manifest: dict, name: str, pinned: bool) -> Program:
+    """Program `name` of the folder: its file read from inside the folder, refused unless it is
+    `.onnx` or the folder is `pinned` (a `.pt2` is code), its bytes checked against the
+    manifest's sha256, then loaded from those same bytes (`load_program`)."""
     entry = _program_entry(folder, manifest, name)
     file = entry.get("file", name)
     data = _read_in_folder(folder, file, entry["bytes"])
+    if not pinned and Path(file).suffix != ".onnx":
+        raise ControllerError(
+            f"{folder / file}: unpinned, only .onnx loads (a .pt2 is code; pass sha256= the "
+            "digest `tdmpc-ray export` printed)"
+        )
     if _sha256(data) != entry["sha256"]:
         raise ControllerError(
             f"{folder / file}: sha256 {_sha256(data)[:16]}... is not the manifest's "
             f"{entry['sha256'][:16]}...: refusing it"
         )
     return load_program(folder / file, data)
+
+
+def _open_controller(folder: Path, program: str | None, sha256: str | None) -> tuple[dict, Program]:
+    """The manifest of `folder`, checked against the pin `sha256`, and its program `program`
+    (None: the first MPPI one, an `.onnx` one when unpinned) through `_verified_program`: the
+    one path by which `load_controller` and `ExportedPolicy` load a program."""
+    manifest = read_manifest(folder, sha256)
+    if program is None:
+        programs = manifest["programs"].items()
+        mppi = [n for n, e in programs if isinstance(e, dict) and e.get("kind") == "mppi"]
+        usable = mppi if sha256 is not None else [n for n in mppi if n.endswith(".onnx")]
+        if not usable:
+            raise ControllerError(
+                f"{folder}: no MPPI .onnx program; pin the folder (sha256=...) to load a .pt2"
+            )
+        program = usable[0]
+    return manifest, _verified_program(folder, manifest, program, pinned=sha256 is not None)
 
 
 def load_controller(
@@ -191,23 +214,7 @@ def load_controller(
     from it, so it is treated as code (docs/security.md). `program` None picks the folder's first
     MPPI program (an `.onnx` one when unpinned).
     """
-    folder = Path(folder)
-    manifest = read_manifest(folder, sha256)
-    if program is None:
-        programs = manifest["programs"].items()
-        mppi = [n for n, e in programs if isinstance(e, dict) and e.get("kind") == "mppi"]
-        usable = mppi if sha256 is not None else [n for n in mppi if n.endswith(".onnx")]
-        if not usable:
-            raise ControllerError(
-                f"{folder}: no MPPI .onnx program; pin the folder (sha256=...) to load a .pt2"
-            )
-        program = usable[0]
-    if sha256 is None and not program.endswith(".onnx"):
-        raise ControllerError(
-            f"{folder / program}: a .pt2 is code; pass sha256= the digest `tdmpc-ray export` "
-            "printed, or load an .onnx program"
-        )
-    return _verified_program(folder, manifest, program)
+    return _open_controller(Path(folder), program, sha256)[1]
 
 
 def check_pt2(data: bytes, path: str | Path) -> None:
@@ -337,21 +344,17 @@ class ExportedPolicy:
     steps and draws its noise like a `Planner` seeded with `seed`.
 
     `variant` names one of the manifest's programs (e.g. `mppi-fp32.pt2`, `prior-int8.onnx`).
-    It is loaded as `load_controller` loads it (inside the folder, the manifest's sha256, the
-    `.pt2` checks) but a `.pt2` loads unpinned too: this adapter is for folders this machine
-    exported (evaluation, bench); pin a folder from elsewhere with `sha256`.
+    It is loaded exactly as `load_controller` loads it: a `.pt2` only when `sha256` pins the
+    folder (the digest `export_controller` returns and `tdmpc-ray export` prints).
     """
 
     def __init__(self, folder: str | Path, variant: str, seed: int = 0, sha256: str | None = None):
-        folder = Path(folder)
-        self.manifest = read_manifest(folder, sha256)
-        entry = _program_entry(folder, self.manifest, variant)
-        self.mpc = entry["kind"] == "mppi"
+        self.manifest, self.run = _open_controller(Path(folder), variant, sha256)
+        self.mpc = self.manifest["programs"][variant]["kind"] == "mppi"
         self.cfg = PlannerConfig(**self.manifest["planner"])
         self.num_envs = self.manifest["num_envs"]
         self.action_dim = self.manifest["model"]["action_dim"]
         self.num_q = self.manifest["model"]["num_q"]
-        self.run = _verified_program(folder, self.manifest, variant)
         self.generator = torch.Generator().manual_seed(seed)
         self.plan = torch.zeros(self.num_envs, self.cfg.horizon, self.action_dim)
 
