@@ -21,10 +21,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from tdmpc_ray.train.config import TrainConfig
+from typing import Protocol, TypeVar, runtime_checkable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +33,46 @@ STEP = 0.05
 
 class ResourceError(ValueError):
     """A run asks for more than the cluster can ever give it at once."""
+
+
+class _Recipe(Protocol):
+    """A run's losses (`train.losses.LossConfig`): which teacher outputs they need."""
+
+    def teacher_terms(self) -> tuple[str, ...]: ...
+
+
+class _Precision(Protocol):
+    """A run's optimiser settings (`train.update.OptimConfig`): the teacher runs at its precision."""
+
+    precision: str
+
+
+@runtime_checkable
+class RunSettings(Protocol):
+    """The settings of a training run that its resources depend on: the fields of
+    `train.config.TrainConfig` read here, as a protocol so that this module imports nothing
+    above it."""
+
+    num_workers: int
+    use_gpu: bool
+    gpus_per_worker: float
+    cpus_per_worker: float | None
+    read_cpus: float
+    eval_freq: int
+    eval_actors: int
+    eval_cpus: float
+    teacher: str | None
+    teacher_gpus: float | None
+    teacher_replicas: int
+    task_set: str
+    optim: _Precision
+    distilling: bool
+
+    def losses(self) -> _Recipe: ...
+
+
+Run = TypeVar("Run", bound=RunSettings)
+"""A run's settings, whose own type a fitted copy keeps."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +170,7 @@ def round_down(value: float) -> float:
     return round(math.floor(value / STEP + 1e-9) * STEP, 6)
 
 
-def teacher_gpus(cfg: TrainConfig, cap: dict[str, float]) -> float:
+def teacher_gpus(cfg: RunSettings, cap: dict[str, float]) -> float:
     """GPUs each replica of the shared teacher takes (`get_teacher`'s rule: one when the cluster
     has one)."""
     if cfg.teacher_gpus is not None:
@@ -141,7 +178,7 @@ def teacher_gpus(cfg: TrainConfig, cap: dict[str, float]) -> float:
     return 1.0 if cap.get("GPU", 0.0) >= 1 else 0.0
 
 
-def training_parts(cfg: TrainConfig) -> list[Part]:
+def training_parts(cfg: RunSettings) -> list[Part]:
     """What one training run holds besides the teacher: its workers, one Ray Data read task
     (more run when CPUs are spare; one is enough to load) and its evaluation actors."""
     parts = [
@@ -154,15 +191,24 @@ def training_parts(cfg: TrainConfig) -> list[Part]:
     return parts
 
 
-def _teachers(configs: Sequence[TrainConfig], cap: dict[str, float]) -> Part:
-    """The shared teacher actors of `configs`: `teacher_replicas` per distinct teacher service
-    (0 CPUs each)."""
+def asks_teacher(cfg: RunSettings, cached: Sequence[str] = ()) -> bool:
+    """Whether `cfg`'s run starts teacher actors: it distils an output that is not among the
+    data's `cached` labels (the paper's reward recipe on labelled data starts none)."""
+    return cfg.distilling and bool(set(cfg.losses().teacher_terms()) - set(cached))
+
+
+def _teachers(
+    configs: Sequence[RunSettings], cap: dict[str, float], cached: Sequence[str] = ()
+) -> Part:
+    """The shared teacher actors of `configs` that ask the teacher for an output beyond the
+    `cached` labels: `teacher_replicas` per distinct teacher service (0 CPUs each)."""
     teachers = {(c.teacher, c.task_set, c.teacher_replicas, c.optim.precision):
-                c.teacher_replicas * teacher_gpus(c, cap) for c in configs if c.distilling}  # fmt: skip
+                c.teacher_replicas * teacher_gpus(c, cap)
+                for c in configs if asks_teacher(c, cached)}  # fmt: skip
     return Part("teachers", 0.0, sum(teachers.values()))
 
 
-def fit_workers(cfg: TrainConfig, cap: dict[str, float], reserved: float = 0.0) -> TrainConfig:
+def fit_workers(cfg: Run, cap: dict[str, float], reserved: float = 0.0) -> Run:
     """`cfg` with `cpus_per_worker` set when it was None: 1, or the largest multiple of `STEP`
     that fits beside the run's other parts and `reserved` CPUs (e.g. a Tune trial's own)."""
     if cfg.cpus_per_worker is not None:
@@ -172,7 +218,9 @@ def fit_workers(cfg: TrainConfig, cap: dict[str, float], reserved: float = 0.0) 
     return dataclasses.replace(cfg, cpus_per_worker=share if share > 0 else 1.0)
 
 
-def _fixes(cfg: TrainConfig, cap: dict[str, float], demand: Demand) -> dict[str, str]:
+def _fixes(
+    cfg: RunSettings, cap: dict[str, float], demand: Demand, cached: Sequence[str] = ()
+) -> dict[str, str]:
     """What to change when `cfg`'s `demand` does not fit: worker CPUs first, then evaluation;
     for GPUs, fewer GPU workers or a teacher on CPU."""
     others = demand.total("CPU") - cfg.num_workers * cfg.cpus_per_worker
@@ -188,22 +236,23 @@ def _fixes(cfg: TrainConfig, cap: dict[str, float], demand: Demand) -> dict[str,
         teacher = demand.total("GPU") - cfg.num_workers * cfg.gpus_per_worker
         fits = math.floor((cap.get("GPU", 0.0) - teacher) / cfg.gpus_per_worker + 1e-9)
         gpu_fixes.append(f"num_workers={fits}" if fits >= 1 else "use_gpu=false")
-    if cfg.distilling:
+    if asks_teacher(cfg, cached):
         gpu_fixes.append("teacher_gpus=0")
     return {"CPU": cpu_fix, "GPU": "set " + " or ".join(gpu_fixes)}
 
 
-def check_training(cfg: TrainConfig, cap: dict[str, float]) -> TrainConfig:
+def check_training(cfg: Run, cap: dict[str, float], cached: Sequence[str] = ()) -> Run:
     """The run's config with its worker CPUs fitted (`fit_workers`), once the whole run is
-    known to fit the cluster; raises ResourceError naming what to change otherwise."""
+    known to fit the cluster (its teacher counted only when it asks for more than the data's
+    `cached` labels); raises ResourceError naming what to change otherwise."""
     cfg = fit_workers(cfg, cap)
-    demand = Demand((*training_parts(cfg), _teachers([cfg], cap)))
-    check(demand, cap, "training", _fixes(cfg, cap, demand))
+    demand = Demand((*training_parts(cfg), _teachers([cfg], cap, cached)))
+    check(demand, cap, "training", _fixes(cfg, cap, demand, cached))
     return cfg
 
 
 def plan_sweep(
-    configs: Sequence[TrainConfig],
+    configs: Sequence[RunSettings],
     trial_cpus: float,
     max_concurrent: int | None,
     cap: dict[str, float],
@@ -237,11 +286,28 @@ def plan_sweep(
     return max_concurrent or fits
 
 
-def check_evaluation(num_actors: int, cpus_per_actor: float, cap: dict[str, float]) -> None:
-    """Fail unless every rollout actor can run at once: each is handed its own episodes, so an
-    actor that never starts holds them forever."""
-    demand = Demand((Part("actor", cpus_per_actor, count=num_actors),))
-    actors = math.floor(cap.get("CPU", 0.0) / cpus_per_actor + 1e-9)
-    share = round_down(cap.get("CPU", 0.0) / num_actors)
-    fix = f"use at most {actors} actor(s)" + (f", or {share:g} CPUs per actor" if share else "")
-    check(demand, cap, "evaluation", {"CPU": fix, "GPU": ""})
+def check_evaluation(
+    num_actors: int, cpus_per_actor: float, cap: dict[str, float], gpus_per_actor: float = 0.0
+) -> None:
+    """Fail unless every rollout actor can run at once, CPUs and GPUs: each is handed its own
+    episodes, so an actor that never starts holds them forever."""
+    demand = Demand((Part("actor", cpus_per_actor, gpus_per_actor, count=num_actors),))
+    fixes = {
+        "CPU": _actor_fix(num_actors, cpus_per_actor, cap.get("CPU", 0.0), "CPUs"),
+        "GPU": _actor_fix(num_actors, gpus_per_actor, cap.get("GPU", 0.0), "GPUs")
+        or "set gpus_per_actor=0",
+    }
+    check(demand, cap, "evaluation", fixes)
+
+
+def _actor_fix(num_actors: int, each: float, have: float, unit: str) -> str:
+    """What fits `have` of a resource that `num_actors` actors ask `each` of: `use at most N
+    actor(s), or S <unit> per actor` (either part left out when it is zero)."""
+    fits = math.floor(have / each + 1e-9) if each else num_actors
+    share = round_down(have / num_actors)
+    options = []
+    if fits:
+        options.append(f"use at most {fits} actor(s)")
+    if share:
+        options.append(f"{share:g} {unit} per actor")
+    return ", or ".join(options)

@@ -83,7 +83,7 @@ def test_teacher_reward_passes_through_with_reward(tmp_path):
 
     batch = store.sample(64, 2, torch.Generator().manual_seed(0))
 
-    assert store.teacher_terms == ("reward",)
+    assert store.labelled_terms == ("reward",)
     assert torch.equal(batch.teacher["reward"], -batch.reward)
 
 

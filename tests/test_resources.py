@@ -4,6 +4,8 @@ CPUs); runs that cannot fit fail in seconds with one line that says what to chan
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from tdmpc_ray.resources import (
     CHECK_ENV,
     ResourceError,
+    RunSettings,
     check_evaluation,
     check_training,
     fit_workers,
@@ -31,6 +34,15 @@ def test_default_workers_are_fitted_beside_the_reads_and_evaluation():
     assert check_training(TrainConfig(data="d"), {"CPU": 8.0}).cpus_per_worker == 1.0
     explicit = TrainConfig(data="d", cpus_per_worker=0.5)
     assert fit_workers(explicit, TWO_CPUS) is explicit
+
+
+def test_resources_read_a_runs_settings_without_importing_training():
+    """`RunSettings` names every TrainConfig field the accounting reads, so the module stays
+    below `train` (no upward import)."""
+    assert isinstance(TrainConfig(data="d"), RunSettings)
+    code = "import sys, tdmpc_ray.resources; print(any('.train' in m for m in sys.modules))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"
 
 
 def test_a_run_that_cannot_fit_fails_with_one_line_saying_what_to_change():

@@ -80,10 +80,15 @@ def test_a_compiled_update_equals_the_eager_one(device):
 
 def test_compiled_updates_use_cuda_graphs_on_cuda_and_torchs_random_draws_on_cpu():
     on = OptimConfig(compile=True)
-    assert compile_options(on, torch.device("cuda")) == {"mode": "reduce-overhead"}
-    assert compile_options(on, torch.device("cpu")) == {"options": {"fallback_random": True}}
+    static = {"dynamic": False}  # one graph per batch size, never a dynamic-shape one
+    assert compile_options(on, torch.device("cuda")) == {"mode": "reduce-overhead", **static}
+    assert compile_options(on, torch.device("cpu")) == {
+        "options": {"fallback_random": True}, **static
+    }
     chosen = OptimConfig(compile=True, compile_mode="max-autotune-no-cudagraphs")
-    assert compile_options(chosen, torch.device("cuda")) == {"mode": "max-autotune-no-cudagraphs"}
+    assert compile_options(chosen, torch.device("cuda")) == {
+        "mode": "max-autotune-no-cudagraphs", **static
+    }
 
 
 def test_metrics_stay_tensors_until_read():

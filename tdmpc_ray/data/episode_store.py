@@ -47,7 +47,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from tdmpc_ray.data.layout import TEACHER_COLUMNS, list_parts, table_arrays, teacher_terms
+from tdmpc_ray.data.layout import TEACHER_COLUMNS, list_parts, table_arrays, terms_labelled_in
+from tdmpc_ray.devices import to_device
 
 GPU_HEADROOM = 2.5
 CHUNK_BYTES = 256 << 20
@@ -74,15 +75,6 @@ class Batch(NamedTuple):
     teacher: dict[str, torch.Tensor]
     """Teacher outputs by term (`teacher_outputs`): [S, B, width] for the first S <= H steps,
     paired like `reward` (obs[t+k], action[t+1+k]); the data set's labels, or the actor's."""
-
-
-def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """`x` on `device`; a host tensor reaches a GPU through pinned memory, so the copy never makes
-    the host wait for the GPU's queued work."""
-    device = torch.device(device)
-    if device.type == "cuda" and x.device.type == "cpu" and not x.is_pinned():
-        x = x.pin_memory()
-    return x.to(device, non_blocking=True)
 
 
 def batch_to(batch: Batch, device: torch.device | str) -> Batch:
@@ -347,9 +339,9 @@ class EpisodeStore:
         return self.fields["reward"].shape[1]
 
     @property
-    def teacher_terms(self) -> tuple[str, ...]:
+    def labelled_terms(self) -> tuple[str, ...]:
         """Teacher terms with labels in the data (see `data.layout.TEACHER_COLUMNS`)."""
-        return teacher_terms(tuple(self.fields))
+        return terms_labelled_in(tuple(self.fields))
 
     @property
     def nbytes(self) -> int:
@@ -393,7 +385,7 @@ class EpisodeStore:
             action=gather("action", after),
             reward=gather("reward", after),
             task=self.fields["task"].index_select(0, episode),
-            teacher={t: gather(TEACHER_COLUMNS[t], after) for t in self.teacher_terms},
+            teacher={t: gather(TEACHER_COLUMNS[t], after) for t in self.labelled_terms},
         )
         if batch.task.device == self.device:
             return batch
@@ -405,11 +397,12 @@ class EpisodeStore:
             raise ValueError("this store holds its whole data set and does not rotate")
         block = self._next.result()
         self._next = self._executor.submit(next, self._stream)
-        slots = (self._cursor + torch.arange(len(block["task"]))) % self.num_episodes
-        slots = slots.to(self.fields["task"].device)
+        count = len(block["task"])
+        slots = (self._cursor + torch.arange(count)) % self.num_episodes
+        self._cursor = (self._cursor + count) % self.num_episodes
+        slots = to_device(slots, self.fields["task"].device)
         for name, tensor in self.fields.items():
-            tensor.index_copy_(0, slots, _as_tensor(block[name]).to(tensor.device))
-        self._cursor = int(slots[-1] + 1) % self.num_episodes
+            tensor.index_copy_(0, slots, to_device(_as_tensor(block[name]), tensor.device))
         self.rotations += 1
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ threads. (Why one planner per job and not a shared planner actor: docs/decisions
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -37,6 +38,9 @@ from tdmpc_ray.resources import capacity, check_evaluation
 from tdmpc_ray.tasks.dmcontrol import make_env
 
 log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 2.0
+"""How often `EvalPool.run` asks the busy actors how far their jobs are."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,9 @@ def actor_device() -> torch.device:
 
 @ray.remote
 class RolloutActor:
-    """Holds environments, a model copy and a `Planner`; runs one lockstep job per call.
+    """Holds environments, a model copy and a `Planner`; runs one lockstep job per call, and
+    answers `steps()` (how far that job is) while it runs: the actor has two threads, and the
+    pool never sends it a second job before the first returns.
 
     The model is rebuilt only when a call brings weights it has not seen (by object id), so a
     long-lived actor serves periodic evaluations of a changing student. dm_control's absl
@@ -99,6 +105,14 @@ class RolloutActor:
         self._env_factory = env_factory
         self._weights_id: str | None = None
         self._model: WorldModel | None = None
+        self._steps = 0
+
+    def steps(self) -> int:
+        """Environment steps taken so far by the job running now (0 between jobs)."""
+        return self._steps
+
+    def _count(self, envs: int) -> None:
+        self._steps += envs
 
     def _load(self, weights: ray.ObjectRef) -> WorldModel:
         if weights.hex() != self._weights_id:
@@ -119,15 +133,19 @@ class RolloutActor:
         itself (fetched only when new) rather than the resolved weights."""
         model = self._load(weights[0])
         planner = Planner(model, settings.planner, len(specs), planner_seed(specs))
-        return run_lockstep(
-            planner,
-            specs,
-            eval_mode=settings.eval_mode,
-            obs_pad=model.cfg.obs_dim,
-            env_factory=self._env_factory,
-            max_steps=settings.max_steps,
-            record=settings.record,
-        )
+        try:
+            return run_lockstep(
+                planner,
+                specs,
+                eval_mode=settings.eval_mode,
+                obs_pad=model.cfg.obs_dim,
+                env_factory=self._env_factory,
+                max_steps=settings.max_steps,
+                record=settings.record,
+                on_step=self._count,
+            )
+        finally:
+            self._steps = 0
 
 
 @dataclass
@@ -164,12 +182,13 @@ class EvalPool:
             "num_cpus": cpus_per_actor,
             "num_gpus": gpus_per_actor,
             "max_restarts": 0,
+            "max_concurrency": 2,
             "scheduling_strategy": "DEFAULT",
         }
         if env_vars:
             self._options["runtime_env"] = {"env_vars": env_vars}
         self._args = (env_factory, max(1, int(cpus_per_actor)))
-        check_evaluation(num_actors, cpus_per_actor, capacity())
+        check_evaluation(num_actors, cpus_per_actor, capacity(), gpus_per_actor)
         self.actors = [self._spawn() for _ in range(num_actors)]
 
     def _spawn(self) -> ray.actor.ActorHandle:
@@ -186,10 +205,12 @@ class EvalPool:
         groups: Sequence[Sequence[EpisodeSpec]],
         max_retries: int = 3,
         on_result: Callable[[EpisodeResult], None] | None = None,
+        on_progress: Callable[[int], None] | None = None,
     ) -> tuple[list[EpisodeResult], list[Retry]]:
         """Run each group of episodes as one lockstep job; returns every episode's final
         result (in completion order) and the retries it took. `on_result` sees each final
-        result as it arrives (progress bars, logging)."""
+        result as it arrives (progress bars, logging); `on_progress` hears every
+        `PROGRESS_EVERY_S` the environment steps the jobs still running have taken."""
         pending = deque(_Job(tuple(group)) for group in groups)
         idle = list(range(len(self.actors)))
         in_flight: dict[ray.ObjectRef, tuple[int, _Job]] = {}
@@ -200,7 +221,12 @@ class EvalPool:
                 index, job = idle.pop(0), pending.popleft()
                 ref = self.actors[index].rollout.remote([weights], settings, job.specs)
                 in_flight[ref] = (index, job)
-            [ref], _ = ray.wait(list(in_flight), num_returns=1)
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=PROGRESS_EVERY_S)
+            if not ready:
+                if on_progress is not None:
+                    on_progress(self._running_steps([i for i, _ in in_flight.values()]))
+                continue
+            [ref] = ready
             index, job = in_flight.pop(ref)
             idle.append(index)
             try:
@@ -217,6 +243,17 @@ class EvalPool:
                     if on_result is not None:
                         on_result(result)
         return results, retries
+
+    def _running_steps(self, busy: Sequence[int]) -> int:
+        """Environment steps taken so far by the jobs of actors `busy` (0 for one that does not
+        answer within a second: a dead actor's job is rerun anyway)."""
+        refs = [self.actors[index].steps.remote() for index in busy]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+        total = 0
+        for ref in ready:
+            with contextlib.suppress(RayActorError):
+                total += ray.get(ref)
+        return total
 
     def _after_death(
         self, index: int, job: _Job, err: Exception, max_retries: int, retries: list[Retry]

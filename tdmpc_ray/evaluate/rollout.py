@@ -167,9 +167,11 @@ def run_lockstep(
     env_factory: EnvFactory = make_env,
     max_steps: int | None = None,
     record: bool = False,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[EpisodeResult]:
     """Run one episode per spec, all environments stepped together with one `policy.act` per
-    step for the whole batch; returns results in the order of `specs`.
+    step for the whole batch; returns results in the order of `specs`. `on_step` hears after
+    each batched step how many environments took it (progress).
 
     `policy` must serve len(specs) environments. An environment whose physics diverges
     (dm_control's PhysicsError) stops with its error recorded while the others go on; its slot
@@ -187,9 +189,11 @@ def run_lockstep(
         policy.reset()
         while any(slot.active for slot in slots):
             actions = policy.act(torch.from_numpy(obs), task, eval_mode).cpu().numpy()
-            for i, slot in enumerate(slots):
-                if slot.active:
-                    obs[i] = slot.step(actions[i])
+            active = [i for i, slot in enumerate(slots) if slot.active]
+            for i in active:
+                obs[i] = slots[i].step(actions[i])
+            if on_step is not None:
+                on_step(len(active))
         return [slot.result() for slot in slots]
     finally:
         for slot in slots:

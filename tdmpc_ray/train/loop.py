@@ -17,14 +17,15 @@ import torch
 import torch.distributed as dist
 
 from tdmpc_ray.config import config_dict
-from tdmpc_ray.data.episode_store import Batch, EpisodeStore, to_device
+from tdmpc_ray.data.episode_store import Batch, EpisodeStore
+from tdmpc_ray.devices import to_device
 from tdmpc_ray.model.checkpoint import save_checkpoint
 from tdmpc_ray.model.world_model import WorldModel
 from tdmpc_ray.planning import PlannerConfig
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.distill import LatentBridge
 from tdmpc_ray.train.teacher import teacher_pool
-from tdmpc_ray.train.update import Learner, read_metrics
+from tdmpc_ray.train.update import Learner, read_metrics, use_tf32
 
 STATE_FILE = "learner.pt"
 STUDENT_FILE = "student.pt"
@@ -123,6 +124,18 @@ def _save(learner: Learner, generators: list, directory: Path, cfg: TrainConfig)
     )
 
 
+def resume(learner: Learner, generator: torch.Generator, directory: Path, rank: int) -> None:
+    """Restore `learner` and rank `rank`'s sampling `generator` from a checkpoint folder (a rank
+    the checkpointed run did not have, after an elastic resize, keeps its freshly seeded one).
+    The file is read onto the host: the generator's state must stay a CPU byte tensor (read onto
+    a GPU, `set_state` fails), and `Learner.load_state_dict` moves the rest to the learner's
+    device."""
+    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+    learner.load_state_dict(state["learner"])
+    if rank < len(state["generators"]):
+        generator.set_state(state["generators"][rank])
+
+
 def _all_generator_states(generator: torch.Generator) -> list[torch.Tensor]:
     """Every rank's sampling-generator state (gathered so rank 0 can checkpoint them all)."""
     state = generator.get_state()
@@ -153,6 +166,7 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    use_tf32(device)
     torch.manual_seed(cfg.seed)
     model = WorldModel(cfg.model())
     bridge = _bridge(cfg, model, config)
@@ -164,9 +178,7 @@ def train_loop_per_worker(config: dict) -> None:
     resumed_from = 0
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
-        learner.load_state_dict(state["learner"])
-        generator.set_state(state["generators"][rank])
+            resume(learner, generator, Path(directory), rank)
         resumed_from = learner.step
     store = EpisodeStore.load(
         ray.train.get_dataset_shard("train"), device=device,
@@ -211,8 +223,11 @@ def _start_wandb(cfg: TrainConfig):
     import wandb
 
     mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    # A URI `out` has no local folder: wandb gets a private new one (mode 700, unpredictable name;
+    # wandb prints it), never a shared path in the system temp folder.
+    local = tempfile.mkdtemp(prefix="tdmpc-ray-wandb-") if "://" in cfg.out else cfg.out
     return wandb.init(project="tdmpc-ray", name=cfg.run_name(), config=config_dict(cfg), mode=mode,
-                      dir=tempfile.gettempdir() if "://" in cfg.out else cfg.out)  # fmt: skip
+                      dir=local)  # fmt: skip
 
 
 def validate_checkpoint(checkpoint: ray.train.Checkpoint, tasks: str, episodes: int, actors: int,

@@ -11,13 +11,13 @@ class RunningScale:
     def __init__(self, tau: float = 0.01, device: torch.device | str = "cpu"):
         self.tau = tau
         self.value = torch.ones(1, device=device)
+        self.levels = torch.tensor([0.05, 0.95], device=device)
+        """The percentiles, made once: a tensor made from Python numbers per update is a copy
+        from the host (and a wait) on a GPU."""
 
-    @staticmethod
-    def spread(x: torch.Tensor) -> torch.Tensor:
+    def spread(self, x: torch.Tensor) -> torch.Tensor:
         """95th minus 5th percentile over the batch (dim 0), with linear interpolation, clamped >= 1."""
-        q = torch.quantile(
-            x.detach().flatten(1).float(), torch.tensor([0.05, 0.95], device=x.device), dim=0
-        )
+        q = torch.quantile(x.detach().flatten(1).float(), self.levels, dim=0)
         return torch.clamp(q[1] - q[0], min=1.0).reshape(-1)[:1]
 
     def update(self, x: torch.Tensor) -> None:

@@ -41,8 +41,8 @@ class OptimConfig:
     CPU (see `compile_options`)."""
     precision: str = "fp32"
     """`fp32`, or `bf16` / `fp16`: forward passes under autocast with fp32 master weights and
-    optimiser state (`fp16` with a gradient scaler). For GPUs; CPUs without bf16 units are
-    slower with it."""
+    optimiser state (`fp16` with a gradient scaler, eager only). For GPUs; CPUs without bf16
+    units are slower with it."""
 
     def check(self) -> None:
         """Fail with one line on settings that cannot run."""
@@ -50,17 +50,41 @@ class OptimConfig:
             raise ValueError(
                 f"precision must be one of {tuple(PRECISIONS)}, not {self.precision!r}"
             )
+        if self.compile and self.precision == "fp16":
+            raise ValueError(
+                "precision=fp16 runs eager only (its gradient scaler syncs and breaks a compiled "
+                "update): use precision=bf16 with compile=true"
+            )
 
 
 def compile_options(cfg: OptimConfig, device: torch.device) -> dict:
     """torch.compile's arguments for the update on `device`: `compile_mode` when given, else
     `reduce-overhead` (CUDA graphs) on CUDA, and on CPU Inductor's default with its random draws
-    falling back to torch's (faster than Inductor's on CPU, and the same noise as eager)."""
+    falling back to torch's (faster than Inductor's on CPU, and the same noise as eager). Shapes
+    are static: a run has one batch size, and a second size gets its own graph instead of a
+    dynamic-shape recompile of the first."""
     if cfg.compile_mode is not None:
-        return {"mode": cfg.compile_mode}
+        return {"mode": cfg.compile_mode, "dynamic": False}
     if device.type == "cuda":
-        return {"mode": "reduce-overhead"}
-    return {"options": {"fallback_random": True}}
+        return {"mode": "reduce-overhead", "dynamic": False}
+    return {"options": {"fallback_random": True}, "dynamic": False}
+
+
+def uses_cuda_graphs(options: dict, device: torch.device) -> bool:
+    """Whether torch.compile with `options` runs the update as CUDA graphs on `device`: its mode
+    turns Inductor's `triton.cudagraphs` on (`reduce-overhead`, `max-autotune`) or its options
+    do."""
+    if device.type != "cuda":
+        return False
+    mode = torch._inductor.list_mode_options(options.get("mode") or "default")
+    return bool({**mode, **options.get("options", {})}.get("triton.cudagraphs", False))
+
+
+def use_tf32(device: torch.device | str) -> None:
+    """Let float32 matmuls use TF32 tensor cores on a CUDA `device`, as TD-MPC2's training
+    script does (several times faster on Ampere and later GPUs). No effect on CPU."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
 
 
 @dataclass
@@ -104,9 +128,10 @@ class Learner:
         self.scaler = torch.amp.GradScaler(self.device.type) if o.precision == "fp16" else None
         self.step = 0
         options = compile_options(o, self.device)
-        self._cuda_graphs = o.compile and "reduce-overhead" in options.get("mode", "")
-        if self._cuda_graphs:  # updated in place every step: CUDA graphs must see one address
+        self._cuda_graphs = o.compile and uses_cuda_graphs(options, self.device)
+        if self._cuda_graphs:  # CUDA graphs must see one address, not copy them in per replay
             torch._dynamo.mark_static_address(self.scale.value)
+            torch._dynamo.mark_static_address(self.scale.levels)
         self._update = (
             torch.compile(self._update_step, **options) if o.compile else self._update_step
         )
@@ -128,10 +153,33 @@ class Learner:
         if self._cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         metrics = self._update(batch)
+        if self._cuda_graphs:
+            self._keep_surviving_grads()
         self.model.eval()
         self.step += 1
         values = torch.stack([v.detach().float() for v in metrics.values()])
         return dict(zip(metrics, values.unbind(), strict=True))
+
+    def _surviving_grads(self) -> list[torch.nn.Parameter]:
+        """World-model parameters whose gradient outlives an update: the policy loss sends one
+        into the task embedding that only the next world-model step consumes (TD-MPC2's
+        semantics, kept)."""
+        return [p for p in self._world_params() if p.grad is not None]
+
+    def _keep_surviving_grads(self) -> None:
+        """Copy the surviving gradients out of the CUDA graphs' memory pool: left there, the
+        next replay overwrites them while the next backward accumulates into them."""
+        for param in self._surviving_grads():
+            param.grad = param.grad.clone()
+
+    def _update_grad_scale(self) -> None:
+        """The fp16 loss scale of the next step, with the surviving gradients rescaled from this
+        step's scale to it, so the next world-model step unscales them right."""
+        old = self.scaler._get_scale_async().clone()
+        self.scaler.update()
+        ratio = self.scaler._get_scale_async() / old
+        for param in self._surviving_grads():
+            param.grad.mul_(ratio)
 
     def _update_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """World model, then policy prior, then target Qs (what `compile` compiles)."""
@@ -146,7 +194,7 @@ class Learner:
             pi_total, self.pi_optim, list(self.model._pi.parameters())
         )
         if self.scaler is not None:
-            self.scaler.update()
+            self._update_grad_scale()
         self.model.soft_update_target_Q(self.optim.tau)
         return {**metrics, **pi_metrics}
 
@@ -181,15 +229,31 @@ class Learner:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict`'s output, wherever it was saved (GPU or CPU): every tensor is
+        moved to this learner's device, and the optimisers keep this device's settings."""
         self.model.load_state_dict(state["model"])
         if self.bridge is not None:
             self.bridge.load_state_dict(state["bridge"])
-        self.world_optim.load_state_dict(state["world_optim"])
-        self.pi_optim.load_state_dict(state["pi_optim"])
+        for name in ("world_optim", "pi_optim"):
+            optimizer = getattr(self, name)
+            optimizer.load_state_dict(_for_this_device(state[name], optimizer))
         self.scale.load_state_dict(state["scale"])
         if self.scaler is not None and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.step = int(state["step"])
+
+
+def _for_this_device(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """Optimiser state `saved` on another device made fit for `optimizer`: its `capturable`
+    flag (which `load_state_dict` would restore from the file) and its step counters on the
+    host, from where `load_state_dict` moves them to the parameters' device when capturable."""
+    capturable = optimizer.param_groups[0]["capturable"]
+    state = {
+        index: {k: v.cpu() if k == "step" else v for k, v in entry.items()}
+        for index, entry in saved["state"].items()
+    }
+    groups = [{**group, "capturable": capturable} for group in saved["param_groups"]]
+    return {"state": state, "param_groups": groups}
 
 
 def read_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
