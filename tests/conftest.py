@@ -12,6 +12,11 @@ from pathlib import Path
 import pytest
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the multi-node tests last: their cluster replaces the session's local Ray."""
+    items.sort(key=lambda item: item.path.name == "test_multinode.py")
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[object]:
     """One local Ray instance for the whole session (starting Ray costs ~10 s here). Its

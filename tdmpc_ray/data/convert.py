@@ -14,6 +14,7 @@ every Ray node sees. Run one conversion per destination at a time.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from tdmpc_ray.data.layout import (
     write_part,
 )
 from tdmpc_ray.provenance import provenance
+from tdmpc_ray.shared_paths import check_shared_paths
 from tdmpc_ray.tasks.task_sets import TaskSet, get_task_set
 
 
@@ -278,7 +280,9 @@ def convert(
     dst.mkdir(parents=True, exist_ok=True)
     todo = _parts_to_write(plans, dst, tasks)
     if todo and not ray.is_initialized():
-        ray.init()
+        ray.init(logging_level=logging.WARNING)
+    if todo:
+        check_shared_paths({f"source {i}": s for i, s in enumerate(sources)}, {"out": dst})
     results = _run_parts(todo, plans, dst, tasks, progress)
     return ConvertSummary(
         dst=dst,

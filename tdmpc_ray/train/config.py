@@ -65,6 +65,10 @@ class TrainConfig:
     `compile=true`, `precision=bf16`, ...)."""
     num_workers: int = 1
     """Ray Train workers (data-parallel; gradients averaged)."""
+    min_workers: int | None = None
+    """Go on with as few as this many workers when a node is lost and no replacement comes,
+    instead of waiting for `num_workers` (Ray Train's elastic scaling; the global batch stays
+    `batch_size`); None: always `num_workers`."""
     use_gpu: bool = False
     """Give each Train worker a GPU (or `gpus_per_worker` of one)."""
     gpus_per_worker: float = 1.0
@@ -119,6 +123,16 @@ class TrainConfig:
     def losses(self) -> LossConfig:
         """The loss coefficients in effect: every distillation term off without a teacher."""
         return self.loss if self.teacher is not None else self.loss.without_distillation()
+
+    def check_labels(self, cached: tuple[str, ...]) -> None:
+        """Fail with one line when the recipe distils a teacher output that only labels hold
+        (the planner's) and the data has none from this teacher (`cached`: the terms it has)."""
+        for term in self.losses().terms():
+            if term.labels_only and term.teacher not in cached:
+                raise ValueError(
+                    f"{self.data}: {term.coef} needs {term.column} labels by this teacher "
+                    f"(tdmpc-ray data label --mpc --teacher {self.teacher})"
+                )
 
     def model(self) -> ModelConfig:
         """The student's architecture: the size preset with any custom dims."""
@@ -183,10 +197,17 @@ class TrainConfig:
         """Fail with one line on values that cannot train."""
         if not self.data:
             raise ValueError("data=<folder of Parquet episodes> is required")
-        if self.batch_size % self.num_workers:
+        if self.min_workers is not None and not 1 <= self.min_workers <= self.num_workers:
             raise ValueError(
-                f"batch_size {self.batch_size} is not divisible by num_workers {self.num_workers}"
+                f"min_workers must be between 1 and num_workers {self.num_workers}, "
+                f"got {self.min_workers}"
             )
+        for workers in range(self.min_workers or self.num_workers, self.num_workers + 1):
+            if self.batch_size % workers:
+                raise ValueError(
+                    f"batch_size {self.batch_size} is not divisible by {workers} workers "
+                    f"(num_workers {self.num_workers}, min_workers {self.min_workers})"
+                )
         for name in (
             "steps",
             "batch_size",

@@ -18,7 +18,7 @@ import torch
 
 from tdmpc_ray.model.checkpoint import load_world_model
 from tdmpc_ray.model.world_model import teacher_outputs
-from tdmpc_ray.train.update import PRECISIONS
+from tdmpc_ray.train.update import PRECISIONS, use_tf32
 
 NAMESPACE = "tdmpc_ray"
 
@@ -32,6 +32,17 @@ class _Request:
     done: asyncio.Future
 
 
+def answers(out: dict[str, torch.Tensor], requests: list[_Request]) -> list[dict[str, torch.Tensor]]:
+    """Each request's rows of a coalesced pass's outputs `out`, for its terms. Each part is a copy
+    with its own storage: a view pickles the whole pass's storage to every client."""
+    replies, start = [], 0
+    for r in requests:
+        rows = slice(start, start + len(r.task))
+        replies.append({term: out[term][rows].clone() for term in r.terms})
+        start = rows.stop
+    return replies
+
+
 @ray.remote
 class TeacherActor:
     """A frozen world model serving `outputs(obs, action, task, terms)` to many clients.
@@ -39,7 +50,8 @@ class TeacherActor:
     Requests that arrive while a forward pass runs, or within `gather_s` of the first waiting one,
     are answered together by one pass (up to `max_batch` rows), so N workers asking at once cost
     about one pass, not N. With `precision` bf16/fp16 the weights are cast once and the passes
-    run under autocast (LayerNorm and softmax in fp32); answers are always float32.
+    run under autocast (LayerNorm and softmax in fp32); answers are always float32. On a GPU,
+    fp32 matmuls use TF32 (`use_tf32`).
     """
 
     def __init__(
@@ -52,6 +64,7 @@ class TeacherActor:
         gather_s: float = 0.002,
     ):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        use_tf32(self.device)
         self.dtype = PRECISIONS[precision]
         model = load_world_model(checkpoint, task_set=task_set, device=self.device)
         self.model = model.requires_grad_(False).to(self.dtype or torch.float32)
@@ -101,10 +114,8 @@ class TeacherActor:
                 for r in requests:
                     r.done.set_exception(err)
                 continue
-            sizes = [len(r.task) for r in requests]
-            parts = {term: value.split(sizes) for term, value in out.items()}
-            for i, r in enumerate(requests):
-                r.done.set_result({term: parts[term][i] for term in r.terms})
+            for r, reply in zip(requests, answers(out, requests), strict=True):
+                r.done.set_result(reply)
         self.worker = None
 
     def _forward(self, requests: list[_Request]) -> dict[str, torch.Tensor]:
@@ -160,7 +171,8 @@ def get_teacher(
     It asks for a GPU when the cluster has one (`num_gpus` overrides; a fraction shares a GPU
     with training workers). Like every non-detached actor it lives while a handle from its
     creator does: the training driver (or the sweep) creates it first and holds it; workers and
-    trials then find it by name. Ray restarts it if its process dies (queries are idempotent).
+    trials then find it by name. Ray restarts it (up to 3 times) if its process or node dies, and
+    queries in flight wait for the restarted actor; past that they fail, never answer stale.
     """
     if digest is None:
         from tdmpc_ray.model.checkpoint import checkpoint_hash
@@ -176,7 +188,9 @@ def get_teacher(
         num_gpus=num_gpus,
         max_concurrency=64,
         max_restarts=3,
-        max_task_retries=3,
+        # Queries are idempotent: one in flight when the actor's node is lost waits for the
+        # restarted actor (a fixed count is spent in the seconds before Ray sees the loss).
+        max_task_retries=-1,
     ).remote(checkpoint, task_set, digest, precision)
 
 

@@ -25,16 +25,17 @@ from ray.train import (
     ValidationConfig,
     ValidationTaskConfig,
 )
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from tdmpc_ray.atomic import write_json
 from tdmpc_ray.config import config_dict
 from tdmpc_ray.data.dataset_info import DatasetInfo, dataset_info
 from tdmpc_ray.data.episode_store import EpisodeStore
-from tdmpc_ray.data.layout import teacher_terms
+from tdmpc_ray.data.layout import terms_labelled_in
 from tdmpc_ray.model.checkpoint import load_world_model
 from tdmpc_ray.provenance import provenance
-from tdmpc_ray.resources import capacity, check_training
+from tdmpc_ray.resources import asks_teacher, capacity, check_training
+from tdmpc_ray.shared_paths import check_shared_paths
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.distill import fit_pca
 from tdmpc_ray.train.loop import STUDENT_FILE, train_loop_per_worker, validate_checkpoint
@@ -45,7 +46,7 @@ def cached_terms(cfg: TrainConfig, info: DatasetInfo) -> tuple[str, ...]:
     """The recipe's teacher terms the data holds labels for, from this run's teacher."""
     if not cfg.distilling or info.meta.teacher_checkpoint != cfg.teacher_sha256:
         return ()
-    labelled = set.intersection(*(set(teacher_terms(p.schema.names)) for p in info.parts))
+    labelled = set.intersection(*(set(terms_labelled_in(p.schema.names)) for p in info.parts))
     return tuple(t for t in cfg.losses().teacher_terms() if t in labelled)
 
 
@@ -97,6 +98,15 @@ def episode_dataset(info: DatasetInfo, read_cpus: float) -> ray.data.Dataset:
     return dataset
 
 
+def torch_config(cfg: TrainConfig) -> TorchConfig:
+    """Ray Train's process group for `cfg`: gloo when GPU workers take a fraction of a GPU each
+    (Ray packs them onto one, and NCCL refuses two ranks on one GPU: "Duplicate GPU detected";
+    gloo reduces through the host, cheap for a student's gradients), else Ray's default (NCCL
+    on GPUs, gloo on CPUs)."""
+    shared = cfg.use_gpu and cfg.num_workers > 1 and cfg.gpus_per_worker < 1
+    return TorchConfig(backend="gloo" if shared else None)
+
+
 def _worker_loop(config: dict) -> None:
     """`train_loop_per_worker` with INFO logs of the worker process off: Ray Train logs every
     report there ("Reporting training result N: TrainingReport(...)") under a logger its
@@ -123,12 +133,13 @@ def build_trainer(
     if cfg.teacher is not None and not Path(cfg.teacher).is_file():
         raise FileNotFoundError(f"{cfg.teacher}: no such teacher checkpoint")
     cached = cached_terms(cfg, info)
+    cfg.check_labels(cached)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
-    cfg = check_training(cfg, capacity())
-    asked = set(cfg.losses().teacher_terms()) - set(cached)
+    check_shared_paths({"data": cfg.data, "teacher": cfg.teacher}, {"out": cfg.out})
+    cfg = check_training(cfg, capacity(), cached)
     teacher = None
-    if asked:
+    if asks_teacher(cfg, cached):
         teacher = teacher_pool(cfg.teacher, cfg.teacher_sha256, cfg.task_set, cfg.teacher_gpus,
                                cfg.teacher_replicas, cfg.optim.precision)  # fmt: skip
     validation = None
@@ -142,6 +153,7 @@ def build_trainer(
     storage = cfg.out if "://" in cfg.out else str(Path(cfg.out).resolve())
     trainer = TorchTrainer(
         _worker_loop,
+        torch_config=torch_config(cfg),
         train_loop_config={
             "train": cfg,
             "cached_terms": cached,
@@ -149,7 +161,7 @@ def build_trainer(
             **_latent_bridge_inputs(cfg, info, teacher),
         },
         scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers,
+            num_workers=(cfg.min_workers, cfg.num_workers) if cfg.min_workers else cfg.num_workers,
             use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker}
             | ({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}),
