@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tdmpc_ray.devices import to_device
 from tdmpc_ray.model.layers import mish_fusible
 from tdmpc_ray.model.world_model import WorldModel
 
@@ -38,6 +39,28 @@ class PlannerConfig:
     stay in cache), all on GPU."""
     compile: bool = False
     """Fuse LayerNorm+Mish with torch.compile (a few seconds to compile, ~2x faster on CPU)."""
+
+    def check(self) -> None:
+        """Fail with one line on settings MPPI cannot run with: the one check of every planner
+        setting, for the planner, the exported controller and evaluation alike."""
+        for name in ("iterations", "num_samples", "num_elites", "horizon"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"planner {name} must be at least 1, got {getattr(self, name)}")
+        if self.num_pi_trajs < 0:
+            raise ValueError(f"planner num_pi_trajs must be at least 0, got {self.num_pi_trajs}")
+        if self.num_pi_trajs >= self.num_samples or self.num_elites > self.num_samples:
+            raise ValueError(
+                "planner settings need num_pi_trajs < num_samples and num_elites <= num_samples, "
+                f"got {self.num_pi_trajs}, {self.num_samples} and {self.num_elites}"
+            )
+        if not 0 <= self.min_std <= self.max_std:
+            raise ValueError(
+                f"planner settings need 0 <= min_std <= max_std, got {self.min_std}, {self.max_std}"
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"planner temperature must be positive, got {self.temperature}")
+        if self.env_block is not None and self.env_block < 1:
+            raise ValueError(f"planner env_block must be at least 1 or None, got {self.env_block}")
 
 
 def _split_first(weight: torch.Tensor, bias: torch.Tensor, emb: torch.Tensor | None, latent: int):
@@ -79,14 +102,11 @@ class _TaskHeads:
     def __init__(self, model: WorldModel, task: torch.Tensor, act=ln_mish):
         cfg = model.cfg
         self.model, self.act, self.hidden = model, act, cfg.mlp_dim
+        self.layers = layers = model.heads
         emb = model.task_embedding(task) if cfg.multitask else None
         latent = cfg.latent_dim
-        dyn0, rew0, pi0, q0 = (
-            model._dynamics[0],
-            model._reward[0],
-            model._pi[0],
-            model._Qs.params[0],
-        )
+        dyn0, rew0 = layers.dynamics[0], layers.reward[0]
+        pi0, q0 = layers.pi[0], layers.Qs.params[0]
         weight = torch.cat([dyn0.weight, rew0.weight])
         self.w_dr_z, self.w_dr_a, b_dr = _split_first(
             weight, torch.cat([dyn0.bias, rew0.bias]), emb, latent
@@ -116,14 +136,14 @@ class _TaskHeads:
         h = torch.baddbmm(base, a, self.w_dr_a.expand(a.shape[0], -1, -1))
         h = h.view(*h.shape[:-1], 2, self.hidden)
         h_dyn, h_rew = self.act(h, *(p.view(2, self.hidden) for p in self.ln_dr)).unbind(-2)
-        dyn, rew = self.model._dynamics, self.model._reward
+        dyn, rew = self.layers.dynamics, self.layers.reward
         z_next = dyn[2](self._hidden(h_dyn, dyn[1]))
         reward = self.model.two_hot_inv(rew[2](self._hidden(h_rew, rew[1])))
         return z_next, reward
 
     def pi(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Sampled action of the policy prior for given standard-normal noise `eps`."""
-        cfg, pi = self.model.cfg, self.model._pi
+        cfg, pi = self.model.cfg, self.layers.pi
         h = torch.baddbmm(self.b_pi, z, self.w_pi.expand(z.shape[0], -1, -1))
         h = self.act(h, pi[0].ln.weight, pi[0].ln.bias)
         mean, raw = pi[2](self._hidden(h, pi[1])).chunk(2, dim=-1)
@@ -136,7 +156,7 @@ class _TaskHeads:
         h = torch.matmul(z.unsqueeze(0), self.w_q_z[members].unsqueeze(1))
         h = h + torch.matmul(a.unsqueeze(0), self.w_q_a[members].unsqueeze(1)) + self.b_q[members]
         h = h.view(len(members), b * n, -1)
-        for i, layer in enumerate(self.model._Qs.params):
+        for i, layer in enumerate(self.layers.Qs.params):
             w, bias = layer.weight[members], layer.bias[members].unsqueeze(1)
             if i > 0:
                 h = torch.baddbmm(bias, h, w.transpose(1, 2))
@@ -183,8 +203,7 @@ class Planner:
         num_envs: int = 1,
         seed: int = 0,
     ):
-        if cfg.num_pi_trajs >= cfg.num_samples or cfg.num_elites > cfg.num_samples:
-            raise ValueError("need num_pi_trajs < num_samples and num_elites <= num_samples")
+        cfg.check()
         self.model = model.eval()
         self.cfg = cfg
         self.num_envs = num_envs
@@ -194,6 +213,7 @@ class Planner:
             num_envs, cfg.horizon, model.cfg.action_dim, device=self.device
         )
         self._fresh = torch.ones(num_envs, dtype=torch.bool, device=self.device)
+        self._last_std = torch.zeros(num_envs, model.cfg.action_dim, device=self.device)
         self._act_fn = _compiled_ln_mish() if cfg.compile else ln_mish
 
     def reset(self, envs: torch.Tensor | list[int] | None = None) -> None:
@@ -214,8 +234,8 @@ class Planner:
         acting) it adds Gaussian noise with the planner's final std. With `mpc=False` it is the
         policy prior's mean (eval_mode) or a sample from it.
         """
-        obs = obs.to(self.device, torch.float32)
-        task = torch.as_tensor(task, device=self.device).long()
+        obs = to_device(obs.float(), self.device)
+        task = to_device(torch.as_tensor(task), self.device).long()
         if obs.shape[0] != self.num_envs or task.shape != (self.num_envs,):
             raise ValueError(f"expected obs [{self.num_envs}, D] and task [{self.num_envs}]")
         block = self.cfg.env_block or (2 if self.device.type == "cpu" else self.num_envs)
@@ -232,6 +252,18 @@ class Planner:
         self._fresh.fill_(False)
         return torch.cat(actions).clamp(-1, 1)
 
+    @torch.no_grad()
+    def distribution(
+        self, obs: torch.Tensor, task: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std [B, action_dim] of the final MPPI distribution over the first action
+        (0 on each task's unused action dims): one `act` in eval mode, so warm-started unless
+        `reset`. What a policy prior imitating the planner learns (`data label --mpc`)."""
+        if not self.cfg.mpc:
+            raise ValueError("the planner's distribution needs mpc=True")
+        self.act(obs, task, eval_mode=True)
+        return self._prev_mean[:, 0].clone(), self._last_std.clone()
+
     def _estimate_value(self, heads: _TaskHeads, z: torch.Tensor, actions: torch.Tensor):
         """Discounted predicted rewards over the horizon plus the terminal Q estimate: [B, N, 1]."""
         value, discount = 0.0, 1.0
@@ -239,7 +271,7 @@ class Planner:
             z, reward = heads.next_and_reward(z, a)
             value = value + discount * reward
             discount = discount * heads.discount
-        num_q = len(self.model._Qs)
+        num_q = len(heads.layers.Qs)
         members = torch.randperm(num_q, generator=self.generator, device=self.device)[:2]
         pi_action = heads.pi(z, self._randn(*z.shape[:2], self.model.cfg.action_dim))
         return value + discount * heads.q_avg(z, pi_action, members)
@@ -255,8 +287,8 @@ class Planner:
             if t < H - 1:
                 zp, _ = heads.next_and_reward(zp, actions[t, :, :P])
         mean = torch.zeros(H, B, A, device=self.device)
-        warm = ~self._fresh[envs]
-        mean[:-1, warm] = self._prev_mean[envs][warm, 1:].transpose(0, 1)
+        warm = ~self._fresh[envs].view(1, B, 1)  # a mask, not an index: no wait for the GPU
+        mean[:-1] = torch.where(warm, self._prev_mean[envs, 1:].transpose(0, 1), 0.0)
         std = torch.full((H, B, A), cfg.max_std, device=self.device)
         mask = heads.mask.squeeze(1)
         for _ in range(cfg.iterations):
@@ -271,4 +303,5 @@ class Planner:
         if not eval_mode:
             action = action + std[0] * self._randn(B, A)
         self._prev_mean[envs] = mean.transpose(0, 1)
+        self._last_std[envs] = std[0]
         return action

@@ -19,15 +19,16 @@ import torch
 
 from tdmpc_ray import cli
 from tdmpc_ray.evaluate.config import EvalConfig
-from tdmpc_ray.evaluate.pool import EvalPool
+from tdmpc_ray.evaluate.pool import EvalPool, RolloutSettings, model_payload
 from tdmpc_ray.evaluate.report import format_summary, training_metrics
 from tdmpc_ray.evaluate.rollout import EpisodeSpec, run_lockstep
-from tdmpc_ray.evaluate.score import evaluate, normalized_score
-from tdmpc_ray.evaluate.stats import iqm_interval, score_interval, task_interval
+from tdmpc_ray.evaluate.score import _actors, evaluate, normalized_score
+from tdmpc_ray.evaluate.stats import TOO_FEW, iqm_interval, score_interval, task_interval
 from tdmpc_ray.model import load_world_model
 from tdmpc_ray.model.published import find_published
 from tdmpc_ray.planning import Planner, PlannerConfig
 from tdmpc_ray.tasks.dmcontrol import make_env
+from tdmpc_ray.tasks.task_sets import get_task_set
 
 CHECKPOINT = find_published("mt30-1M-fp16")
 needs_checkpoint = pytest.mark.skipif(
@@ -130,14 +131,13 @@ def test_evaluate_reports_each_task_and_the_normalized_score(reference: dict) ->
         score.low,
         score.high,
     )
-    assert reference["iqm"] == iqm_interval(returns).value and reference["iqm_low"] is not None
+    assert reference["iqm"] == iqm_interval(returns).value
+    assert reference["normalized_score_note"] == reference["iqm_note"] == TOO_FEW  # 3 tasks x 2
     for task, row in reference["tasks"].items():
-        assert (row["mean_low"], row["mean_high"]) == (
-            task_interval(returns[task]).low,
-            task_interval(returns[task]).high,
-        )
+        assert (row["mean_low"], row["mean_high"], row["mean_note"]) == (None, None, TOO_FEW)
+        assert task_interval(returns[task]).note == TOO_FEW
     assert reference["episodes_per_task"] == EPISODES
-    assert reference["bootstrap"]["samples"] == 5000 and reference["bootstrap"]["seed"] == 0
+    assert reference["intervals"]["samples"] == 5000 and reference["intervals"]["seed"] == 0
     assert reference["env_steps"] == len(TASKS) * EPISODES * STEPS
     assert reference["retries"] == []
     config = reference["config"]
@@ -152,7 +152,7 @@ def test_one_episode_per_task_says_no_interval(pool) -> None:
     assert result["normalized_score_low"] is None and result["normalized_score_high"] is None
     assert result["tasks"][TASKS[0]]["mean_low"] is None and result["episodes_per_task"] == 1
     summary = format_summary(result, [])
-    assert "no interval (1 tasks x 1 episode" in summary
+    assert "[too few episodes for an interval]  (1 tasks x 1 episodes; an interval needs" in summary
     assert training_metrics(result).keys() == {
         "normalized_score", "iqm", "eval_episodes", f"score/{TASKS[0]}"}  # fmt: skip
 
@@ -191,6 +191,31 @@ def test_no_more_actors_start_than_there_are_jobs(ray_session) -> None:
     """Two episodes in jobs of two are one job: a second actor would only idle."""
     result = evaluate(CHECKPOINT, TASKS[:1], 2, num_actors=3, cfg=CFG)
     assert result["config"]["num_actors"] == 1 and result["config"]["envs_per_actor"] == 2
+
+
+def test_by_default_actors_fill_the_cpus_but_never_outnumber_the_jobs(ray_session) -> None:
+    """The test session's Ray has 2 CPUs: 4 actors of half a CPU, 2 of one CPU, at most one
+    per job."""
+    assert _actors(None, CFG, jobs=10) == 4 and _actors(None, CFG, jobs=3) == 3
+    assert _actors(None, replace(CFG, cpus_per_actor=1.0), jobs=10) == 2
+    assert _actors(50, CFG, jobs=1) == 1
+
+
+@needs_checkpoint
+@pytest.mark.slow
+def test_progress_moves_within_a_job_and_says_how_many_actors_work(pool, capsys) -> None:
+    """An actor answers how far its running job is, so the bar moves before any episode ends;
+    a run of one job on more actors says in one line that one works."""
+    weights = ray.put(model_payload(load_world_model(CHECKPOINT)))
+    task = "cartpole-balance"
+    spec = EpisodeSpec(seed=0, task=task, task_id=get_task_set("mt30").index(task), episode=0)
+    seen: list[int] = []
+    results, _ = pool.run(weights, RolloutSettings(TINY), [[spec]], on_progress=seen.append)
+    assert results[0].length == 500 and any(0 < s < 500 for s in seen), seen
+    evaluate(CHECKPOINT, TASKS[:1], 2, num_actors=3, cfg=CFG, progress=True, label="A = fp16")
+    printed = capsys.readouterr()
+    assert "A = fp16: 2 episodes in 1 job of up to 2 on 1 actor (3 asked for" in printed.out
+    assert "80/80 [" in printed.err and "episodes 2/2" in printed.err  # 2 x 40 env steps
 
 
 @needs_checkpoint
@@ -244,7 +269,7 @@ def test_eval_cli_writes_json_csv_and_summary(ray_session, tmp_path, capsys, mon
     monkeypatch.setenv("MUJOCO_GL", "egl")
     out, video = tmp_path / "run", tmp_path / "videos"
     argv = ["eval", "--checkpoint", str(CHECKPOINT), "--tasks", ",".join(TASKS[:2]),
-            "--episodes", "2", "--num-actors", "1", "--envs-per-actor", "4",
+            "--episodes", "6", "--num-actors", "1", "--envs-per-actor", "6",
             "--cpus-per-actor", "0.5", "--max-steps", "20", "--eval-mode", "--seed", "5",
             "--out", str(out), *TINY_ARGS, *(["--video", str(video)] if HAS_VIDEO else [])]  # fmt: skip
     assert cli.main(argv) == 0
@@ -267,7 +292,7 @@ def test_eval_cli_writes_json_csv_and_summary(ray_session, tmp_path, capsys, mon
     score = f"{data['normalized_score']:.2f} [{data['normalized_score_low']:.2f}, "
     assert (
         f"normalized score  {score}" in printed
-        and "(95% interval, 2 tasks x 2 episodes)" in printed
+        and "(95% interval, 2 tasks x 6 episodes)" in printed
     )
     assert "IQM" in printed and "5000 samples, seed 0" in printed
     assert str(out / "eval.json") in printed
@@ -280,12 +305,13 @@ def test_eval_cli_writes_json_csv_and_summary(ray_session, tmp_path, capsys, mon
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--tasks", "walker-wlak"], "has no task 'walker-wlak'"),
+        (["--tasks", "walker-wlak"], "has no task 'walker-wlak'; did you mean 'walker-walk'"),
         (["--tasks", "mt80"], "the model is for task set 'mt30', which has no task 'mw-"),
         (["--tasks", "cup-catch,cup-catch"], "given more than once"),
         (["--episodes", "0"], "must be at least 1"),
         (["--envs-per-actor", "0"], "envs_per_actor must be at least 1"),
         (["--gpus-per-actor", "-1"], "gpus_per_actor must be non-negative"),
+        (["--iterations", "0"], "planner iterations must be at least 1, got 0"),
     ],
 )
 def test_eval_cli_bad_arguments_fail_with_one_line(capsys, args, message) -> None:

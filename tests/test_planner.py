@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 import torch
 
+from tdmpc_ray.evaluate.config import EvalConfig
 from tdmpc_ray.model import WorldModel, load_world_model, model_config
 from tdmpc_ray.planning import Planner, PlannerConfig, _TaskHeads, ln_mish, ln_mish_fusible
 from tests.helpers import shared_checkpoint
@@ -119,3 +123,22 @@ def test_bad_batch_shape_is_rejected(student):
     planner = Planner(student, SMALL, num_envs=2)
     with pytest.raises(ValueError, match="expected obs"):
         planner.act(torch.randn(3, 24), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"iterations": 0}, "planner iterations must be at least 1, got 0"),
+        ({"num_pi_trajs": 64}, "need num_pi_trajs < num_samples and num_elites <= num_samples"),
+        ({"min_std": 3.0}, "need 0 <= min_std <= max_std, got 3.0, 2.0"),
+        ({"env_block": 0}, "planner env_block must be at least 1 or None, got 0"),
+    ],
+)
+def test_bad_settings_fail_in_one_line_wherever_they_are_used(student, change, message):
+    """`PlannerConfig.check` refuses them (iterations=0 once left MPPI without a plan to act
+    on), and so do the planner and an evaluation's settings, before any planning."""
+    cfg = dataclasses.replace(SMALL, **change)
+    for use in (cfg.check, lambda: Planner(student, cfg), EvalConfig(planner=cfg).check):
+        with pytest.raises(ValueError, match=re.escape(message)) as err:
+            use()
+        assert "\n" not in str(err.value)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from tdmpc_ray.config import config_keys
-from tdmpc_ray.sweep.runner import format_groups, format_pairs, format_table, group_over_seeds
 from tdmpc_ray.sweep.scratch import (
     DISTILL_KEYS,
     against_scratch,
@@ -14,6 +13,8 @@ from tdmpc_ray.sweep.scratch import (
     is_scratch,
     pooled_over_seeds,
 )
+from tdmpc_ray.sweep.summary import group_over_seeds
+from tdmpc_ray.sweep.tables import format_groups, format_pairs, format_table
 from tdmpc_ray.train.config import TrainConfig
 from tests.test_compare import result
 

@@ -70,7 +70,8 @@ def test_a_sweep_with_a_failed_trial_exits_non_zero_and_names_it(ray_session, tm
 @pytest.mark.slow
 def test_quick_sweep_runs_scratch_and_distilled_trials(ray_session, tmp_path):
     from tdmpc_ray.data.generate import GenerateConfig, generate
-    from tdmpc_ray.sweep.runner import format_table, run_sweep
+    from tdmpc_ray.sweep.runner import run_sweep
+    from tdmpc_ray.sweep.tables import format_table
 
     data = tmp_path / "data"
     generate(
@@ -120,11 +121,13 @@ def test_quick_sweep_runs_scratch_and_distilled_trials(ray_session, tmp_path):
 
 def test_asha_stops_the_worst_trial_on_rows_that_mostly_lack_the_score(ray_session, tmp_path):
     """Trainables that report like the sweep's trials (a score only at evaluated steps, at
-    `eval_step`) under the sweep's ASHA: no error for rows without the metric, and the worst
-    trial is stopped at the first rung."""
+    `eval_step`) under the sweep's ASHA and Tune environment: no error for rows without the
+    metric, the worst trial is stopped at the first rung, and Tune's settings are as before."""
+    import os
+
     from ray import tune
 
-    from tdmpc_ray.sweep.runner import asha
+    from tdmpc_ray.sweep.runner import asha, tune_environment
 
     def trainable(config: dict) -> None:
         for step in range(1, 9):
@@ -142,7 +145,11 @@ def test_asha_stops_the_worst_trial_on_rows_that_mostly_lack_the_score(ray_sessi
         ),
         run_config=tune.RunConfig(name="asha", storage_path=str(tmp_path), verbose=0),
     )
-    grid = tuner.fit()
+    names = ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "TUNE_GLOBAL_CHECKPOINT_S")
+    before = [os.environ.get(name) for name in names]
+    with tune_environment():
+        grid = tuner.fit()
+    assert [os.environ.get(name) for name in names] == before
     assert not grid.errors
     last = {r.config["quality"]: r.metrics_dataframe["eval_step"].max() for r in grid}
     assert last[3.0] == 8 and last[1.0] < 8
@@ -162,7 +169,8 @@ def test_recipes_grid_with_seeds_and_pool_scores_over_seeds(tmp_path):
         ("scratch", 1), ("scratch", 2), ("distill-d0.45-latent-pca1", 1), ("distill-d0.45-latent-pca1", 2),
     ]  # fmt: skip
     assert spec.searched_keys() == ["recipe", "seed"]
-    from tdmpc_ray.sweep.runner import format_groups, group_over_seeds
+    from tdmpc_ray.sweep.summary import group_over_seeds
+    from tdmpc_ray.sweep.tables import format_groups
 
     trials = [{"recipe": r, "seed": s, "normalized_score": v}
               for r, s, v in [("a", 1, 10.0), ("a", 2, 14.0), ("b", 1, 20.0), ("b", 2, None)]]  # fmt: skip

@@ -4,7 +4,8 @@ Columns: `episode_id` int64, `task` int32, `obs` fixed_size_list<float32>[T*obs_
 `action` fixed_size_list<float32>[T*action_dim] (step 0 NaN), `reward`
 fixed_size_list<float32>[T] (step 0 NaN), and optional teacher labels (`TEACHER_COLUMNS`, one
 per stored teacher output): `teacher_reward` and `teacher_value` fixed_size_list<float32>[T],
-`teacher_policy` fixed_size_list<float32>[T*action_dim] (step 0 NaN).
+`teacher_policy` fixed_size_list<float32>[T*action_dim], `teacher_planner`
+fixed_size_list<float32>[T*2*action_dim] (mean then std; step 0 NaN).
 Step t of `action`/`reward` is the action that led to observation t and the reward it earned,
 exactly as in TD-MPC2's public data set, so step 0 has none; teacher label step t is the
 teacher's output for that same pair (obs t-1, action t). Parts hold `EPISODES_PER_FILE`
@@ -120,7 +121,7 @@ def episode_schema(meta: EpisodeMeta, teacher: Mapping[str, int] | None = None) 
     return pa.schema(fields)
 
 
-def teacher_terms(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+def terms_labelled_in(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """The teacher terms whose label columns are among column `names`."""
     return tuple(term for term, column in TEACHER_COLUMNS.items() if column in names)
 
@@ -161,7 +162,7 @@ def write_part(
 ) -> int:
     """Write `table` as one part file atomically, with `meta` and return statistics in its
     footer; returns the file size in bytes."""
-    teacher = teacher_terms(table.column_names)
+    teacher = terms_labelled_in(table.column_names)
     T = meta.episode_length
     widths = {t: _list_size(table.column(TEACHER_COLUMNS[t])) // T for t in teacher}
     if table.schema != episode_schema(meta, widths):

@@ -163,12 +163,13 @@ class ExportHeads(nn.Module):
             with torch.no_grad():  # renormalises rows to norm <= 1 once, as the first lookup does
                 emb = model.task_embedding(torch.arange(len(cfg.tasks)))
         self.register_buffer("masks", _const(model.action_masks))
-        self.register_buffer("discounts", model._discount.detach().float().reshape(-1).clone())
+        discounts = model.discount(torch.arange(len(cfg.tasks))).float().reshape(-1)
+        self.register_buffer("discounts", discounts.clone())
 
         def dense(layer, act=None):
             return _Dense(layer, dtype, act, cfg.simnorm_dim)
 
-        enc, dyn, rew, pi = model._encoder["state"], model._dynamics, model._reward, model._pi
+        enc, dyn, rew, pi, qs = model.heads
         self.enc_first = _first([enc[0]], emb, cfg.obs_dim, dtype)
         self.enc = nn.ModuleList(
             dense(layer, "simnorm" if i == len(enc) - 2 else "mish")
@@ -181,7 +182,6 @@ class ExportHeads(nn.Module):
         self.dr_first = _first([dyn[0], rew[0]], emb, cfg.latent_dim, dtype)
         self.dyn = nn.ModuleList([dense(dyn[1], "mish"), dense(dyn[2], "simnorm")])
         self.rew = nn.ModuleList([dense(rew[1], "mish"), dense(rew[2])])
-        qs = model._Qs
         self.q_first = _first([qs.params[0]], emb, cfg.latent_dim, dtype, members=True)
         self.q_rest = nn.ModuleList(
             nn.ModuleList(
@@ -248,8 +248,7 @@ class MPPIStep(nn.Module):
 
     def __init__(self, model: WorldModel, cfg: PlannerConfig, num_envs: int, precision="fp32"):
         super().__init__()
-        if cfg.num_pi_trajs >= cfg.num_samples or cfg.num_elites > cfg.num_samples:
-            raise ValueError("need num_pi_trajs < num_samples and num_elites <= num_samples")
+        cfg.check()
         if not cfg.mpc:
             raise ValueError("MPPIStep needs mpc=True; the policy prior is PriorStep")
         self.heads = ExportHeads(model, precision)

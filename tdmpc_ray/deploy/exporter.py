@@ -78,10 +78,7 @@ class ExportConfig:
         cfg = self.planner
         if not cfg.mpc:
             raise ValueError("planner.mpc must be true (the prior is exported with prior=True)")
-        if min(cfg.iterations, cfg.num_samples, cfg.num_elites, cfg.horizon) < 1:
-            raise ValueError("iterations, num_samples, num_elites and horizon must be positive")
-        if cfg.num_pi_trajs >= cfg.num_samples or cfg.num_elites > cfg.num_samples:
-            raise ValueError("need num_pi_trajs < num_samples and num_elites <= num_samples")
+        cfg.check()
 
 
 @dataclass

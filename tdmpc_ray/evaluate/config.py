@@ -40,7 +40,8 @@ class EvalConfig:
         return 2 if self.planner.mpc and not self.gpus_per_actor else 10
 
     def check(self) -> None:
-        """Fail with one line on settings that cannot run."""
+        """Fail with one line on settings that cannot run, the planner's among them."""
+        self.planner.check()
         for name in ("envs_per_actor", "max_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -41,7 +41,6 @@ from tdmpc_ray.evaluate.video import require_writer
 from tdmpc_ray.model import ModelConfig, WorldModel, checkpoint_hash, load_world_model
 from tdmpc_ray.model.checkpoint import infer_config
 from tdmpc_ray.model.published import resolve_checkpoint
-from tdmpc_ray.planning import Planner
 from tdmpc_ray.provenance import provenance
 from tdmpc_ray.resources import capacity
 from tdmpc_ray.tasks.task_sets import TASK_SETS, episode_length, get_task_set
@@ -150,7 +149,6 @@ def evaluate(
     cfg.check()
     model, path = _world_model(checkpoint, model_config)
     names = resolve_tasks(tasks, model.cfg)
-    Planner(model, dataclasses.replace(cfg.planner, compile=False))  # bad settings fail here
     if cfg.video_dir is not None:
         require_writer()
     cfg = dataclasses.replace(cfg, envs_per_actor=cfg.job_size())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -15,6 +16,20 @@ from tdmpc_ray.model.layers import QEnsemble, SimNorm, init_weights, mlp
 from tdmpc_ray.tasks.task_sets import get_task_set
 
 TaskLike = torch.Tensor | int | None
+
+
+class Heads(NamedTuple):
+    """The world model's encoder and heads as layers, for code that lays their weights out anew
+    (the planner's fused heads, the exported controller). Each is an `nn.Sequential` of
+    NormedLinear layers (`.weight`, `.bias`, `.ln`) ending in a linear one; `Qs.params[k]` is the
+    Q ensemble's k-th layer stacked over members (`.weight` [num_q, out, in]). A first layer reads
+    [x, task embedding, action] (no action for the encoder and the policy prior)."""
+
+    encoder: nn.Sequential
+    dynamics: nn.Sequential
+    reward: nn.Sequential
+    pi: nn.Sequential
+    Qs: QEnsemble
 
 
 class WorldModel(nn.Module):
@@ -74,6 +89,11 @@ class WorldModel(nn.Module):
         if self.cfg.multitask:
             return self._action_masks
         return torch.ones(1, self.cfg.action_dim, device=self._discount.device)
+
+    @property
+    def heads(self) -> Heads:
+        """The encoder and heads themselves (not copies), the online Qs among them."""
+        return Heads(self._encoder["state"], self._dynamics, self._reward, self._pi, self._Qs)
 
     def discount(self, task: TaskLike) -> torch.Tensor:
         """Per-task discount from episode length (TD-MPC2's heuristic)."""
@@ -195,8 +215,9 @@ def _teacher_policy(model: WorldModel, z, action, task) -> torch.Tensor:
 class TeacherOutput:
     """Something a teacher computes per (obs, action) row for distillation; deterministic."""
 
-    compute: Callable[[WorldModel, torch.Tensor, torch.Tensor, TaskLike], torch.Tensor]
-    """(model, z = encode(obs), action, task) -> [N, width]."""
+    compute: Callable[[WorldModel, torch.Tensor, torch.Tensor, TaskLike], torch.Tensor] | None
+    """(model, z = encode(obs), action, task) -> [N, width]; None for an output that is not one
+    forward pass (the planner's): only `data label` computes it, training reads it from labels."""
     cached: bool
     """Small enough to store: `data label` writes it to the label column `teacher_<name>`."""
     name: str = ""
@@ -214,14 +235,16 @@ TEACHER_OUTPUTS: dict[str, TeacherOutput] = {
         "latent": TeacherOutput(_teacher_latent, cached=False),
         "value": TeacherOutput(_teacher_value, cached=True),
         "policy": TeacherOutput(_teacher_policy, cached=True),
+        "planner": TeacherOutput(None, cached=True),
     }.items()
 }
 """What a teacher serves by name. `reward` [N, 1]: decoded reward of (obs, action); `latent`
 [N, L]: next latent after `action` (20-57x an observation, so never stored); `value` [N, 1]: mean
 of every Q member's decoded value; `policy` [N, A]: the policy prior's squashed mean action at obs
-(0 on padded action dims)."""
-TEACHER_TERMS = tuple(TEACHER_OUTPUTS)
-"""The names of `TEACHER_OUTPUTS`."""
+(0 on padded action dims); `planner` [N, 2A]: mean and std of the teacher's MPPI distribution
+over the first action at obs, cold-started (`data label --mpc`; 0 on padded action dims)."""
+TEACHER_TERMS = tuple(name for name, output in TEACHER_OUTPUTS.items() if output.compute)
+"""The names of the `TEACHER_OUTPUTS` a teacher computes per row (`teacher_outputs`)."""
 
 
 @torch.no_grad()
@@ -234,7 +257,9 @@ def teacher_outputs(
 ) -> dict[str, torch.Tensor]:
     """`TEACHER_OUTPUTS` named in `terms` for rows obs [N, D], action [N, A], task [N], from one
     encoding, in float32 (also under autocast)."""
-    unknown = set(terms) - set(TEACHER_OUTPUTS)
+    unknown = set(terms) - set(TEACHER_TERMS)
+    if unknown & set(TEACHER_OUTPUTS):
+        raise ValueError(f"teacher outputs {sorted(unknown)} come only from labels (data label)")
     if unknown:
         raise ValueError(f"unknown teacher terms {sorted(unknown)}; known: {TEACHER_TERMS}")
     z = model.encode(obs, task)

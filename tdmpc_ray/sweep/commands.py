@@ -10,8 +10,9 @@ import sys
 def _sweep(args: argparse.Namespace) -> int:
     os.environ.setdefault("MUJOCO_GL", "disable")  # before dm_control loads, here and in workers
     from tdmpc_ray.config import parse_overrides
-    from tdmpc_ray.sweep.runner import format_groups, format_pairs, format_table, run_sweep
+    from tdmpc_ray.sweep.runner import run_sweep
     from tdmpc_ray.sweep.spec import load_spec
+    from tdmpc_ray.sweep.tables import format_groups, format_pairs, format_table
 
     spec = load_spec(args.spec, parse_overrides(args.overrides))
     summary = run_sweep(spec, resume=args.resume)

@@ -1,14 +1,15 @@
 """Run a sweep spec with Ray Tune, Train inside Tune: each trial is a Tune function that builds
 and fits a TorchTrainer, while checkpoints are evaluated asynchronously and their scores reach
-Tune (and so schedulers and the dashboard) as soon as they are ready."""
+Tune (and so schedulers and the dashboard) as soon as they are ready. What the finished sweep
+comes to is `sweep.summary`'s; its console tables are `sweep.tables`'."""
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import dataclasses
 import logging
-import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import ray
@@ -16,26 +17,19 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from tdmpc_ray.atomic import atomic_path, write_json
+from tdmpc_ray.atomic import write_json
 from tdmpc_ray.config import build_config
-from tdmpc_ray.evaluate.report import interval, load_json, save_json
-from tdmpc_ray.evaluate.stats import Interval
+from tdmpc_ray.evaluate.report import save_json
 from tdmpc_ray.resources import available, capacity, fit_workers, plan_sweep
-from tdmpc_ray.sweep.scratch import (
-    against_scratch,
-    between_groups,
-    is_scratch,
-    pooled_over_seeds,
-)
+from tdmpc_ray.shared_paths import check_shared_paths
 from tdmpc_ray.sweep.spec import SweepSpec, check_inputs
+from tdmpc_ray.sweep.summary import RUN_FILE, summarize, write_curves
 from tdmpc_ray.train.config import TrainConfig
-from tdmpc_ray.train.loop import STUDENT_FILE, validate_checkpoint
-from tdmpc_ray.train.losses import DISTILL_TERMS
+from tdmpc_ray.train.loop import validate_checkpoint
 from tdmpc_ray.train.teacher import teacher_pool
 from tdmpc_ray.train.trainer import build_trainer
 
 log = logging.getLogger(__name__)
-RUN_FILE = "run.json"
 _validate = ray.remote(num_cpus=0, scheduling_strategy="DEFAULT")(validate_checkpoint)
 
 
@@ -144,10 +138,31 @@ def _shared_teachers(spec: SweepSpec) -> list:
 
 def asha(options: dict) -> ASHAScheduler:
     """ASHA on `normalized_score` at the steps evaluated (`eval_step`). Reports without an
-    evaluation carry no score: ASHA skips them, and Tune's strict check that every report has
-    the scheduler's metric is turned off for this process (TUNE_DISABLE_STRICT_METRIC_CHECKING)."""
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    evaluation carry no score: ASHA skips them, and `tune_environment` turns off Tune's strict
+    check that every report has the scheduler's metric while the sweep runs."""
     return ASHAScheduler(time_attr="eval_step", metric="normalized_score", mode="max", **options)
+
+
+@contextlib.contextmanager
+def tune_environment() -> Iterator[None]:
+    """The settings Tune reads from the environment of the process running `Tuner.fit` (its
+    controller), set for the block only and restored after: no strict metric check (reports
+    without an evaluation carry no score, see `asha`) and results saved every 5 s, so they reach
+    the dashboard sooner (unless TUNE_GLOBAL_CHECKPOINT_S is set already)."""
+    settings = {
+        "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+        "TUNE_GLOBAL_CHECKPOINT_S": os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "5"),
+    }
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
@@ -157,10 +172,15 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
     check_inputs(spec)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
+    inputs = {
+        (k, v) for c in spec.trial_configs() for k, v in (("data", c.data), ("teacher", c.teacher))
+    }
+    for kind, path in sorted(pair for pair in inputs if pair[1]):
+        check_shared_paths({kind: path})
+    check_shared_paths({}, {"storage_path": spec.storage_path})
     concurrency = plan_sweep(
         spec.trial_configs(), spec.trial_cpus, spec.max_concurrent_trials, capacity(), available()
     )
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # results reach the dashboard sooner
     teachers = _shared_teachers(spec)
     storage = (
         spec.storage_path if "://" in spec.storage_path else str(Path(spec.storage_path).resolve())
@@ -185,7 +205,8 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
             ),  # fmt: skip
             run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=verbose),
         )
-    grid = tuner.fit()
+    with tune_environment():
+        grid = tuner.fit()
     del teachers
     summary = summarize(grid, spec, experiment)
     if "://" not in experiment:
@@ -213,224 +234,3 @@ def error_line(err: BaseException) -> str:
     if any(line.startswith("Traceback") for line in lines):
         return [line for line in lines if not line[0].isspace()][-1]
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-
-
-CURVE_METRICS = ("total_loss", "consistency_loss", "reward_loss", "value_loss", "pi_loss",
-                 *(term.metric for term in DISTILL_TERMS.values()), "updates_per_s")  # fmt: skip
-SCORE_METRICS = ("normalized_score", "normalized_score_low", "normalized_score_high", "iqm",
-                 "iqm_low", "iqm_high")  # fmt: skip
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _history(result) -> list[dict]:
-    """A trial's reported rows, oldest first."""
-    history = result.metrics_dataframe
-    return [] if history is None else history.to_dict("records")
-
-
-def _evaluations(rows: list[dict]) -> dict[int, dict]:
-    """The rows that report an evaluation, by the step it evaluated."""
-    return {
-        int(row["eval_step"]): row
-        for row in rows
-        if _finite(row.get("eval_step")) and _finite(row.get("normalized_score"))
-    }
-
-
-def write_curves(path: Path, grid, keys: list[str]) -> None:
-    """Learning curves of every trial as a long CSV (trial, searched keys, step, metric, value):
-    the training metrics at each report, and the scores with their interval bounds at the step
-    they evaluated."""
-    records = []
-    for result in grid:
-        trial = [Path(result.path).name, *((result.config or {}).get(k) for k in keys)]
-        rows = _history(result)
-        for row in rows:
-            for metric in CURVE_METRICS:
-                if _finite(row.get(metric)):
-                    records.append([*trial, int(row["step"]), metric, f"{row[metric]:.6g}"])
-        for step, row in sorted(_evaluations(rows).items()):
-            for metric in SCORE_METRICS:
-                if _finite(row.get(metric)):
-                    records.append([*trial, step, metric, f"{row[metric]:.6g}"])
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["trial", *keys, "step", "metric", "value"])
-        writer.writerows(records)
-
-
-def summarize(grid, spec: SweepSpec, experiment: str) -> dict:
-    """Trials (config, status, step, the last evaluation's scores with intervals, speed, and the
-    paired comparison with the sweep's scratch trial) sorted by score, the best student, and the
-    groups over seeds (`group_over_seeds`)."""
-    keys = spec.searched_keys()
-    cache: dict[str, dict] = {}
-
-    def load(relative: str) -> dict:
-        if relative not in cache:
-            cache[relative] = load_json(f"{experiment}/{relative}")
-        return cache[relative]
-
-    trials, records = [], []
-    for result in grid:
-        rows = _history(result)
-        evaluations = _evaluations(rows)
-        evals = {step: row["eval_file"] for step, row in evaluations.items()
-                 if isinstance(row.get("eval_file"), str)}  # fmt: skip
-        last = evaluations[max(evaluations)] if evaluations else {}
-        metrics = result.metrics or {}
-        checkpoint = metrics.get("checkpoint_path")
-        run_dir = next((r["run_dir"] for r in rows if isinstance(r.get("run_dir"), str)), None)
-        config = {k: (result.config or {}).get(k) for k in keys}
-        try:
-            run = load(f"{run_dir}/{RUN_FILE}") if run_dir else None
-        except (OSError, ValueError):
-            run = None
-        trial = {
-            "trial": Path(result.path).name,
-            **config,
-            "status": "ERROR" if result.error else "TERMINATED",
-            "step": metrics.get("step"),
-            "eval_step": int(max(evaluations)) if evaluations else None,
-            **{k: last.get(k) if _finite(last.get(k)) else None for k in SCORE_METRICS},
-            "eval_episodes": last.get("eval_episodes"),
-            "updates_per_s": metrics.get("updates_per_s"),
-            "student": f"{checkpoint}/{STUDENT_FILE}" if checkpoint else None,
-            "run_dir": run_dir,
-            "scratch": is_scratch(result.config or {}, run),
-            "eval_files": {str(step): file for step, file in evals.items()},
-        }  # fmt: skip
-        trials.append(trial)
-        records.append({"trial": trial["trial"], "config": config, "scratch": trial["scratch"],
-                        "evals": evals})  # fmt: skip
-    comparisons = against_scratch(records, keys, load)
-    for trial in trials:
-        trial["vs_scratch"] = comparisons.get(trial["trial"])
-    trials.sort(
-        key=lambda t: -1 if t["normalized_score"] is None else t["normalized_score"], reverse=True
-    )
-    best = trials[0] if trials and trials[0]["normalized_score"] is not None else None
-    summary = {
-        "experiment": experiment,
-        "trials": trials,
-        "best": best,
-        "space": keys,
-        "scratch": [t["trial"] for t in trials if t["scratch"]],
-    }
-    groups = group_over_seeds(summary, pooled_over_seeds(records, keys, load))
-    return {**summary, "groups": groups, "pairs": between_groups(records, keys, load)}
-
-
-def group_over_seeds(summary: dict, pooled: dict[tuple, dict] | None = None) -> list[dict]:
-    """Scores of trials that differ only in `seed`, pooled: n, mean, sample std, min, max of
-    the seeds' scores, and from `pooled` (`scratch.pooled_over_seeds`) the score of their
-    episodes pooled with its interval and the paired comparison with scratch pooled over
-    seeds (empty when seed is not searched). Best mean first."""
-    keys = [k for k in summary["space"] if k != "seed"]
-    if "seed" not in summary["space"]:
-        return []
-    scores_by_group: dict[tuple, list[float]] = {}
-    for t in summary["trials"]:
-        scores = scores_by_group.setdefault(tuple(str(t.get(k)) for k in keys), [])
-        if t["normalized_score"] is not None:
-            scores.append(t["normalized_score"])
-    groups = []
-    for values, scores in scores_by_group.items():
-        n = len(scores)
-        mean = sum(scores) / n if n else None
-        std = (sum((s - mean) ** 2 for s in scores) / (n - 1)) ** 0.5 if n > 1 else None
-        group = {**dict(zip(keys, values, strict=True)), "n": n, "mean": mean, "std": std,
-                 "min": min(scores, default=None), "max": max(scores, default=None)}  # fmt: skip
-        if pooled is not None:
-            entry = pooled.get(values, {})
-            group["pooled"] = entry.get("score")
-            group["vs_scratch"] = entry.get("vs_scratch")
-        groups.append(group)
-    return sorted(groups, key=lambda g: -math.inf if g["mean"] is None else g["mean"], reverse=True)
-
-
-def format_table(summary: dict) -> str:
-    """The trials as a fixed-width table, best first: the last evaluation's score with its 95%
-    interval, and A - scratch with its interval and P(A > scratch) where there is a scratch
-    trial."""
-    columns = ["trial", *summary["space"], "status", "step", "score [95% interval]", "episodes",
-               "vs scratch [95% interval]", "P(> scratch)", "updates_per_s"]  # fmt: skip
-    rows = [
-        {**t, "score [95% interval]": _score_cell(t), "episodes": t.get("eval_episodes"),
-         **_scratch_cells(t.get("vs_scratch"), t.get("scratch"))}
-        for t in summary["trials"]
-    ]  # fmt: skip
-    return _fixed_width(columns, rows)
-
-
-def format_groups(summary: dict) -> str:
-    """Scores pooled over seeds (`group_over_seeds`) as a fixed-width table."""
-    columns = [k for k in summary["space"] if k != "seed"] + [
-        "n", "mean", "std", "min", "max", "pooled score [95% interval]",
-        "vs scratch [95% interval]", "P(> scratch)"]  # fmt: skip
-    rows = [
-        {**g, "pooled score [95% interval]": _score_cell(g.get("pooled")),
-         **_scratch_cells(g.get("vs_scratch"), False)}
-        for g in summary["groups"]
-    ]  # fmt: skip
-    return _fixed_width(columns, rows)
-
-
-def format_pairs(summary: dict) -> str:
-    """Every two groups over seeds against each other (`scratch.between_groups`) as a
-    fixed-width table: A - B pooled over their common seeds, P(A > B), the verdict."""
-    keys = [k for k in summary["space"] if k != "seed"]
-    columns = ["A", "B", "seeds", "A - B [95% interval]", "P(A > B)", "verdict"]
-    rows = []
-    for pair in summary.get("pairs", []):
-        row = {"A": "/".join(str(pair["a"][k]) for k in keys),
-               "B": "/".join(str(pair["b"][k]) for k in keys), "seeds": len(pair["seeds"])}  # fmt: skip
-        if "error" in pair:
-            row["verdict"] = "error: " + pair["error"]
-        else:
-            row.update({"A - B [95% interval]": Interval(**pair["difference"]).format(),
-                        "P(A > B)": Interval(**pair["probability_of_improvement"]).format(),
-                        "verdict": pair["verdict"]})  # fmt: skip
-        rows.append(row)
-    return _fixed_width(columns, rows)
-
-
-def _score_cell(scores: dict | None) -> str | None:
-    if not scores or scores.get("normalized_score") is None:
-        return None
-    return interval(scores, "normalized_score").format()
-
-
-def _scratch_cells(comparison: dict | None, scratch: bool | None) -> dict:
-    """The `vs scratch` and `P(> scratch)` cells: the difference and P(improvement) with their
-    intervals, `(scratch)` for the scratch trial itself, the reason when it failed."""
-    if scratch:
-        return {"vs scratch [95% interval]": "(scratch)"}
-    if not comparison:
-        return {}
-    if "error" in comparison:
-        return {"vs scratch [95% interval]": "error: " + comparison["error"]}
-    return {
-        "vs scratch [95% interval]": Interval(**comparison["difference"]).format(),
-        "P(> scratch)": Interval(**comparison["probability_of_improvement"]).format(),
-    }
-
-
-def _fixed_width(columns: list[str], records: list[dict]) -> str:
-    rows = [[_cell(r.get(c)) for c in columns] for r in records]
-    widths = (
-        [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-        if rows
-        else [len(c) for c in columns]
-    )
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
-    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
