@@ -24,7 +24,7 @@ from tdmpc_ray.cli import main
 from tdmpc_ray.data.dataset_info import dataset_info
 from tdmpc_ray.data.episode_store import EpisodeStore
 from tdmpc_ray.data.generate import GenerateConfig, episode_specs, generate
-from tdmpc_ray.data.label import label
+from tdmpc_ray.data.label import MODEL_LABELS, label
 from tdmpc_ray.data.layout import TEACHER_COLUMNS, table_arrays
 from tdmpc_ray.model import checkpoint_hash, load_world_model, teacher_outputs
 from tdmpc_ray.tasks.dmcontrol import make_env
@@ -35,6 +35,8 @@ pytestmark = pytest.mark.slow  # every test rolls out dm_control episodes on Ray
 
 FP16 = "mt30_1M_steps_045dist_fp16.pt"
 INT8 = "mt30_1M_steps_045dist_int8.pt"
+LABELS = {t: TEACHER_COLUMNS[t] for t in MODEL_LABELS}
+"""Teacher output -> label column, of the labels a plain `data label` writes."""
 STEPS = 20
 RANDOM = GenerateConfig(
     tasks="cartpole-balance,pendulum-swingup,cup-catch", episodes_per_task=2, seed=5, num_actors=2, envs_per_actor=2, max_steps=STEPS,
@@ -162,8 +164,8 @@ def _teacher_on_rows(model, data: dict[str, np.ndarray]) -> tuple[dict, tuple]:
     obs = torch.from_numpy(data["obs"][:, :-1].reshape(-1, 24).copy())
     action = torch.from_numpy(data["action"][:, 1:].reshape(-1, 6).copy())
     task = torch.from_numpy(data["task"]).long().repeat_interleave(T - 1)
-    out = teacher_outputs(model, obs, action, task, tuple(TEACHER_COLUMNS))
-    direct = {TEACHER_COLUMNS[t]: v.view(E, T - 1, -1).numpy() for t, v in out.items()}
+    out = teacher_outputs(model, obs, action, task, tuple(LABELS))
+    direct = {LABELS[t]: v.view(E, T - 1, -1).numpy() for t, v in out.items()}
     return direct, (obs, action, task)
 
 
@@ -195,10 +197,10 @@ def test_label_adds_the_teachers_outputs_for_obs_s_minus_1_and_action_s(prior_da
     for name in ("episode_id", "task", "obs", "action", "reward"):
         np.testing.assert_array_equal(data[name], source[name])
     direct, rows = _teacher_on_rows(load_world_model(checkpoint), data)
-    terms = tuple(TEACHER_COLUMNS)
+    terms = tuple(LABELS)
     from_actor = ray.get(get_teacher(str(checkpoint)).outputs.remote(*rows, terms))
     assert sorted(from_actor) == sorted(terms)
-    for term, column in TEACHER_COLUMNS.items():
+    for term, column in LABELS.items():
         assert np.isnan(data[column][:, 0]).all() and np.isfinite(_labels(data, column)).all()
         np.testing.assert_allclose(_labels(data, column), direct[column], rtol=1e-5, atol=1e-5)
         answer = from_actor[term].view(direct[column].shape).numpy()
@@ -218,9 +220,9 @@ def test_store_windows_pair_teacher_reward_like_reward(labelled) -> None:
     model = load_world_model(shared_checkpoint(FP16))
     for k in range(3):
         want = teacher_outputs(
-            model, batch.obs[k], batch.action[k], batch.task, tuple(TEACHER_COLUMNS)
+            model, batch.obs[k], batch.action[k], batch.task, tuple(LABELS)
         )
-        for term in TEACHER_COLUMNS:
+        for term in LABELS:
             torch.testing.assert_close(batch.teacher[term][k], want[term], rtol=1e-5, atol=1e-5)
 
 
@@ -235,7 +237,7 @@ def test_relabelling_in_place_replaces_the_column(labelled, tmp_path) -> None:
     assert dataset_info(data_dir).meta.teacher_checkpoint == checkpoint_hash(second)
     data = _read(data_dir)
     direct, _ = _teacher_on_rows(load_world_model(second), data)
-    for column in TEACHER_COLUMNS.values():
+    for column in LABELS.values():
         np.testing.assert_allclose(_labels(data, column), direct[column], rtol=1e-5, atol=1e-5)
         assert not np.allclose(_labels(data, column), _labels(_read(labelled[0]), column))
 

@@ -1,5 +1,6 @@
-"""Distillation terms (reward, next-state latent through a linear or PCA bridge, value, policy):
-zero when the student is the teacher, falling on a fixed batch, and out of the graph at coefficient 0."""
+"""Distillation terms (reward, next-state latent through a linear or PCA bridge, value, policy,
+planner imitation): zero when the student is the teacher (or its prior equals the planner
+labels), falling on a fixed batch, and out of the graph at coefficient 0."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ from tdmpc_ray.model import (
     teacher_outputs,
 )
 from tdmpc_ray.train.distill import LatentBridge, fit_pca
-from tdmpc_ray.train.losses import LossConfig, policy_loss, world_model_loss
+from tdmpc_ray.train.losses import (
+    DISTILL_TERMS,
+    LossConfig,
+    action_log_std,
+    policy_loss,
+    world_model_loss,
+)
 from tdmpc_ray.train.scale import RunningScale
 from tdmpc_ray.train.update import Learner
 from tests.helpers import shared_checkpoint
@@ -28,9 +35,11 @@ COEF = {
     "latent": "latent_d_coef",
     "value": "value_d_coef",
     "policy": "policy_d_coef",
+    "planner": "planner_d_coef",
 }
 METRIC = {"reward": "distill_loss", "latent": "latent_distill_loss",
-          "value": "value_distill_loss", "policy": "policy_distill_loss"}  # fmt: skip
+          "value": "value_distill_loss", "policy": "policy_distill_loss",
+          "planner": "planner_distill_loss"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +163,8 @@ def test_every_place_reads_the_one_registry_of_terms():
     from tdmpc_ray.config import build_config
     from tdmpc_ray.data.layout import TEACHER_COLUMNS
     from tdmpc_ray.model import TEACHER_OUTPUTS
-    from tdmpc_ray.sweep.runner import CURVE_METRICS
+    from tdmpc_ray.sweep.summary import CURVE_METRICS
     from tdmpc_ray.train.config import TrainConfig
-    from tdmpc_ray.train.losses import DISTILL_TERMS
-
     assert list(DISTILL_TERMS) == list(COEF) and {t.coef for t in DISTILL_TERMS.values()} == set(
         COEF.values()
     )
@@ -170,7 +177,8 @@ def test_every_place_reads_the_one_registry_of_terms():
     every = {t.coef: 0.5 for t in DISTILL_TERMS.values()}
     cfg = build_config(TrainConfig, None, {"data": "d", "teacher": "t.pt", **every})
     assert cfg.losses().teacher_terms() == tuple(DISTILL_TERMS)
-    assert cfg.recipe() == "distill-d0.5-latent-linear0.5-value0.5-policy0.5"
+    assert cfg.recipe() == "distill-d0.5-latent-linear0.5-value0.5-policy0.5-planner0.5"
+    assert [t.name for t in DISTILL_TERMS.values() if t.labels_only] == ["planner"]
     assert build_config(TrainConfig, None, {"data": "d", **every}).losses().terms() == ()
     for term in DISTILL_TERMS.values():
         with pytest.raises(ValueError, match=f"^{term.coef} must be non-negative"):
@@ -188,3 +196,53 @@ def test_the_value_term_compares_values_in_symlog_space(teacher):
     want = ((symlog(values[:1]) - symlog(batch.teacher["value"][:1])) ** 2).mean()
     torch.testing.assert_close(metrics["value_distill_loss"], want)
     assert batch.teacher["value"].abs().max() > 5, "the teacher's values are on the return scale"
+
+
+def _prior_and_labels(seed: int = 0) -> tuple[WorldModel, torch.Tensor, Batch]:
+    """A small random student, its rolled-out latents and a batch whose planner labels are the
+    student's own prior in action space: (squashed mean, std; 0 on unused action dims)."""
+    torch.manual_seed(seed)
+    student = WorldModel(model_config(1, "mt30", enc_dim=64, mlp_dim=64, latent_dim=32))
+    batch = _batch(None, size=16, seed=seed)
+    _, zs, _ = world_model_loss(student, batch, LossConfig())
+    with torch.no_grad():
+        info = student.pi(zs[:-1], batch.task)[1]
+    std = action_log_std(info["mean"], info["log_std"]).exp() * student._action_masks[batch.task]
+    labels = torch.cat([info["mean"], std], -1)
+    return student, zs.detach(), batch._replace(teacher={"planner": labels})
+
+
+def _planner_term(student: WorldModel, zs: torch.Tensor, batch: Batch, **cfg) -> torch.Tensor:
+    losses = LossConfig(planner_d_coef=1.0, **cfg)
+    _, metrics = policy_loss(student, zs, batch, RunningScale(0.01), losses)
+    return metrics["planner_distill_loss"]
+
+
+@pytest.mark.parametrize("all_steps", [False, True])
+def test_the_planner_term_is_zero_when_the_prior_equals_the_labels(all_steps):
+    student, zs, batch = _prior_and_labels()
+
+    assert _planner_term(student, zs, batch, distill_all_steps=all_steps).item() < 1e-10
+    mean, std = batch.teacher["planner"].chunk(2, -1)
+    for labels in (torch.cat([mean + 0.1 * (std > 0), std], -1), torch.cat([mean, 2 * std], -1)):
+        moved = batch._replace(teacher={"planner": labels})
+        assert _planner_term(student, zs, moved, distill_all_steps=all_steps).item() > 1e-4
+
+
+def test_the_planner_term_trains_only_what_the_policy_loss_trains():
+    """Its gradient reaches the prior and the task embedding it reads (whose gradient TD-MPC2's
+    policy loss also leaves for the next world-model step), nothing else: the registry attaches
+    it to the policy loss, whose optimiser steps the prior."""
+    student, zs, batch = _prior_and_labels()
+    gen = torch.Generator().manual_seed(1)
+    mask = student._action_masks[batch.task]
+    mean = (torch.rand(3, 16, 6, generator=gen) * 2 - 1) * mask
+    std = (0.05 + torch.rand(3, 16, 6, generator=gen)) * mask
+    batch = batch._replace(teacher={"planner": torch.cat([mean, std], -1)})
+
+    _planner_term(student, zs, batch).backward()
+
+    trained = {name.split(".")[0] for name, p in student.named_parameters()
+               if p.grad is not None and p.grad.abs().sum() > 0}  # fmt: skip
+    assert trained == {"_pi", "_task_emb"}
+    assert DISTILL_TERMS["planner"].attach == "policy"

@@ -162,8 +162,10 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
         "which writes whole labelled parts, and store them as the teacher_reward, teacher_value "
         "and teacher_policy columns, with the teacher's checkpoint hash in each part's footer "
         "(training uses the labels only with that teacher; next-state latents are never "
-        "cached). Labelling with another teacher replaces them; rerunning the same command "
-        "skips the parts already labelled, so an interrupted run resumes.",
+        "cached). With --mpc, also the mean and std of the teacher's MPPI distribution at "
+        "obs[s-1] (teacher_planner), its settings and seed in the footer. Labelling with "
+        "another teacher replaces them; rerunning the same command skips the parts already "
+        "labelled, so an interrupted run resumes.",
     )
     p.add_argument("data", metavar="DATA", help="data set directory or one part file")
     p.add_argument(

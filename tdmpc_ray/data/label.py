@@ -1,12 +1,21 @@
 """`tdmpc-ray data label`: add a teacher's outputs (reward, value and policy mean: the
-deterministic, small ones, `layout.TEACHER_COLUMNS`) to a Parquet episode data set, so
-distillation can read them instead of asking a teacher actor during training.
+deterministic, small ones, `MODEL_LABELS`; on request its planner's distribution) to a Parquet
+episode data set, so distillation can read them instead of asking a teacher actor during
+training.
 
 Alignment: the label at step s >= 1 is the teacher's output for (obs[s-1], action[s], task), the
 pair whose environment reward is reward[s]; step 0 is NaN like reward. So the episode store's
 windows (obs[t..t+H], action[t+1..t+H], reward and labels [t+1..t+H]) give label[k] for
 (obs[t+k], action[t+1+k]), exactly what the `TeacherActor` answers for that window during
 training. Both use `teacher_outputs`, one code path for the math.
+
+Planner labels (`planner`, opt-in: `planner=PlannerConfig(...)`, `data label --mpc`): at step s
+the mean and std of the teacher's MPPI distribution over the first action at obs[s-1] (the
+state the policy prior sees there), the planner cold-started at every state. Each episode's
+T-1 states are planned in one batch, the planner reset and its generator seeded from (`seed`,
+episode id), so an episode's labels depend only on the teacher, the settings, the seed and
+the device kind, never on which run or actor labelled it. The settings and the seed go into
+each part's footer (`provenance.label.planner`); a part counts as labelled only with them.
 
 Pipeline: the parts to label go into a Ray Data pool of teacher replicas (`map_batches` with
 `PartLabeler`, `ActorPoolStrategy`; each replica on a GPU share when the cluster has GPUs). A
@@ -52,11 +61,15 @@ from tdmpc_ray.data.layout import (
 )
 from tdmpc_ray.model import checkpoint_hash, load_world_model, teacher_outputs
 from tdmpc_ray.model.published import resolve_checkpoint
-from tdmpc_ray.model.world_model import WorldModel
+from tdmpc_ray.model.world_model import TEACHER_TERMS, WorldModel
+from tdmpc_ray.planning import Planner, PlannerConfig
 from tdmpc_ray.provenance import provenance
+from tdmpc_ray.shared_paths import check_shared_paths
 
 BATCH_EPISODES = 64
 _READ_COLUMNS = ["episode_id", "task", "obs", "action", "reward"]
+MODEL_LABELS = tuple(t for t in TEACHER_COLUMNS if t in TEACHER_TERMS)
+"""The labels every run writes: the stored outputs of one teacher forward pass."""
 
 
 def episode_labels(
@@ -64,7 +77,7 @@ def episode_labels(
     obs: np.ndarray,
     action: np.ndarray,
     task: np.ndarray,
-    terms: tuple[str, ...] = tuple(TEACHER_COLUMNS),
+    terms: tuple[str, ...] = MODEL_LABELS,
 ) -> dict[str, np.ndarray]:
     """Teacher labels by term, [E, T] (wider outputs such as policy [E, T, width]) float32, for
     episodes obs [E,T,D], action [E,T,A], task [E]: step s >= 1 is the output for
@@ -82,6 +95,44 @@ def episode_labels(
     return labels
 
 
+def episode_seed(seed: int, episode_id: int) -> int:
+    """The planner's generator seed for one episode's labels: a hash of (seed, episode id), so
+    episodes get independent noise whatever part, batch or run labels them."""
+    return int(np.random.SeedSequence([seed, episode_id]).generate_state(1)[0])
+
+
+def planner_labels(
+    model: WorldModel,
+    cfg: PlannerConfig,
+    seed: int,
+    obs: np.ndarray,
+    task: np.ndarray,
+    episode_id: np.ndarray,
+) -> np.ndarray:
+    """Planner labels [E, T, 2A] float32 (mean, then std; step 0 NaN) for episodes obs
+    [E,T,D], task [E], episode_id [E]: step s >= 1 is the teacher's MPPI distribution at
+    obs[s-1], every state cold-started, each episode's states one batch seeded by
+    `episode_seed`."""
+    E, T, _ = obs.shape
+    device = next(model.parameters()).device
+    planner = Planner(model, cfg, num_envs=T - 1)
+    out = np.full((E, T, 2 * model.cfg.action_dim), np.nan, dtype=np.float32)
+    for e in range(E):
+        planner.reset()
+        planner.generator.manual_seed(episode_seed(seed, int(episode_id[e])))
+        states = torch.tensor(obs[e, :-1], device=device)  # a copy: Arrow's arrays are read-only
+        mean, std = planner.distribution(states, torch.full((T - 1,), int(task[e])))
+        out[e, 1:] = torch.cat([mean, std], -1).cpu().numpy()
+    return out
+
+
+def _planner_settings(part: PartInfo) -> dict | None:
+    """The planner settings and seed of the part's planner labels, from its footer."""
+    footer = part.provenance if isinstance(part.provenance, dict) else {}
+    label = footer.get("label")
+    return label.get("planner") if isinstance(label, dict) else None
+
+
 class PartLabeler:
     """Ray Data actor: the teacher on this actor's device, labelling whole part files and
     writing each labelled part itself (atomically); returns one summary row per part."""
@@ -92,6 +143,7 @@ class PartLabeler:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_world_model(checkpoint, task_set, device=device).requires_grad_(False)
         self.dst, self.digest, self.info, self.batch = Path(dst), digest, info, batch
+        self.planner = info.get("planner")  # {"config": PlannerConfig fields, "seed"} or None
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         summaries = [self.label_part(Path(path)) for path in rows["path"]]
@@ -110,6 +162,12 @@ class PartLabeler:
             for term, values in batch.items():
                 labels[term].append(values)
         teacher = {term: np.concatenate(values) for term, values in labels.items()}
+        if self.planner is not None:
+            cfg = PlannerConfig(**self.planner["config"])
+            teacher["planner"] = planner_labels(
+                self.model, cfg, self.planner["seed"], arrays["obs"], arrays["task"],
+                arrays["episode_id"],
+            )  # fmt: skip
         meta = dataclasses.replace(part.meta, teacher_checkpoint=self.digest)
         table = episodes_to_table(
             meta,
@@ -172,6 +230,8 @@ class LabelSummary:
     num_gpus: float
     num_bytes: int
     seconds: float
+    planner: dict | None = None
+    """Settings and seed of the planner labels; None without them."""
 
     @property
     def transitions(self) -> int:
@@ -185,6 +245,9 @@ class LabelSummary:
             f"(sha256 {self.teacher_checkpoint[:16]}...) on "
             f"{f'{self.num_gpus:g} GPU per actor' if self.num_gpus else 'CPU'}"
             + (f"; {skipped} part(s) were already labelled by it" if skipped else ""),
+            *([f"with planner labels: seed {self.planner['seed']}, MPPI "
+               + " ".join(f"{k}={v}" for k, v in self.planner["config"].items() if k != "mpc")]
+              if self.planner else []),  # fmt: skip
             f"{'id':>3} {'task':<25} {'transitions':>13} {'reward':>8} {'teacher':>8} {'|diff|':>8}",
         ]
         for task, t in sorted(self.totals.items()):
@@ -222,11 +285,15 @@ def _destination(data: str | os.PathLike, out: str | os.PathLike | None) -> Path
     return Path(out)
 
 
-def _to_label(parts: Sequence[PartInfo], dst: Path, digest: str) -> list[PartInfo]:
+def _to_label(
+    parts: Sequence[PartInfo], dst: Path, digest: str, planner: dict | None = None
+) -> list[PartInfo]:
     """The parts not yet labelled by the teacher `digest` in `dst`. A part there counts as
     done only if its footer says so: the source part's layout and source, its episode count,
-    that teacher's hash and every label column. In place, other parts are (re)labelled; in
-    another directory, a part file that is not this labelling's raises ValueError."""
+    that teacher's hash, every label column and, with `planner` settings, planner labels made
+    with them. In place, other parts are (re)labelled; in another directory, a part file that
+    holds other episodes or another teacher's labels raises ValueError."""
+    columns = {TEACHER_COLUMNS[t] for t in (*MODEL_LABELS, *(("planner",) if planner else ()))}
     names = {part.path.name for part in parts}
     if dst.is_dir():
         for stale in dst.glob(".part-*.parquet.*.tmp"):  # a replica stopped while writing
@@ -243,13 +310,11 @@ def _to_label(parts: Sequence[PartInfo], dst: Path, digest: str) -> list[PartInf
             continue
         done = read_part_info(path)
         same = done.meta == dataclasses.replace(part.meta, teacher_checkpoint=digest)
-        if (
-            same
-            and done.num_episodes == part.num_episodes
-            and set(TEACHER_COLUMNS.values()).issubset(done.schema.names)
-        ):
+        ours = same and done.num_episodes == part.num_episodes
+        planned = planner is None or _planner_settings(done) == planner
+        if ours and columns.issubset(done.schema.names) and planned:
             continue
-        if not in_place:
+        if not in_place and not ours:
             raise ValueError(
                 f"{path}: holds other episodes or another teacher's labels; use an empty --out"
             )
@@ -278,11 +343,14 @@ def label(
     batch_episodes: int = BATCH_EPISODES,
     num_actors: int = 1,
     progress: bool = True,
+    planner: PlannerConfig | None = None,
+    seed: int = 0,
 ) -> LabelSummary:
-    """Add the label columns computed by `teacher` (reward, value, policy) to every part of
-    `data`, in place or into `out`, skipping parts already labelled by it. Bad arguments, data
-    or checkpoints fail with one line before any actor starts; a failed or interrupted run
-    leaves every part whole: run it again to finish."""
+    """Add the label columns computed by `teacher` (reward, value, policy and, with `planner`
+    settings, its MPPI distribution seeded by `seed`) to every part of `data`, in place or into
+    `out`, skipping parts already labelled by it. Bad arguments, data or checkpoints fail with
+    one line before any actor starts; a failed or interrupted run leaves every part whole: run
+    it again to finish."""
     started = time.perf_counter()
     if batch_episodes < 1 or num_actors < 1:
         raise ValueError(
@@ -291,14 +359,25 @@ def label(
     parts = _read_parts(data)
     meta = parts[0].meta
     teacher = resolve_checkpoint(teacher).resolve()
-    load_world_model(teacher, meta.task_set)  # an unusable checkpoint fails here, in one line
+    model = load_world_model(teacher, meta.task_set)  # an unusable checkpoint fails here
+    planned = None
+    if planner is not None:
+        if not planner.mpc or seed < 0:
+            raise ValueError(
+                f"planner labels need mpc=true and a seed >= 0, got {planner.mpc}, {seed}"
+            )
+        Planner(model, planner)  # settings that cannot plan fail here, in one line
+        planned = {"config": dataclasses.asdict(planner), "seed": seed}
     dst = _destination(data, out)
     digest = checkpoint_hash(teacher)
-    todo = _to_label(parts, dst, digest)
+    todo = _to_label(parts, dst, digest, planned)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
+    check_shared_paths({"data": data, "teacher": teacher}, {"out": dst})
     num_gpus = _gpus_per_actor(num_actors)
     info = {"teacher": str(teacher), "teacher_checkpoint": digest, **provenance()}
+    if planned:
+        info["planner"] = planned
     totals: dict[int, _TaskTotals] = defaultdict(_TaskTotals)
     written, num_bytes = 0, 0
     total = sum(p.num_episodes for p in todo)
@@ -320,6 +399,7 @@ def label(
         num_gpus=num_gpus,
         num_bytes=num_bytes,
         seconds=time.perf_counter() - started,
+        planner=planned,
     )
 
 

@@ -38,6 +38,8 @@ class Predictions(NamedTuple):
     bridge: LatentBridge | None = None
     pi_mean: torch.Tensor | None = None
     """The policy prior's squashed mean action [H+1, B, A] at zs (in the policy loss only)."""
+    pi_log_std: torch.Tensor | None = None
+    """The policy prior's log std before squashing [H+1, B, A] at zs (in the policy loss only)."""
 
 
 TermLoss = Callable[[Predictions, torch.Tensor, "LossConfig"], torch.Tensor]
@@ -64,6 +66,11 @@ class DistillTerm:
     def cached(self) -> bool:
         """Whether `data label` can store its teacher output, so training reads it from data."""
         return TEACHER_OUTPUTS[self.teacher].cached
+
+    @property
+    def labels_only(self) -> bool:
+        """Whether only `data label` computes its teacher output (no teacher actor serves it)."""
+        return TEACHER_OUTPUTS[self.teacher].compute is None
 
     @property
     def column(self) -> str | None:
@@ -121,6 +128,25 @@ def policy_distill(pred: Predictions, teacher: torch.Tensor, cfg: LossConfig) ->
     return distill_loss(pred.pi_mean[:-1], teacher, cfg)
 
 
+def action_log_std(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """Log std in action space of a tanh-squashed Gaussian with squashed mean `mean` and
+    pre-squash `log_std`, to first order (std * tanh'): the scale the planner's std is on. The
+    derivative is TD-MPC2's squash correction, 1 - mean^2 kept above 1e-6."""
+    return log_std + torch.log(F.relu(1 - mean.pow(2)) + 1e-6)
+
+
+def planner_distill(pred: Predictions, teacher: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """Planner imitation: MSE of the student prior's (squashed mean, action-space log std) and
+    the teacher planner's (mean, log std), labels [S, B, 2A] = (mean, std). A task's unused
+    action dims (std 0 in the labels) count as equal, as in the policy term."""
+    mean, std = teacher.chunk(2, dim=-1)
+    used = std > 0
+    student_log_std = action_log_std(pred.pi_mean[:-1], pred.pi_log_std[:-1])
+    student = torch.cat([pred.pi_mean[:-1], torch.where(used, student_log_std, 0.0)], -1)
+    target = torch.cat([mean, torch.where(used, std.log(), 0.0)], -1)
+    return distill_loss(student, target, cfg)
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Coefficients of the world-model and policy losses (TD-MPC2 defaults) and distillation."""
@@ -145,6 +171,10 @@ class LossConfig:
     """Value distillation: the student's mean Q vs the teacher's mean Q, MSE of their symlogs."""
     policy_d_coef: float = distill_term("policy", "policy", "policy_distill_loss", policy_distill)
     """Policy distillation: MSE of the student's and the teacher's squashed mean actions."""
+    planner_d_coef: float = distill_term("planner", "policy", "planner_distill_loss",
+                                         planner_distill)  # fmt: skip
+    """Planner imitation: the prior's action-space mean and log std vs the teacher's MPPI
+    distribution, MSE (`planner_distill`); needs planner labels (`data label --mpc`)."""
     distill_all_steps: bool = False
     """Distil at every horizon step (rho-weighted) instead of only the first."""
 
@@ -271,6 +301,6 @@ def policy_loss(
     rho = _rho_weights(cfg, zs.shape[0], zs.device)
     loss = (-(cfg.entropy_coef * info["scaled_entropy"] + qs).mean(dim=(1, 2)) * rho).mean()
     metrics = {"pi_entropy": info["entropy"].mean(), "pi_scale": scale.value[0]}
-    pred = Predictions(model, zs, None, None, pi_mean=info["mean"])
+    pred = Predictions(model, zs, None, None, pi_mean=info["mean"], pi_log_std=info["log_std"])
     loss = _add_terms(loss, "policy", pred, batch, cfg, metrics)
     return loss, {"pi_loss": loss, **metrics}
