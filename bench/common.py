@@ -31,10 +31,13 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
 def machine() -> dict:
     """CPU model, core count, load and torch threading: the context of every number."""
     model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.processor(),
-    )  # fmt: skip
+    )
     return {
         "cpu": model,
         "arch": platform.machine(),

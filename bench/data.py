@@ -68,10 +68,11 @@ def write_synthetic_chunk(path: Path, episodes: int, seed: int = 0) -> None:
     raw = {name: path.with_name(f".{path.name}.{name}.raw") for name in shapes}
     try:
         fields = {
-            name: torch.from_file(str(raw[name]), shared=True, size=int(np.prod(shape)),
-                                  dtype=dtype).view(shape)
+            name: torch.from_file(
+                str(raw[name]), shared=True, size=int(np.prod(shape)), dtype=dtype
+            ).view(shape)
             for name, (shape, dtype) in shapes.items()
-        }  # fmt: skip
+        }
         for first in range(0, episodes, BLOCK_EPISODES):
             block = _synthetic_block(first, min(first + BLOCK_EPISODES, episodes), seed)
             for name, values in block.items():
@@ -103,8 +104,12 @@ def _synthetic_block(first: int, stop: int, seed: int) -> dict[str, torch.Tensor
         )
     action[:, 0] = float("nan")
     reward[:, 0] = float("nan")
-    return {"obs": obs, "action": action, "reward": reward,
-            "task": task.unsqueeze(1).expand(count, STEPS)}  # fmt: skip
+    return {
+        "obs": obs,
+        "action": action,
+        "reward": reward,
+        "task": task.unsqueeze(1).expand(count, STEPS),
+    }
 
 
 def _read_speed(path: Path) -> float:
@@ -227,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         if child.exitcode:
             raise SystemExit(f"writing the synthetic chunk failed ({child.exitcode})")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        result = stamped({
-            "convert": bench_convert(chunk, tmp / "parquet"),
-            "sampler": bench_sampler(tmp / "parquet", args.iterations),
-        })
+        result = stamped(
+            {
+                "convert": bench_convert(chunk, tmp / "parquet"),
+                "sampler": bench_sampler(tmp / "parquet", args.iterations),
+            }
+        )
         ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

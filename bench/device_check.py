@@ -97,22 +97,56 @@ class Sizes:
     """Default for `--total-s`: no section starts after this many seconds."""
 
 
-BUDGETS = {"update_256": 180, "update_1024": 180, "teacher": 120, "planning": 90, "loop": 150,
-           "train_run": 180, "environment": 60, "mt30_eval": 300}  # fmt: skip
+BUDGETS = {
+    "update_256": 180,
+    "update_1024": 180,
+    "teacher": 120,
+    "planning": 90,
+    "loop": 150,
+    "train_run": 180,
+    "environment": 60,
+    "mt30_eval": 300,
+}
 """Seconds per section on a GPU (about twice the estimates in the module docstring)."""
-FULL = Sizes(device="cuda", student={}, teacher_size=317,
-             batches={"update_256": 256, "update_1024": 1024}, updates=100, episodes=256,
-             episode_length=501, teacher_rows=16384, envs=(1, 30, 300),
-             planner=PlannerConfig(compile=True), train_steps=200, budgets=BUDGETS,
-             total_s=480)  # fmt: skip
-DRY = Sizes(device="cpu", student={"enc_dim": 64, "mlp_dim": 64, "latent_dim": 32}, teacher_size=1,
-            batches={"update_256": 32, "update_1024": 64}, updates=2, episodes=8,
-            episode_length=51, teacher_rows=256, envs=(1, 3),
-            planner=PlannerConfig(compile=True, iterations=2, num_samples=64, num_elites=8,
-                                  num_pi_trajs=4),
-            train_steps=6, budgets={name: 600 for name in BUDGETS}, total_s=3600)  # fmt: skip
-DEFAULT_PLAN = ("update_256", "update_1024", "teacher", "planning", "loop", "train_run",
-                "environment")
+FULL = Sizes(
+    device="cuda",
+    student={},
+    teacher_size=317,
+    batches={"update_256": 256, "update_1024": 1024},
+    updates=100,
+    episodes=256,
+    episode_length=501,
+    teacher_rows=16384,
+    envs=(1, 30, 300),
+    planner=PlannerConfig(compile=True),
+    train_steps=200,
+    budgets=BUDGETS,
+    total_s=480,
+)
+DRY = Sizes(
+    device="cpu",
+    student={"enc_dim": 64, "mlp_dim": 64, "latent_dim": 32},
+    teacher_size=1,
+    batches={"update_256": 32, "update_1024": 64},
+    updates=2,
+    episodes=8,
+    episode_length=51,
+    teacher_rows=256,
+    envs=(1, 3),
+    planner=PlannerConfig(compile=True, iterations=2, num_samples=64, num_elites=8, num_pi_trajs=4),
+    train_steps=6,
+    budgets={name: 600 for name in BUDGETS},
+    total_s=3600,
+)
+DEFAULT_PLAN = (
+    "update_256",
+    "update_1024",
+    "teacher",
+    "planning",
+    "loop",
+    "train_run",
+    "environment",
+)
 """The sections run without `--sections` (`mt30_eval` only when asked for)."""
 
 
@@ -141,8 +175,11 @@ def _rate(step: Callable[[], object], count: int, device: str, warmup: int = 3) 
 def measure_updates(sizes: Sizes, store: EpisodeStore, batch_size: int) -> dict:
     """Updates/s of the student at `batch_size` per setting, on windows from `store` (its cached
     reward labels as the teacher's). Each compiled setting has its own static-shape graph."""
-    settings = {"eager": OptimConfig(), "compiled": OptimConfig(compile=True),
-                "compiled_bf16": OptimConfig(compile=True, precision="bf16")}  # fmt: skip
+    settings = {
+        "eager": OptimConfig(),
+        "compiled": OptimConfig(compile=True),
+        "compiled_bf16": OptimConfig(compile=True, precision="bf16"),
+    }
     batch = store.sample(batch_size, 3, torch.Generator().manual_seed(0))
     row = {"batch_size": batch_size}
     for name, optim in settings.items():
@@ -195,8 +232,14 @@ def measure_teacher(sizes: Sizes, cfg: TrainConfig) -> list[dict]:
         )
         query = lambda pool=pool: ray.get(pool.outputs(obs, action, task, ("reward",)))  # noqa: E731
         seconds = median_seconds(query, repeats=5, warmup=2)
-        rows.append({"precision": precision, "rows_per_s": round(n / seconds), "rows_per_query": n,
-                     **{k: v for k, v in pool.info()[0].items() if k.startswith("max_")}})  # fmt: skip
+        rows.append(
+            {
+                "precision": precision,
+                "rows_per_s": round(n / seconds),
+                "rows_per_query": n,
+                **{k: v for k, v in pool.info()[0].items() if k.startswith("max_")},
+            }
+        )
     return rows
 
 
@@ -227,21 +270,38 @@ def measure_train_run(sizes: Sizes, cfg: TrainConfig, data: Path, out: Path) -> 
     from tdmpc_ray.train.trainer import train
 
     gpu = sizes.device == "cuda"
-    run = build_config(TrainConfig, None, {
-        "data": str(data), "teacher": cfg.teacher, "teacher_sha256": cfg.teacher_sha256,
-        "model_size": 1, **sizes.student, "steps": sizes.train_steps,
-        "batch_size": next(iter(sizes.batches.values())), "use_gpu": gpu, "gpus_per_worker": 0.5,
-        "teacher_gpus": 0.5 if gpu else 0.0, "compile": True,
-        "cpus_per_worker": 1.0 if gpu else 0.5, "log_every": max(1, sizes.train_steps // 4),
-        "checkpoint_every": sizes.train_steps, "out": str(out), "name": "device-check",
-    })  # fmt: skip
+    run = build_config(
+        TrainConfig,
+        None,
+        {
+            "data": str(data),
+            "teacher": cfg.teacher,
+            "teacher_sha256": cfg.teacher_sha256,
+            "model_size": 1,
+            **sizes.student,
+            "steps": sizes.train_steps,
+            "batch_size": next(iter(sizes.batches.values())),
+            "use_gpu": gpu,
+            "gpus_per_worker": 0.5,
+            "teacher_gpus": 0.5 if gpu else 0.0,
+            "compile": True,
+            "cpus_per_worker": 1.0 if gpu else 0.5,
+            "log_every": max(1, sizes.train_steps // 4),
+            "checkpoint_every": sizes.train_steps,
+            "out": str(out),
+            "name": "device-check",
+        },
+    )
     start = time.perf_counter()
     summary = train(run, progress=False)
     metrics = summary["metrics"]
-    return {"steps": metrics.get("step"), "wall_s": round(time.perf_counter() - start, 1),
-            "updates_per_s_last_window": round(metrics.get("updates_per_s", 0.0), 2),
-            "teacher_wait_s_per_update": metrics.get("teacher_wait_s"),
-            "gpus": {"worker": run.gpus_per_worker if gpu else 0, "teacher": run.teacher_gpus}}  # fmt: skip
+    return {
+        "steps": metrics.get("step"),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "updates_per_s_last_window": round(metrics.get("updates_per_s", 0.0), 2),
+        "teacher_wait_s_per_update": metrics.get("teacher_wait_s"),
+        "gpus": {"worker": run.gpus_per_worker if gpu else 0, "teacher": run.teacher_gpus},
+    }
 
 
 def measure_mt30_eval(sizes: Sizes, checkpoint: Path) -> dict:
@@ -253,8 +313,13 @@ def measure_mt30_eval(sizes: Sizes, checkpoint: Path) -> dict:
     if sizes.device == "cuda":
         result = mt30_eval(checkpoint, episodes=10, envs_per_actor=10)
     else:
-        result = mt30_eval(checkpoint, episodes=1, envs_per_actor=1, max_steps=3,
-                           tasks="cartpole-balance,cup-catch")  # fmt: skip
+        result = mt30_eval(
+            checkpoint,
+            episodes=1,
+            envs_per_actor=1,
+            max_steps=3,
+            tasks="cartpole-balance,cup-catch",
+        )
     episodes = sum(len(row["returns"]) for row in result["tasks"].values())
     return {"wall_s": result["wall_s"], "episodes": episodes, "layout": result["layout"]}
 
@@ -263,14 +328,21 @@ def describe_environment(sizes: Sizes) -> dict:
     """Versions and the device's facts that every number depends on."""
     import ray
 
-    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "ray": ray.__version__,
-            "cpus": os.cpu_count(),
-            "matmul_fp32_precision": torch.backends.cuda.matmul.fp32_precision}  # fmt: skip
+    info = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "ray": ray.__version__,
+        "cpus": os.cpu_count(),
+        "matmul_fp32_precision": torch.backends.cuda.matmul.fp32_precision,
+    }
     if sizes.device == "cuda":
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, capability=f"{props.major}.{props.minor}",
-                    memory_gib=round(props.total_memory / 2**30, 1),
-                    bf16=torch.cuda.is_bf16_supported())  # fmt: skip
+        info.update(
+            gpu=props.name,
+            capability=f"{props.major}.{props.minor}",
+            memory_gib=round(props.total_memory / 2**30, 1),
+            bf16=torch.cuda.is_bf16_supported(),
+        )
     return info
 
 
@@ -282,16 +354,27 @@ def write_episodes(directory: Path, sizes: Sizes, labels: bool) -> Path:
     tasks = get_task_set("mt30")
     E, T = sizes.episodes, sizes.episode_length
     rng = np.random.default_rng(0)
-    meta = EpisodeMeta("mt30", tasks.tasks, 24, 6, T, "device_check",
-                       teacher_checkpoint="random" if labels else None)  # fmt: skip
+    meta = EpisodeMeta(
+        "mt30",
+        tasks.tasks,
+        24,
+        6,
+        T,
+        "device_check",
+        teacher_checkpoint="random" if labels else None,
+    )
     action = rng.uniform(-1, 1, (E, T, 6)).astype(np.float32)
     reward = rng.uniform(0, 1, (E, T)).astype(np.float32)
     action[:, 0], reward[:, 0] = np.nan, np.nan
     table = episodes_to_table(
-        meta, np.arange(E), np.arange(E) % len(tasks.tasks),
-        rng.standard_normal((E, T, 24), dtype=np.float32), action, reward,
+        meta,
+        np.arange(E),
+        np.arange(E) % len(tasks.tasks),
+        rng.standard_normal((E, T, 24), dtype=np.float32),
+        action,
+        reward,
         {"reward": reward.copy()} if labels else None,
-    )  # fmt: skip
+    )
     directory.mkdir(parents=True, exist_ok=True)
     write_part(directory / part_name(0), table, meta)
     return directory
@@ -310,11 +393,18 @@ def random_checkpoint(scratch: Path, size: int) -> Path:
 def _teacher_config(sizes: Sizes, scratch: Path) -> TrainConfig:
     """A run config naming the scratch folder's random teacher (half the GPU on a GPU)."""
     teacher = random_checkpoint(scratch, sizes.teacher_size)
-    return build_config(TrainConfig, None, {
-        "data": str(write_episodes(scratch / "labelled", sizes, labels=True)),
-        "teacher": str(teacher), "teacher_sha256": checkpoint_hash(teacher), **sizes.student,
-        "compile": True, "teacher_gpus": 0.5 if sizes.device == "cuda" else 0.0,
-    })  # fmt: skip
+    return build_config(
+        TrainConfig,
+        None,
+        {
+            "data": str(write_episodes(scratch / "labelled", sizes, labels=True)),
+            "teacher": str(teacher),
+            "teacher_sha256": checkpoint_hash(teacher),
+            **sizes.student,
+            "compile": True,
+            "teacher_gpus": 0.5 if sizes.device == "cuda" else 0.0,
+        },
+    )
 
 
 def _start_ray() -> None:
@@ -365,11 +455,20 @@ def run_isolated(name: str, dry: bool, scratch: Path, budget_s: float, fail: str
     `budget_s`; returns its result, or `{"error": one line}` when it failed, crashed or ran
     out of time. The process's output goes to `scratch/<name>.log`."""
     part, log = scratch / f"{name}.json", scratch / f"{name}.log"
-    argv = [sys.executable, str(Path(__file__).resolve()), "--run-section", name,
-            "--scratch", str(scratch), *(["--dry"] if dry else []),
-            *(["--fail", fail] if fail else [])]  # fmt: skip
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--run-section",
+        name,
+        "--scratch",
+        str(scratch),
+        *(["--dry"] if dry else []),
+        *(["--fail", fail] if fail else []),
+    ]
     with log.open("w") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             process.wait(timeout=budget_s)
         except subprocess.TimeoutExpired:
@@ -403,7 +502,9 @@ def _sections(chosen: str | None) -> list[str]:
     names = [name.strip() for name in chosen.split(",") if name.strip()]
     unknown = sorted(set(names) - set(BUDGETS))
     if unknown:
-        raise SystemExit(f"unknown section(s) {', '.join(unknown)}: choose from {', '.join(BUDGETS)}")
+        raise SystemExit(
+            f"unknown section(s) {', '.join(unknown)}: choose from {', '.join(BUDGETS)}"
+        )
     return [name for name in BUDGETS if name in names]
 
 
@@ -430,12 +531,14 @@ def main(argv: list[str] | None = None) -> Path:
     sections = _sections(args.sections)
     scratch = Path(tempfile.mkdtemp(prefix="device-check-"))
     out = result_path(args.dry, args.out, scratch)
-    data = stamped({
-        "what": "GPU measurements of tdmpc_ray (bench/device_check.py)",
-        "sizes": {**dataclasses.asdict(sizes), "planner": dataclasses.asdict(sizes.planner)},
-        "device": torch.cuda.get_device_name() if sizes.device == "cuda" else "cpu",
-        "seconds": {},
-    })
+    data = stamped(
+        {
+            "what": "GPU measurements of tdmpc_ray (bench/device_check.py)",
+            "sizes": {**dataclasses.asdict(sizes), "planner": dataclasses.asdict(sizes.planner)},
+            "device": torch.cuda.get_device_name() if sizes.device == "cuda" else "cpu",
+            "seconds": {},
+        }
+    )
     total_s = args.total_s or sizes.total_s
     start = time.perf_counter()
     for name in sections:
@@ -444,8 +547,9 @@ def main(argv: list[str] | None = None) -> Path:
             data[name] = {"error": f"not started: the run's {total_s:g} s were spent"}
         else:
             began = time.perf_counter()
-            data[name] = run_isolated(name, args.dry, scratch, min(sizes.budgets[name], left),
-                                      args.fail)  # fmt: skip
+            data[name] = run_isolated(
+                name, args.dry, scratch, min(sizes.budgets[name], left), args.fail
+            )
             data["seconds"][name] = round(time.perf_counter() - began, 1)
         write_json(out, data)
         print(f"{name}: {data[name]}", flush=True)

@@ -72,9 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--teacher", type=resolve_checkpoint, default="mt30-1M-fp16"
-    )
+    parser.add_argument("--teacher", type=resolve_checkpoint, default="mt30-1M-fp16")
     parser.add_argument("--data", type=Path, help="labelled episodes (made when absent)")
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
@@ -96,13 +94,21 @@ def main() -> None:
             print(rows[-1], flush=True)
         if step < args.steps:
             learner.update(store.sample(256, 3, gen))
-    write_result("distill_scale", {
-        "what": "coefficient-weighted loss terms of a 0.35M student (d_coef 0.45, value_d_coef 0.1) on "
-                "labelled rollouts: the value distillation term on raw values (before) and symlogs (after)",
-        "command": "python bench/distill_scale.py", "tasks": TASKS, "teacher": args.teacher.name,
-        "teacher_value": {"mean": round(float(teacher_values.mean()), 2), "max": round(float(teacher_values.max()), 2)},
-        "rows": rows,
-    })  # fmt: skip
+    write_result(
+        "distill_scale",
+        {
+            "what": "coefficient-weighted loss terms of a 0.35M student (d_coef 0.45, value_d_coef 0.1) on "
+            "labelled rollouts: the value distillation term on raw values (before) and symlogs (after)",
+            "command": "python bench/distill_scale.py",
+            "tasks": TASKS,
+            "teacher": args.teacher.name,
+            "teacher_value": {
+                "mean": round(float(teacher_values.mean()), 2),
+                "max": round(float(teacher_values.max()), 2),
+            },
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -373,9 +373,7 @@ def main() -> None:
     parser.add_argument("--mpc-steps", type=int, default=16, help="agent steps per MPPI episode")
     parser.add_argument("--prior-steps", type=int, default=200, help="per policy-prior episode")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each setting")
-    parser.add_argument(
-        "--checkpoint", type=resolve_checkpoint, default="mt30-1M-fp16"
-    )
+    parser.add_argument("--checkpoint", type=resolve_checkpoint, default="mt30-1M-fp16")
     parser.add_argument("--mt30-gpu", action="store_true", help="the full MT30 evaluation on GPU")
     args = parser.parse_args()
     if args.mt30_gpu:

@@ -77,21 +77,31 @@ def main() -> None:
     rows = []
     for name, cfg in SETTINGS.items():
         seconds = statistics.median(times[name])
-        rows.append({"setting": name, "planner": dataclasses.asdict(cfg), "states": states[name],
-                     "episodes": len(times[name]), "seconds_per_episode": round(seconds, 3),
-                     "states_per_s": round(states[name] / seconds, 2)})  # fmt: skip
+        rows.append(
+            {
+                "setting": name,
+                "planner": dataclasses.asdict(cfg),
+                "states": states[name],
+                "episodes": len(times[name]),
+                "seconds_per_episode": round(seconds, 3),
+                "states_per_s": round(states[name] / seconds, 2),
+            }
+        )
         print(name, rows[-1]["states_per_s"], "states/s")
-    write_result("planner_labels", {
-        "what": "planner labels (cold-started MPPI mean and std per state) per second, one "
-                "labelling actor: 1 core, 1 torch thread, CPU",
-        "command": shlex.join(["python", "bench/planner_labels.py", *sys.argv[1:]]),
-        "checkpoint": Path(args.checkpoint).name,
-        "rounds": args.rounds,
-        "repeats": args.repeats,
-        "load_average_1m_at_start": load_at_start,
-        "note": args.note,
-        "rows": rows,
-    })  # fmt: skip
+    write_result(
+        "planner_labels",
+        {
+            "what": "planner labels (cold-started MPPI mean and std per state) per second, one "
+            "labelling actor: 1 core, 1 torch thread, CPU",
+            "command": shlex.join(["python", "bench/planner_labels.py", *sys.argv[1:]]),
+            "checkpoint": Path(args.checkpoint).name,
+            "rounds": args.rounds,
+            "repeats": args.repeats,
+            "load_average_1m_at_start": load_at_start,
+            "note": args.note,
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

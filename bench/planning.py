@@ -27,8 +27,13 @@ from train import _commit, _run  # noqa: E402
 
 from tdmpc_ray.model.published import resolve_checkpoint  # noqa: E402
 
-SETTINGS = {"reference": (1, False), "eager_1": (1, False), "compiled_1": (1, True),
-            "eager_30": (30, False), "compiled_30": (30, True)}  # fmt: skip
+SETTINGS = {
+    "reference": (1, False),
+    "eager_1": (1, False),
+    "compiled_1": (1, True),
+    "eager_30": (30, False),
+    "compiled_30": (30, True),
+}
 """Setting -> (environments per call, compiled)."""
 
 
@@ -58,9 +63,7 @@ def main() -> None:
     parser.add_argument(
         "--reference-python", default=sys.executable, help="python of the reference's venv"
     )
-    parser.add_argument(
-        "--checkpoint", type=resolve_checkpoint, default="mt30-1M-fp16"
-    )
+    parser.add_argument("--checkpoint", type=resolve_checkpoint, default="mt30-1M-fp16")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=5, help="timed plans per setting and round")
     parser.add_argument("--core", type=int, default=1)
@@ -77,10 +80,24 @@ def main() -> None:
     from reference import cpu_copy
 
     copy = cpu_copy(args.reference, Path(tempfile.mkdtemp(prefix="tdmpc2-cpu-")))
-    ours = [sys.executable, str(Path(__file__).resolve()), "--worker", "--calls", str(args.calls),
-            "--checkpoint", str(args.checkpoint)]  # fmt: skip
-    reference = [args.reference_python, str(BENCH / "reference.py"), "plan", "--copy", str(copy),
-                 "--calls", str(args.calls)]  # fmt: skip
+    ours = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--calls",
+        str(args.calls),
+        "--checkpoint",
+        str(args.checkpoint),
+    ]
+    reference = [
+        args.reference_python,
+        str(BENCH / "reference.py"),
+        "plan",
+        "--copy",
+        str(copy),
+        "--calls",
+        str(args.calls),
+    ]
     seconds = {name: [] for name in SETTINGS}
     for round_index in range(args.rounds):
         for name, (envs, compiled) in SETTINGS.items():
@@ -95,19 +112,32 @@ def main() -> None:
                 flush=True,
             )
     ms = {name: 1000 * statistics.median(values) for name, values in seconds.items()}
-    rows = [{"setting": name, "envs": envs, "compile": compiled, "ms_per_action": round(ms[name], 1),
-             "ratio_to_reference": round(ms[name] / ms["reference"], 3)}
-            for name, (envs, compiled) in SETTINGS.items()]  # fmt: skip
+    rows = [
+        {
+            "setting": name,
+            "envs": envs,
+            "compile": compiled,
+            "ms_per_action": round(ms[name], 1),
+            "ratio_to_reference": round(ms[name] / ms["reference"], 3),
+        }
+        for name, (envs, compiled) in SETTINGS.items()
+    ]
     for row in rows:
         print(row)
-    write_result("planning", {
-        "what": "ms per action of full MPPI (TD-MPC2 defaults), 1 core, 1 thread: the public reference "
-                "(eager, one env per plan) vs ours (published 1M student, batched envs), alternating rounds in one run",
-        "command": "python bench/planning.py --reference <tdmpc2 checkout> --reference-python <its venv>",
-        "reference_commit": _commit(args.reference), "checkpoint": args.checkpoint.name,
-        "rounds": args.rounds, "calls_per_round": args.calls, "rows": rows,
-        "goals": {"compiled_30": "<= 0.5x the reference per action"},
-    })  # fmt: skip
+    write_result(
+        "planning",
+        {
+            "what": "ms per action of full MPPI (TD-MPC2 defaults), 1 core, 1 thread: the public reference "
+            "(eager, one env per plan) vs ours (published 1M student, batched envs), alternating rounds in one run",
+            "command": "python bench/planning.py --reference <tdmpc2 checkout> --reference-python <its venv>",
+            "reference_commit": _commit(args.reference),
+            "checkpoint": args.checkpoint.name,
+            "rounds": args.rounds,
+            "calls_per_round": args.calls,
+            "rows": rows,
+            "goals": {"compiled_30": "<= 0.5x the reference per action"},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -25,14 +25,46 @@ import time
 from pathlib import Path
 
 CPU_EDITS = {
-    "tdmpc2/tdmpc2.py": (("torch.device('cuda:0')", "torch.device('cpu')"),
-                         ("device='cuda:0'", "device='cpu'"),
-                         ("capturable=True", "capturable=False")),
+    "tdmpc2/tdmpc2.py": (
+        ("torch.device('cuda:0')", "torch.device('cpu')"),
+        ("device='cuda:0'", "device='cpu'"),
+        ("capturable=True", "capturable=False"),
+    ),
     "tdmpc2/common/scale.py": (("torch.device('cuda:0')", "torch.device('cpu')"),),
-}  # fmt: skip
+}
 """File -> (text, replacement) edits that move the reference to the CPU; each must match."""
-MT30_ACTION_DIMS = [6, 6, 6, 6, 2, 2, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 5, 4, 4,
-                    6, 6, 6, 6, 6, 6, 4, 3, 3, 2, 1]  # fmt: skip
+MT30_ACTION_DIMS = [
+    6,
+    6,
+    6,
+    6,
+    2,
+    2,
+    1,
+    1,
+    1,
+    1,
+    1,
+    1,
+    2,
+    2,
+    2,
+    2,
+    5,
+    4,
+    4,
+    6,
+    6,
+    6,
+    6,
+    6,
+    6,
+    4,
+    3,
+    3,
+    2,
+    1,
+]
 """Action dims of the MT30 tasks in the reference's task order (filled in by its env factory)."""
 
 

@@ -245,10 +245,19 @@ def stage_train(work: Path, resident: int, steps: int) -> dict:
     """1000 training steps streaming the Parquet data, then store loading and sampling here."""
     dst = work / "parquet"
     argv = [
-        *_cli(), "train", f"data={dst}", f"steps={steps}", f"max_resident_episodes={resident}",
-        "num_workers=1", "cpus_per_worker=1", "batch_size=256", "log_every=100",
-        f"checkpoint_every={steps}", f"out={work / 'runs'}", "name=scale",
-    ]  # fmt: skip
+        *_cli(),
+        "train",
+        f"data={dst}",
+        f"steps={steps}",
+        f"max_resident_episodes={resident}",
+        "num_workers=1",
+        "cpus_per_worker=1",
+        "batch_size=256",
+        "log_every=100",
+        f"checkpoint_every={steps}",
+        f"out={work / 'runs'}",
+        "name=scale",
+    ]
     seconds, peaks = _run(argv, work / "train.log")
     summary = json.loads((work / "runs" / "scale" / "summary.json").read_text())
     store, _, _ = _in_child(work / "store_sampling.log", _store_sampling, dst, resident)
@@ -379,9 +388,17 @@ def stage_label(work: Path, parts: int, teacher: Path, num_actors: int) -> dict:
     for part in sorted((work / "parquet").glob("part-*.parquet"))[:parts]:
         (slice_dir / part.name).symlink_to(part)
     argv = [
-        *_cli(), "data", "label", "--teacher", str(teacher), "--out", str(out),
-        "--num-actors", str(num_actors), str(slice_dir),
-    ]  # fmt: skip
+        *_cli(),
+        "data",
+        "label",
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(out),
+        "--num-actors",
+        str(num_actors),
+        str(slice_dir),
+    ]
     seconds, peaks = _run(argv, work / "label.log")
     transitions, labelling_s = _transitions((work / "label.log").read_text())
     rate = transitions / labelling_s

@@ -98,12 +98,16 @@ def main() -> None:
     torch.set_num_threads(1)
     ray.init(num_cpus=2, logging_level=logging.WARNING)
     checkpoint = resolve_checkpoint("mt30-1M-fp16")
-    write_result("teacher", {
-        "what": "teacher queries on CPU: round-trip ms per way of passing N rows to an actor, and the "
-                "TeacherActor's rows/s with the published 1M student (fp32, bf16)",
-        "command": "python bench/teacher.py",
-        "transport": transport(), "serve": serve(checkpoint),
-    })  # fmt: skip
+    write_result(
+        "teacher",
+        {
+            "what": "teacher queries on CPU: round-trip ms per way of passing N rows to an actor, and the "
+            "TeacherActor's rows/s with the published 1M student (fp32, bf16)",
+            "command": "python bench/teacher.py",
+            "transport": transport(),
+            "serve": serve(checkpoint),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -64,16 +64,29 @@ def worker(batch_size: int, calls: int, compile: bool, profile: bool) -> dict:
         step()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    return {"top_ops": [{"op": e.key, "self_ms": round(e.self_cpu_time_total / 1000, 1),
-                         "share": round(e.self_cpu_time_total / total, 3), "calls": e.count}
-                        for e in events[:12]]}  # fmt: skip
+    return {
+        "top_ops": [
+            {
+                "op": e.key,
+                "self_ms": round(e.self_cpu_time_total / 1000, 1),
+                "share": round(e.self_cpu_time_total / total, 3),
+                "calls": e.count,
+            }
+            for e in events[:12]
+        ]
+    }
 
 
 def _run(cmd: list[str], core: int) -> dict:
     """Run a measurement subprocess pinned to `core` with 1 thread; its JSON output."""
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(["taskset", "-c", str(core), *cmd], capture_output=True, text=True,
-                          env={**env, **_passthrough()}, check=False)  # fmt: skip
+    done = subprocess.run(
+        ["taskset", "-c", str(core), *cmd],
+        capture_output=True,
+        text=True,
+        env={**env, **_passthrough()},
+        check=False,
+    )
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd[:3])} failed: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -117,44 +130,75 @@ def main() -> None:
     copy = cpu_copy(args.reference, Path(tempfile.mkdtemp(prefix="tdmpc2-cpu-")))
     ours = [sys.executable, str(Path(__file__).resolve()), "--worker", "--calls", str(args.calls)]
     commands = {
-        "reference": lambda b: [args.reference_python, str(BENCH / "reference.py"), "update",
-                                "--copy", str(copy), "--batch", str(b), "--calls", str(args.calls)],
+        "reference": lambda b: [
+            args.reference_python,
+            str(BENCH / "reference.py"),
+            "update",
+            "--copy",
+            str(copy),
+            "--batch",
+            str(b),
+            "--calls",
+            str(args.calls),
+        ],
         "eager": lambda b: [*ours, "--batch", str(b)],
         "compiled": lambda b: [*ours, "--batch", str(b), "--compile"],
-    }  # fmt: skip
+    }
     rows = []
     for batch_size in (256, 1024):
         seconds = {name: [] for name in SETTINGS}
         for round_index in range(args.rounds):
             for name in SETTINGS:
                 seconds[name] += _run(commands[name](batch_size), args.core)["seconds"]
-                print(f"b{batch_size} round {round_index} {name}: "
-                      f"{1000 * statistics.median(seconds[name]):.0f} ms", flush=True)  # fmt: skip
+                print(
+                    f"b{batch_size} round {round_index} {name}: "
+                    f"{1000 * statistics.median(seconds[name]):.0f} ms",
+                    flush=True,
+                )
         ms = {name: 1000 * statistics.median(values) for name, values in seconds.items()}
         best = min(ms["eager"], ms["compiled"])
-        rows.append({
-            "batch_size": batch_size, "threads": 1, "rounds": args.rounds, "calls_per_round": args.calls,
-            **{f"{name}_ms_per_update": round(value, 1) for name, value in ms.items()},
-            "speedup_eager_vs_reference": round(ms["reference"] / ms["eager"], 2),
-            "speedup_compiled_vs_reference": round(ms["reference"] / ms["compiled"], 2),
-            "speedup_compiled_vs_eager": round(ms["eager"] / ms["compiled"], 2),
-            "speedup_best_vs_reference": round(ms["reference"] / best, 2),
-        })  # fmt: skip
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "threads": 1,
+                "rounds": args.rounds,
+                "calls_per_round": args.calls,
+                **{f"{name}_ms_per_update": round(value, 1) for name, value in ms.items()},
+                "speedup_eager_vs_reference": round(ms["reference"] / ms["eager"], 2),
+                "speedup_compiled_vs_reference": round(ms["reference"] / ms["compiled"], 2),
+                "speedup_compiled_vs_eager": round(ms["eager"] / ms["compiled"], 2),
+                "speedup_best_vs_reference": round(ms["reference"] / best, 2),
+            }
+        )
         print(rows[-1], flush=True)
-    profile = {name: _run([*ours, "--batch", "256", "--profile", *(["--compile"] if name == "compiled" else [])],
-                          args.core)["top_ops"] for name in ("eager", "compiled")}  # fmt: skip
-    write_result("train", {
-        "what": "ms per update of TD-MPC2's update, 1M MT30 student, 1 core, 1 thread: the public "
-                "reference (eager, from scratch) vs ours (d_coef 0.45), eager and compiled, alternating rounds in one run",
-        "command": "python bench/train.py --reference <tdmpc2 checkout> --reference-python <its venv>",
-        "reference_commit": _commit(args.reference),
-        "rows": rows, "profile_batch_256": profile,
-        "goals": {"best_vs_reference": ">= 1.5 at 256 and 1024", "compiled_vs_eager": ">= 1.3"},
-    })  # fmt: skip
+    profile = {
+        name: _run(
+            [*ours, "--batch", "256", "--profile", *(["--compile"] if name == "compiled" else [])],
+            args.core,
+        )["top_ops"]
+        for name in ("eager", "compiled")
+    }
+    write_result(
+        "train",
+        {
+            "what": "ms per update of TD-MPC2's update, 1M MT30 student, 1 core, 1 thread: the public "
+            "reference (eager, from scratch) vs ours (d_coef 0.45), eager and compiled, alternating rounds in one run",
+            "command": "python bench/train.py --reference <tdmpc2 checkout> --reference-python <its venv>",
+            "reference_commit": _commit(args.reference),
+            "rows": rows,
+            "profile_batch_256": profile,
+            "goals": {"best_vs_reference": ">= 1.5 at 256 and 1024", "compiled_vs_eager": ">= 1.3"},
+        },
+    )
 
 
 def _commit(checkout: Path) -> str | None:
-    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return done.stdout.strip() or None
 
 

@@ -217,9 +217,7 @@ def _type_name(hint: Any) -> str:
     return str(hint).replace("typing.", "").replace("NoneType", "None")
 
 
-def describe_fields(
-    cls: type, defaults: object | None = None
-) -> list[tuple[str, str, Any, str]]:
+def describe_fields(cls: type, defaults: object | None = None) -> list[tuple[str, str, Any, str]]:
     """`(key, type, default, meaning)` of every field of dataclass `cls`, in order, taken from
     the source (the docstring under each field; "" when it has none). Fields that are dataclasses
     themselves are walked and their keys listed flat, as `key=value` overrides name them, with
@@ -249,8 +247,13 @@ def format_fields(cls: type, width: int = 100) -> str:
     for key, kind, default, doc in describe_fields(cls):
         shown = "required" if default is dataclasses.MISSING else repr(default)
         entries.append(
-            textwrap.fill(f"{key}: {kind} = {shown}  {doc}".rstrip(), width, initial_indent="  ",
-                          subsequent_indent="      ", break_long_words=False,
-                          break_on_hyphens=False)
-        )  # fmt: skip
+            textwrap.fill(
+                f"{key}: {kind} = {shown}  {doc}".rstrip(),
+                width,
+                initial_indent="  ",
+                subsequent_indent="      ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        )
     return "\n".join(entries)

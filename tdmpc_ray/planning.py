@@ -112,8 +112,10 @@ class _TaskHeads:
             weight, torch.cat([dyn0.bias, rew0.bias]), emb, latent
         )
         self.b_dr = b_dr.unsqueeze(1)
-        self.ln_dr = [torch.cat([dyn0.ln.weight, rew0.ln.weight]),
-                      torch.cat([dyn0.ln.bias, rew0.ln.bias])]  # fmt: skip
+        self.ln_dr = [
+            torch.cat([dyn0.ln.weight, rew0.ln.weight]),
+            torch.cat([dyn0.ln.bias, rew0.ln.bias]),
+        ]
         self.w_pi, _, b_pi = _split_first(pi0.weight, pi0.bias, emb, latent)
         self.b_pi = b_pi.unsqueeze(1)
         self.w_q_z, self.w_q_a, b_q = _split_first(q0.weight, q0.bias, emb, latent)

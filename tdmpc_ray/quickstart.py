@@ -59,8 +59,15 @@ class QuickstartConfig:
     """Training steps between reports (each a point of the dashboard's loss curves)."""
 
 
-TINY = QuickstartConfig(episodes_per_task=2, max_steps=40, teacher_steps=30, student_steps=20,
-                        batch_size=32, eval_episodes=6, log_every=5)  # fmt: skip
+TINY = QuickstartConfig(
+    episodes_per_task=2,
+    max_steps=40,
+    teacher_steps=30,
+    student_steps=20,
+    batch_size=32,
+    eval_episodes=6,
+    log_every=5,
+)
 """The CI-sized run: every stage, minimal sizes."""
 
 FULL_PATH = """\
@@ -103,8 +110,13 @@ def start_ray() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(address="local", include_dashboard=True, dashboard_port=port,
-             logging_level=logging.ERROR, log_to_driver=False)  # fmt: skip
+    ray.init(
+        address="local",
+        include_dashboard=True,
+        dashboard_port=port,
+        logging_level=logging.ERROR,
+        log_to_driver=False,
+    )
 
 
 def _stage(index: int, total: int, text: str, started: float) -> None:
@@ -113,8 +125,13 @@ def _stage(index: int, total: int, text: str, started: float) -> None:
 
 def _common(cfg: QuickstartConfig, out: Path) -> dict:
     """Training settings shared by the teacher and both students."""
-    return {"data": str(out / "data"), "batch_size": cfg.batch_size, "seed": cfg.seed,
-            "log_every": cfg.log_every, "out": str(out / "runs")}  # fmt: skip
+    return {
+        "data": str(out / "data"),
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "log_every": cfg.log_every,
+        "out": str(out / "runs"),
+    }
 
 
 def _students(cfg: QuickstartConfig, out: Path, teacher: str):
@@ -130,7 +147,7 @@ def _students(cfg: QuickstartConfig, out: Path, teacher: str):
             "steps": cfg.student_steps,
             "checkpoint_every": cfg.student_steps,
             "cpus_per_worker": 0.5,
-        },  # fmt: skip
+        },
         recipes={"scratch": {"d_coef": 0.0}, "distilled": {"d_coef": cfg.d_coef}},
         trial_cpus=0.25,
         storage_path=str(out / "sweeps"),
@@ -140,8 +157,12 @@ def _students(cfg: QuickstartConfig, out: Path, teacher: str):
 def _teacher_run(cfg: QuickstartConfig, out: Path):
     from tdmpc_ray.train.config import TrainConfig
 
-    return TrainConfig(**_common(cfg, out), steps=cfg.teacher_steps, name="teacher",
-                       checkpoint_every=cfg.teacher_steps)  # fmt: skip
+    return TrainConfig(
+        **_common(cfg, out),
+        steps=cfg.teacher_steps,
+        name="teacher",
+        checkpoint_every=cfg.teacher_steps,
+    )
 
 
 def check_resources(cfg: QuickstartConfig, out: Path, published: Path | None) -> None:
@@ -224,20 +245,36 @@ def run(cfg: QuickstartConfig) -> dict:
     started, stages = time.perf_counter(), 7
     data = out / "data"
     policy = "the published student's policy prior + noise" if published else "random actions"
-    _stage(1, stages, f"generate rollouts ({policy}): {cfg.tasks}, "
-           f"{cfg.episodes_per_task} episodes each", started)  # fmt: skip
-    generate(GenerateConfig(tasks=cfg.tasks, episodes_per_task=cfg.episodes_per_task,
-                            policy=str(published or "random"), noise=0.3 if published else None,
-                            max_steps=cfg.max_steps, seed=cfg.seed, num_actors=ACTORS), data)  # fmt: skip
+    _stage(
+        1,
+        stages,
+        f"generate rollouts ({policy}): {cfg.tasks}, {cfg.episodes_per_task} episodes each",
+        started,
+    )
+    generate(
+        GenerateConfig(
+            tasks=cfg.tasks,
+            episodes_per_task=cfg.episodes_per_task,
+            policy=str(published or "random"),
+            noise=0.3 if published else None,
+            max_steps=cfg.max_steps,
+            seed=cfg.seed,
+            num_actors=ACTORS,
+        ),
+        data,
+    )
 
     if published is not None:
-        _stage(2, stages, f"teacher: the published 1M MT30 student, {found} ({published})",
-               started)  # fmt: skip
+        _stage(2, stages, f"teacher: the published 1M MT30 student, {found} ({published})", started)
         teacher, teacher_source = str(published), PUBLISHED_SOURCE
     else:
-        _stage(2, stages, f"teacher: {PUBLISHED_TEACHER} is not on this machine and could not "
-               f"be downloaded; train a 1M teacher from scratch ({cfg.teacher_steps} steps)",
-               started)  # fmt: skip
+        _stage(
+            2,
+            stages,
+            f"teacher: {PUBLISHED_TEACHER} is not on this machine and could not "
+            f"be downloaded; train a 1M teacher from scratch ({cfg.teacher_steps} steps)",
+            started,
+        )
         print(f"  ({found})", flush=True)
         teacher = train(_teacher_run(cfg, out))["student"]
         teacher_source = f"1M teacher trained here ({cfg.teacher_steps} steps)"
@@ -245,18 +282,28 @@ def run(cfg: QuickstartConfig) -> dict:
     _stage(3, stages, "label the data with the teacher (reward, value, policy)", started)
     label(data, teacher)
 
-    _stage(4, stages, f"Ray Tune: 0.35M students from scratch and distilled "
-           f"({cfg.student_steps} steps)", started)  # fmt: skip
+    _stage(
+        4,
+        stages,
+        f"Ray Tune: 0.35M students from scratch and distilled ({cfg.student_steps} steps)",
+        started,
+    )
     sweep = run_sweep(_students(cfg, out, teacher), verbose=0)
     if sweep["errors"]:
         trial, error = next(iter(sweep["errors"].items()))
         raise RuntimeError(f"{sweep['experiment']}: trial {trial} failed: {error}")
     students = {t["recipe"]: t["student"] for t in sweep["trials"]}
 
-    _stage(5, stages, f"score the teacher and both students on the same {cfg.eval_episodes} "
-           "episodes per task (rollout actors)", started)  # fmt: skip
-    eval_cfg = EvalConfig(planner=PlannerConfig(mpc=False), eval_mode=True, seed=cfg.seed,
-                          max_steps=cfg.max_steps)  # fmt: skip
+    _stage(
+        5,
+        stages,
+        f"score the teacher and both students on the same {cfg.eval_episodes} "
+        "episodes per task (rollout actors)",
+        started,
+    )
+    eval_cfg = EvalConfig(
+        planner=PlannerConfig(mpc=False), eval_mode=True, seed=cfg.seed, max_steps=cfg.max_steps
+    )
     agents = {"teacher": teacher, **students}
     with EvalPool(ACTORS, eval_cfg.cpus_per_actor, env_vars={"MUJOCO_GL": "disable"}) as pool:
         results = {
@@ -290,11 +337,11 @@ def run(cfg: QuickstartConfig) -> dict:
         "parameters": {
             "teacher": parameter_count(TrainConfig(data="-").model()),
             "student": parameter_count(TrainConfig(data="-", **STUDENT_DIMS).model()),
-        },  # fmt: skip
+        },
         "student_mib": {
             "fp32": round(Path(students["distilled"]).stat().st_size / 2**20, 3),
             "int8": round(quantized.file_mib, 3),
-        },  # fmt: skip
+        },
         "paths": {
             "data": str(data),
             "teacher": teacher,
@@ -302,7 +349,7 @@ def run(cfg: QuickstartConfig) -> dict:
             **{f"{name}_student": path for name, path in students.items()},
             "int8_student": quantized.out,
             "dashboard": str(dashboard),
-        },  # fmt: skip
+        },
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(out / "summary.json", summary)

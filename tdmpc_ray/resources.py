@@ -182,8 +182,12 @@ def training_parts(cfg: RunSettings) -> list[Part]:
     """What one training run holds besides the teacher: its workers, one Ray Data read task
     (more run when CPUs are spare; one is enough to load) and its evaluation actors."""
     parts = [
-        Part("worker", cfg.cpus_per_worker or 0.0, cfg.gpus_per_worker if cfg.use_gpu else 0.0,
-             cfg.num_workers),  # fmt: skip
+        Part(
+            "worker",
+            cfg.cpus_per_worker or 0.0,
+            cfg.gpus_per_worker if cfg.use_gpu else 0.0,
+            cfg.num_workers,
+        ),
         Part("reads", cfg.read_cpus),
     ]
     if cfg.eval_freq:
@@ -202,9 +206,12 @@ def _teachers(
 ) -> Part:
     """The shared teacher actors of `configs` that ask the teacher for an output beyond the
     `cached` labels: `teacher_replicas` per distinct teacher service (0 CPUs each)."""
-    teachers = {(c.teacher, c.task_set, c.teacher_replicas, c.optim.precision):
-                c.teacher_replicas * teacher_gpus(c, cap)
-                for c in configs if asks_teacher(c, cached)}  # fmt: skip
+    teachers = {
+        (c.teacher, c.task_set, c.teacher_replicas, c.optim.precision): c.teacher_replicas
+        * teacher_gpus(c, cap)
+        for c in configs
+        if asks_teacher(c, cached)
+    }
     return Part("teachers", 0.0, sum(teachers.values()))
 
 
@@ -281,8 +288,10 @@ def plan_sweep(
     if max_concurrent and max_concurrent > fits:
         log.warning(
             "max_concurrent_trials=%d: %d trial(s) fit the cluster now; the others wait for it "
-            "to grow", max_concurrent, fits,
-        )  # fmt: skip
+            "to grow",
+            max_concurrent,
+            fits,
+        )
     return max_concurrent or fits
 
 

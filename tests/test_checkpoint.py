@@ -212,13 +212,18 @@ BAD_FILES = {
         "refused: its tensors hold 512 MiB, more than 4x the file's",
     ),
     "overlapping-records": (_overlapping_records, "refused: records declare"),
-    "dict": (lambda p: torch.save({"steps": 5, "w": torch.zeros(3)}, p), "not a TD-MPC2 world model"),
+    "dict": (
+        lambda p: torch.save({"steps": 5, "w": torch.zeros(3)}, p),
+        "not a TD-MPC2 world model",
+    ),
     "model-entry": (lambda p: torch.save({"model": 5}, p), "'model' entry is not a state dict"),
     "bad-shapes": (
-        lambda p: torch.save({"_Qs.params.0.weight": torch.zeros(3), "_task_emb.weight": torch.zeros(3)}, p),
+        lambda p: torch.save(
+            {"_Qs.params.0.weight": torch.zeros(3), "_task_emb.weight": torch.zeros(3)}, p
+        ),
         "not a TD-MPC2 world model checkpoint",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.fixture(params=sorted(BAD_FILES))
@@ -242,8 +247,10 @@ def test_a_file_that_is_not_a_checkpoint_fails_with_one_line_naming_it(bad_file)
 @pytest.mark.parametrize("verb", ["eval", "quantize"])
 def test_the_cli_refuses_a_bad_checkpoint_with_one_line_and_exit_2(bad_file, verb, capsys):
     path, message = bad_file
-    argv = {"eval": ["eval", "--checkpoint", str(path)],
-            "quantize": ["quantize", str(path), "--mode", "fp16", "--out", str(path.with_name("q.pt"))]}  # fmt: skip
+    argv = {
+        "eval": ["eval", "--checkpoint", str(path)],
+        "quantize": ["quantize", str(path), "--mode", "fp16", "--out", str(path.with_name("q.pt"))],
+    }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert cli.main(argv[verb]) == 2
@@ -299,13 +306,19 @@ def test_a_zip_bomb_is_refused_before_it_inflates(tmp_path):
     assert (tmp_path / "bomb.pt").stat().st_size < 2 << 20
     run = subprocess.run(
         [sys.executable, "-c", _IMPORTS + _LOAD + _PEAK_MIB, str(tmp_path / "bomb.pt")],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     message, peak_mib = run.stdout.strip().splitlines()
     assert message.startswith(f"{tmp_path / 'bomb.pt'}: refused: record archive/data/0 is ")
     imports = subprocess.run(
         [sys.executable, "-c", _IMPORTS + _PEAK_MIB],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     baseline = int(imports.stdout.strip())
     assert int(peak_mib) < baseline + 256, f"peak RSS {peak_mib} MiB, imports alone {baseline} MiB"

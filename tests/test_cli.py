@@ -36,7 +36,10 @@ def test_every_verb_is_registered():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "stepz=10"], "unknown config key 'stepz' for TrainConfig; did you mean 'steps'?"),
+        (
+            ["train", "stepz=10"],
+            "unknown config key 'stepz' for TrainConfig; did you mean 'steps'?",
+        ),
         (["train", "steps=10"], "data=<folder of Parquet episodes> is required"),
         (["train", "data=x", "batch_size=many"], "batch_size: expected int"),
         (["sweep", "missing.yaml"], "missing.yaml: no such sweep spec"),
@@ -63,13 +66,24 @@ def test_version(capsys):
 @pytest.mark.parametrize(
     ("argv", "shown"),
     [
-        (["eval"], ["--tasks NAMES", "(default mt30)", "--num-actors INT", "--episodes INT",
-                    "--cpus-per-actor FLOAT", "torch threads (default 1.0)", "--iterations INT",
-                    "--env-block INT", "2 on CPU"]),
+        (
+            ["eval"],
+            [
+                "--tasks NAMES",
+                "(default mt30)",
+                "--num-actors INT",
+                "--episodes INT",
+                "--cpus-per-actor FLOAT",
+                "torch threads (default 1.0)",
+                "--iterations INT",
+                "--env-block INT",
+                "2 on CPU",
+            ],
+        ),
         (["compare"], ["--tasks NAMES", "--num-actors INT", "--seed INT"]),
         (["data", "convert"], ["task set of the chunks: task ids index it (default mt30)"]),
     ],
-)  # fmt: skip
+)
 def test_help_shows_types_and_defaults(argv, shown, capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--help"])
@@ -82,11 +96,18 @@ def test_help_shows_types_and_defaults(argv, shown, capsys):
 def test_ray_keeps_token_auth_on_without_its_notice(tmp_path):
     """A verb's Ray starts with token authentication on and no notice about it on stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    code = ("import os, ray; from tdmpc_ray.cli import hide_token_auth_notice; "
-            "hide_token_auth_notice(); ray.init(address='local', num_cpus=1, "
-            "include_dashboard=False); print(os.environ['RAY_AUTH_MODE']); ray.shutdown()")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], env={**env, "HOME": str(tmp_path)},
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    code = (
+        "import os, ray; from tdmpc_ray.cli import hide_token_auth_notice; "
+        "hide_token_auth_notice(); ray.init(address='local', num_cpus=1, "
+        "include_dashboard=False); print(os.environ['RAY_AUTH_MODE']); ray.shutdown()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == "token" and "Token authentication" not in done.stderr
 

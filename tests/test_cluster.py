@@ -61,8 +61,15 @@ def test_runtime_env_excludes_outputs_but_not_the_package():
     package += ["tune/dcoef.yaml", "pyproject.toml", "cluster/runtime_env.yaml"]
     assert "tdmpc_ray/data/layout.py" in package
     assert not [p for p in package if excludes.match_file(p)]
-    for path in ("runs/x/student.pt", "sweeps/dcoef/a", "data/mt30/part-00000.parquet",
-                 "checkpoints/mt30-317M.pt", ".git/HEAD", ".venv/bin/python", "teacher.pt"):  # fmt: skip
+    for path in (
+        "runs/x/student.pt",
+        "sweeps/dcoef/a",
+        "data/mt30/part-00000.parquet",
+        "checkpoints/mt30-317M.pt",
+        ".git/HEAD",
+        ".venv/bin/python",
+        "teacher.pt",
+    ):
         assert excludes.match_file(path), path
 
 
@@ -178,8 +185,12 @@ def test_rayjob_pod_templates_are_valid_kubernetes():
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     cluster = _load("rayjob.yaml")["spec"]["rayClusterSpec"]
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
-        pod_template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
-                        "template": group["template"]}  # fmt: skip
+        pod_template = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": "t"},
+            "template": group["template"],
+        }
         kubernetes_validate.validate(pod_template, "1.33.0", strict=True)
 
 
@@ -237,8 +248,9 @@ class Head:
     tmp: Path
 
     def ray(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "ray"), *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)  # fmt: skip
+        return subprocess.run(
+            [str(BIN / "ray"), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
 
 @pytest.fixture(scope="module")
@@ -256,18 +268,48 @@ def head(tmp_path_factory) -> Iterator[Head]:
     env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
     gcs, dashboard, *ports = _free_ports(9)
     worker_ports = random.Random().randrange(20000, 29000, 1000)  # apart from Ray's 10002-19999
-    names = ("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-             "metrics-export-port", "runtime-env-agent-port", "node-manager-port",
-             "object-manager-port")  # fmt: skip
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs),
-           "--dashboard-port", str(dashboard), "--include-dashboard", "true",
-           "--dashboard-host", "127.0.0.1", "--temp-dir", str(tmp / "ray"), "--disable-usage-stats",
-           "--min-worker-port", str(worker_ports), "--max-worker-port", str(worker_ports + 999),
-           *[a for name, port in zip(names, ports, strict=True) for a in (f"--{name}", str(port))]]  # fmt: skip
+    names = (
+        "ray-client-server-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+        "node-manager-port",
+        "object-manager-port",
+    )
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus",
+        "2",
+        "--port",
+        str(gcs),
+        "--dashboard-port",
+        str(dashboard),
+        "--include-dashboard",
+        "true",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--temp-dir",
+        str(tmp / "ray"),
+        "--disable-usage-stats",
+        "--min-worker-port",
+        str(worker_ports),
+        "--max-worker-port",
+        str(worker_ports + 999),
+        *[a for name, port in zip(names, ports, strict=True) for a in (f"--{name}", str(port))],
+    ]
     log = (tmp / "head.log").open("w")
     # SIGTERM makes `ray start --block` stop its node; skip the 30 s drain it first waits for.
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                               env={**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"})  # fmt: skip
+    process = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
+    )
     node = Head(f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", env, tmp)
     try:
         deadline = time.time() + 240  # a loaded 2-core machine takes minutes to start a head
@@ -296,14 +338,23 @@ def test_head_requires_the_token(head):
     """Token auth is on: a client without RAY_AUTH_MODE sends no token (401), one with another
     token is refused (403)."""
     env = {k: v for k, v in head.env.items() if k != "RAY_AUTH_MODE"}
-    result = subprocess.run([str(BIN / "ray"), "job", "list", "--address", head.dashboard],
-                            env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [str(BIN / "ray"), "job", "list", "--address", head.dashboard],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0 and "Missing authentication token" in result.stderr
     wrong = head.tmp / "wrong_token"
     wrong.write_text(secrets.token_hex(32))
-    result = subprocess.run([str(BIN / "ray"), "job", "list", "--address", head.dashboard],
-                            env={**head.env, "RAY_AUTH_TOKEN_PATH": str(wrong)},
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [str(BIN / "ray"), "job", "list", "--address", head.dashboard],
+        env={**head.env, "RAY_AUTH_TOKEN_PATH": str(wrong)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0 and "Invalid authentication token" in result.stderr
 
 
@@ -315,10 +366,23 @@ def test_submitted_job_trains_a_student(head):
     data = head.tmp / "episodes"
     # Data made by a CLI verb joining the head through RAY_ADDRESS (no cluster of its own).
     generate = subprocess.run(
-        [str(BIN / "tdmpc-ray"), "data", "generate", "--tasks", "cartpole-balance,walker-walk",
-         "--episodes-per-task", "3", "--max-steps", "24", str(data)],
-        env={**head.env, "RAY_ADDRESS": head.gcs}, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+        [
+            str(BIN / "tdmpc-ray"),
+            "data",
+            "generate",
+            "--tasks",
+            "cartpole-balance,walker-walk",
+            "--episodes-per-task",
+            "3",
+            "--max-steps",
+            "24",
+            str(data),
+        ],
+        env={**head.env, "RAY_ADDRESS": head.gcs},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert generate.returncode == 0, generate.stderr[-3000:]
     drivers = head.ray("job", "list", "--address", head.dashboard)
     assert "data generate" in drivers.stdout + drivers.stderr
@@ -326,11 +390,28 @@ def test_submitted_job_trains_a_student(head):
     runs = head.tmp / "runs"
     job_id = f"tdmpc-test-{secrets.token_hex(4)}"
     submit = head.ray(
-        "job", "submit", "--address", head.dashboard, "--submission-id", job_id,
-        "--working-dir", str(REPO), "--runtime-env", str(CLUSTER / "runtime_env.yaml"),
-        "--no-wait", "--", "tdmpc-ray", "train", f"data={data}", "steps=20", "batch_size=16",
-        "checkpoint_every=10", "log_every=10", f"out={runs}", "name=job",
-    )  # fmt: skip
+        "job",
+        "submit",
+        "--address",
+        head.dashboard,
+        "--submission-id",
+        job_id,
+        "--working-dir",
+        str(REPO),
+        "--runtime-env",
+        str(CLUSTER / "runtime_env.yaml"),
+        "--no-wait",
+        "--",
+        "tdmpc-ray",
+        "train",
+        f"data={data}",
+        "steps=20",
+        "batch_size=16",
+        "checkpoint_every=10",
+        "log_every=10",
+        f"out={runs}",
+        "name=job",
+    )
     assert submit.returncode == 0, submit.stderr[-3000:]
 
     deadline = time.time() + 300
@@ -351,8 +432,16 @@ def test_submitted_job_trains_a_student(head):
         pytest.fail(f"job {job_id}: {status or 'timed out'}\n{logs.stdout[-6000:]}")
 
     # The job's driver trained on the head (RAY_ADDRESS), not on a local Ray of its own.
-    actors = head.ray("list", "actors", "--address", head.dashboard, "--format", "json",
-                      "--filter", "class_name=RayTrainWorker")  # fmt: skip
+    actors = head.ray(
+        "list",
+        "actors",
+        "--address",
+        head.dashboard,
+        "--format",
+        "json",
+        "--filter",
+        "class_name=RayTrainWorker",
+    )
     assert actors.returncode == 0 and json.loads(actors.stdout), actors.stderr[-3000:]
 
     run = runs / "job"

@@ -20,10 +20,31 @@ from tests.helpers import FP16_STUDENT, shared_checkpoint
 
 TASKS = "cartpole-balance,pendulum-swingup"
 EPISODES = 6
-TINY_EVAL = ["--tasks", TASKS, "--episodes", str(EPISODES), "--max-steps", "30",
-             "--num-actors", "1", "--envs-per-actor", "6", "--cpus-per-actor", "0.5",
-             "--iterations", "1", "--num-samples", "32", "--num-elites", "8",
-             "--num-pi-trajs", "4", "--horizon", "2", "--no-compile"]  # fmt: skip
+TINY_EVAL = [
+    "--tasks",
+    TASKS,
+    "--episodes",
+    str(EPISODES),
+    "--max-steps",
+    "30",
+    "--num-actors",
+    "1",
+    "--envs-per-actor",
+    "6",
+    "--cpus-per-actor",
+    "0.5",
+    "--iterations",
+    "1",
+    "--num-samples",
+    "32",
+    "--num-elites",
+    "8",
+    "--num-pi-trajs",
+    "4",
+    "--horizon",
+    "2",
+    "--no-compile",
+]
 
 
 def result(returns: dict[str, list[float]], seed: int = 0, length: int = 500) -> dict:
@@ -42,8 +63,10 @@ def result(returns: dict[str, list[float]], seed: int = 0, length: int = 500) ->
     }
 
 
-A = {"walker-walk": [500.0, 600.0, 550.0, 520.0, 580.0, 560.0],
-     "cup-catch": [0.0, 950.0, 0.0, 0.0, 950.0, 0.0]}  # fmt: skip
+A = {
+    "walker-walk": [500.0, 600.0, 550.0, 520.0, 580.0, 560.0],
+    "cup-catch": [0.0, 950.0, 0.0, 0.0, 950.0, 0.0],
+}
 B = {"walker-walk": [r - 100 for r in A["walker-walk"]], "cup-catch": A["cup-catch"]}
 
 
@@ -68,8 +91,13 @@ def test_a_paired_comparison_sees_a_shift_that_the_unpaired_scores_blur() -> Non
     assert report["difference"]["low"] == pytest.approx(5.0)  # cup-catch pairs exactly
     assert report["a"]["low"] < report["b"]["high"]  # the scores alone overlap
     assert report["verdict"] == "fp16 scores higher"
-    assert report["pairing"] == {"pairs": 1, "tasks": 2, "episodes_per_task": 6, "unit": "episode",
-                                 "env_seeds": "identical per episode"}  # fmt: skip
+    assert report["pairing"] == {
+        "pairs": 1,
+        "tasks": 2,
+        "episodes_per_task": 6,
+        "unit": "episode",
+        "env_seeds": "identical per episode",
+    }
     assert compare_results([(result(A), result(B))], ("fp16", "int8")) == report
 
 
@@ -165,8 +193,16 @@ def test_compare_cli_refuses_results_on_other_env_seeds(
     ray_session, students: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     for name, seed in (("seed0", "0"), ("seed7", "7")):
-        argv = ["eval", "--checkpoint", str(students["int8"]), *TINY_EVAL, "--seed", seed,
-                "--out", str(tmp_path / name)]  # fmt: skip
+        argv = [
+            "eval",
+            "--checkpoint",
+            str(students["int8"]),
+            *TINY_EVAL,
+            "--seed",
+            seed,
+            "--out",
+            str(tmp_path / name),
+        ]
         assert cli.main(argv) == 0
     capsys.readouterr()
     out = tmp_path / "cmp"

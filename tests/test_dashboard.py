@@ -31,9 +31,15 @@ from tdmpc_ray.tasks import MT30
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"
 D_COEFS = [0.0, 0.2, 0.4, 0.45]
 FAILING_D_COEF = 0.2
@@ -57,11 +63,18 @@ def evaluation(seed: int, quality: float, step: int) -> dict:
 
     specs = [EpisodeSpec(seed, task, k, e) for k, task in enumerate(MT30) for e in range(EPISODES)]
     results = [
-        EpisodeResult(s, ret=min(1000.0, (100 + 30 * (s.task_id % 7)) * quality * step / 4000
-                                 + s.env_seed % 101 + (s.env_seed + round(quality * 97)) % 23),
-                      length=500)
+        EpisodeResult(
+            s,
+            ret=min(
+                1000.0,
+                (100 + 30 * (s.task_id % 7)) * quality * step / 4000
+                + s.env_seed % 101
+                + (s.env_seed + round(quality * 97)) % 23,
+            ),
+            length=500,
+        )
         for s in specs
-    ]  # fmt: skip
+    ]
     return _scores(results, MT30, specs)
 
 
@@ -167,8 +180,13 @@ def recipe_sweep(root: Path) -> Path:
     reward, seeds 1 and 2, and batch size 256 except one trial."""
     grid = [("scratch", 1, 256), ("scratch", 2, 256), ("reward", 1, 256), ("reward", 2, 512)]
     for n, (recipe, seed, batch) in enumerate(grid):
-        config = {"recipe": recipe, "seed": seed, "batch_size": batch, "teacher": "t.pt",
-                  "out": str(root)}  # fmt: skip
+        config = {
+            "recipe": recipe,
+            "seed": seed,
+            "batch_size": batch,
+            "teacher": "t.pt",
+            "out": str(root),
+        }
         folder = root / f"run_trial_{n:05d}_{recipe}_{seed}"
         folder.mkdir(parents=True)
         (folder / "params.json").write_text(json.dumps(config))
@@ -185,12 +203,19 @@ def test_scores_appear_only_where_an_evaluation_ran() -> None:
     rows = [
         {"step": 100, "total_loss": 1.0},
         {"step": 200, "normalized_score": 0.0},  # a placeholder, not an evaluation
-        {"step": 300, "normalized_score": 12.0, "normalized_score_low": 10.0,
-         "normalized_score_high": 14.0, "eval_step": 200, "eval_episodes": 2, "score/a": 12.0},
+        {
+            "step": 300,
+            "normalized_score": 12.0,
+            "normalized_score_low": 10.0,
+            "normalized_score_high": 14.0,
+            "eval_step": 200,
+            "eval_episodes": 2,
+            "score/a": 12.0,
+        },
         {"step": 400, "normalized_score": 12.0, "eval_step": 200},  # the same evaluation again
         {"step": 500, "normalized_score": 20.0, "eval_step": 500},
         {"step": 600, "eval_error": "step 600: boom"},
-    ]  # fmt: skip
+    ]
     summary = summarize_rows(rows)
     assert summary["curve"] == [[200, 12.0, 10.0, 14.0], [500, 20.0, None, None]]
     assert summary["latest_score"] == 20.0 and summary["latest_low"] is None
@@ -454,7 +479,10 @@ def test_exported_recipe_sweep_has_a_score_panel_per_swept_key(
     page, errors = open_page(browser, out.as_uri())
     panels = page.locator("#key-panels figure")
     assert [panels.nth(i).get_attribute("data-key") for i in range(panels.count())] == [
-        "batch_size", "recipe", "seed"]  # fmt: skip
+        "batch_size",
+        "recipe",
+        "seed",
+    ]
     categories = page.locator("#plot-key-recipe text.category").all_text_contents()
     assert categories == ["reward", "scratch"]
     assert page.locator("#plot-key-recipe g.errorbar").count() == 4
@@ -552,8 +580,9 @@ def read_within(root: Path, seconds: float = 30) -> dict:
     """The reader's payload for `root`, which must come within `seconds` (a FIFO once blocked
     the reader, and the server with it, forever)."""
     payload: dict = {}
-    reader = threading.Thread(target=lambda: payload.update(ResultsReader(root).read()),
-                              daemon=True)  # fmt: skip
+    reader = threading.Thread(
+        target=lambda: payload.update(ResultsReader(root).read()), daemon=True
+    )
     reader.start()
     reader.join(seconds)
     assert not reader.is_alive(), f"reading {root} hangs"
@@ -593,11 +622,18 @@ def test_evaluations_found_only_as_step_files_are_shown(tmp_path: Path) -> None:
     for folder in root.glob("run_trial_*_*"):
         rows = (folder / "result.json").read_text().splitlines()
         (folder / "result.json").write_text(
-            "".join(json.dumps({k: v for k, v in json.loads(r).items()
-                                if k not in ("eval_file", "eval_step")}) + "\n" for r in rows)
-        )  # fmt: skip
-    trials = {(t["params"]["recipe"], t["params"]["seed"]): t
-              for t in ResultsReader(root).read()["trials"]}  # fmt: skip
+            "".join(
+                json.dumps(
+                    {k: v for k, v in json.loads(r).items() if k not in ("eval_file", "eval_step")}
+                )
+                + "\n"
+                for r in rows
+            )
+        )
+    trials = {
+        (t["params"]["recipe"], t["params"]["seed"]): t
+        for t in ResultsReader(root).read()["trials"]
+    }
     reward = trials[("reward", 1)]
     assert [p[0] for p in reward["curve"]] == [2000, 4000]
     assert reward["latest_low"] < reward["latest_score"] < reward["latest_high"]
@@ -633,9 +669,13 @@ def test_every_response_carries_nosniff_and_a_csp(tmp_path: Path) -> None:
     with make_server(tmp_path, port=0) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
-            cases = [("/", "localhost", 200), ("/api/results", "localhost", 200),
-                     ("/static/app.js", "localhost", 200), ("/nope", "localhost", 404),
-                     ("/", "evil.example", 403)]  # fmt: skip
+            cases = [
+                ("/", "localhost", 200),
+                ("/api/results", "localhost", 200),
+                ("/static/app.js", "localhost", 200),
+                ("/nope", "localhost", 404),
+                ("/", "evil.example", 403),
+            ]
             for path, host, status in cases:
                 conn = http.client.HTTPConnection(*server.server_address, timeout=10)
                 conn.request("GET", path, headers={"Host": host})

@@ -97,9 +97,17 @@ def _set(name: str, index: tuple, value: float):
         (lambda f: f.update(reward=f["reward"].double()), "reward has dtype torch.float64"),
         (lambda f: f.pop("task"), "missing field(s) task"),
     ],
-    ids=["nan-obs", "task-range", "task-changes", "action-step0", "inf-reward", "shape", "dtype",
-         "missing"],
-)  # fmt: skip
+    ids=[
+        "nan-obs",
+        "task-range",
+        "task-changes",
+        "action-step0",
+        "inf-reward",
+        "shape",
+        "dtype",
+        "missing",
+    ],
+)
 def test_bad_chunk_fails_with_one_line_and_leaves_no_output(
     ray_session, make_chunk, tmp_path, capsys, edit, message
 ):

@@ -147,8 +147,9 @@ def test_ray_shards_load_in_chunks_into_identical_episodes(
     order = torch.argsort(store.fields["episode_id"])
     assert set(store.fields) == set(whole.fields)
     for name, tensor in whole.fields.items():
-        torch.testing.assert_close(store.fields[name][order], tensor, rtol=0, atol=0,
-                                   equal_nan=True, msg=name)  # fmt: skip
+        torch.testing.assert_close(
+            store.fields[name][order], tensor, rtol=0, atol=0, equal_nan=True, msg=name
+        )
         assert store.fields[name].is_contiguous()
 
 

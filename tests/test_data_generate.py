@@ -39,9 +39,14 @@ LABELS = {t: TEACHER_COLUMNS[t] for t in MODEL_LABELS}
 """Teacher output -> label column, of the labels a plain `data label` writes."""
 STEPS = 20
 RANDOM = GenerateConfig(
-    tasks="cartpole-balance,pendulum-swingup,cup-catch", episodes_per_task=2, seed=5, num_actors=2, envs_per_actor=2, max_steps=STEPS,
+    tasks="cartpole-balance,pendulum-swingup,cup-catch",
+    episodes_per_task=2,
+    seed=5,
+    num_actors=2,
+    envs_per_actor=2,
+    max_steps=STEPS,
     episodes_per_file=4,
-)  # fmt: skip
+)
 
 
 def _read(dst: Path) -> dict[str, np.ndarray]:
@@ -54,8 +59,15 @@ def _read(dst: Path) -> dict[str, np.ndarray]:
 def random_data(ray_session, tmp_path_factory) -> Path:
     """RANDOM generated through the CLI."""
     dst = tmp_path_factory.mktemp("random")
-    options = ("tasks", "episodes_per_task", "seed", "num_actors", "envs_per_actor", "max_steps",
-               "episodes_per_file")  # fmt: skip
+    options = (
+        "tasks",
+        "episodes_per_task",
+        "seed",
+        "num_actors",
+        "envs_per_actor",
+        "max_steps",
+        "episodes_per_file",
+    )
     argv = [f"--{name.replace('_', '-')}={getattr(RANDOM, name)}" for name in options]
     assert main(["data", "generate", *argv, str(dst)]) == 0
     return dst
@@ -65,9 +77,13 @@ def random_data(ray_session, tmp_path_factory) -> Path:
 def prior_data(ray_session, tmp_path_factory) -> Path:
     """The published student's noiseless policy prior on two tasks."""
     cfg = GenerateConfig(
-        tasks="cup-catch,pendulum-swingup", episodes_per_task=2, seed=1, noise=0.0,
-        policy=str(shared_checkpoint(FP16)), max_steps=30,
-    )  # fmt: skip
+        tasks="cup-catch,pendulum-swingup",
+        episodes_per_task=2,
+        seed=1,
+        noise=0.0,
+        policy=str(shared_checkpoint(FP16)),
+        max_steps=30,
+    )
     dst = tmp_path_factory.mktemp("prior")
     generate(cfg, dst, progress=False)
     return dst
@@ -148,10 +164,32 @@ def test_checkpoint_prior_acts_with_its_mean_action(prior_data) -> None:
 
 def test_mpc_with_noise_runs_and_keeps_the_layout(ray_session, tmp_path) -> None:
     checkpoint = shared_checkpoint(FP16)
-    argv = ["data", "generate", "--tasks", "reacher-easy", "--episodes-per-task", "2",
-            "--policy", str(checkpoint), "--mpc", "--noise", "0.3", "--max-steps", "10",
-            "--planner", "iterations=1", "--planner", "num_samples=32", "--planner",
-            "num_elites=8", "--planner", "num_pi_trajs=4", "--planner", "horizon=2", str(tmp_path)]  # fmt: skip
+    argv = [
+        "data",
+        "generate",
+        "--tasks",
+        "reacher-easy",
+        "--episodes-per-task",
+        "2",
+        "--policy",
+        str(checkpoint),
+        "--mpc",
+        "--noise",
+        "0.3",
+        "--max-steps",
+        "10",
+        "--planner",
+        "iterations=1",
+        "--planner",
+        "num_samples=32",
+        "--planner",
+        "num_elites=8",
+        "--planner",
+        "num_pi_trajs=4",
+        "--planner",
+        "horizon=2",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     _check_layout(_read(tmp_path), 10)
     assert dataset_info(tmp_path).meta.source.startswith("generate:mpc noise=0.3 seed=0 ")
@@ -180,8 +218,17 @@ def labelled(prior_data, tmp_path_factory) -> tuple[Path, str]:
     """`prior_data` labelled by the published student through the CLI, into a new directory;
     returns it and what the command printed."""
     out = tmp_path_factory.mktemp("labelled")
-    argv = ["data", "label", "--teacher", str(shared_checkpoint(FP16)), str(prior_data),
-            "--out", str(out), "--batch-episodes", "3"]  # fmt: skip
+    argv = [
+        "data",
+        "label",
+        "--teacher",
+        str(shared_checkpoint(FP16)),
+        str(prior_data),
+        "--out",
+        str(out),
+        "--batch-episodes",
+        "3",
+    ]
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         assert main(argv) == 0
     return out, printed.getvalue()
@@ -219,9 +266,7 @@ def test_store_windows_pair_teacher_reward_like_reward(labelled) -> None:
     assert batch.teacher["policy"].shape == batch.action.shape
     model = load_world_model(shared_checkpoint(FP16))
     for k in range(3):
-        want = teacher_outputs(
-            model, batch.obs[k], batch.action[k], batch.task, tuple(LABELS)
-        )
+        want = teacher_outputs(model, batch.obs[k], batch.action[k], batch.task, tuple(LABELS))
         for term in LABELS:
             torch.testing.assert_close(batch.teacher[term][k], want[term], rtol=1e-5, atol=1e-5)
 
@@ -245,17 +290,25 @@ def test_relabelling_in_place_replaces_the_column(labelled, tmp_path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["generate", "--tasks", "walker-fly", "--episodes-per-task", "1"],
-         "task 'walker-fly' is not in task set 'mt30'"),
-        (["generate", "--policy", "nope.pt", "--episodes-per-task", "1"],
-         "nope.pt: no such checkpoint file"),
-        (["generate", "--noise", "0.1", "--episodes-per-task", "1"],
-         "--mpc and --noise need a checkpoint policy, not random"),
-        (["generate", "--num-actors", "3", "--episodes-per-task", "1"],
-         "--num-actors 3 needs as many CPUs, the Ray cluster has 2"),
+        (
+            ["generate", "--tasks", "walker-fly", "--episodes-per-task", "1"],
+            "task 'walker-fly' is not in task set 'mt30'",
+        ),
+        (
+            ["generate", "--policy", "nope.pt", "--episodes-per-task", "1"],
+            "nope.pt: no such checkpoint file",
+        ),
+        (
+            ["generate", "--noise", "0.1", "--episodes-per-task", "1"],
+            "--mpc and --noise need a checkpoint policy, not random",
+        ),
+        (
+            ["generate", "--num-actors", "3", "--episodes-per-task", "1"],
+            "--num-actors 3 needs as many CPUs, the Ray cluster has 2",
+        ),
         (["label", "--teacher", "nope.pt"], "nope.pt: no such checkpoint file"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_fails_with_one_line(argv, message, random_data, tmp_path, capsys) -> None:
     target = tmp_path / "out" if argv[0] == "generate" else random_data
     before = sorted(random_data.iterdir())
@@ -269,8 +322,15 @@ def test_bad_input_fails_with_one_line(argv, message, random_data, tmp_path, cap
 
 
 def test_label_refuses_more_actors_than_the_cluster_can_feed(random_data, capsys) -> None:
-    argv = ["data", "label", "--teacher", str(shared_checkpoint(FP16)), "--num-actors", "3",
-            str(random_data)]  # fmt: skip
+    argv = [
+        "data",
+        "label",
+        "--teacher",
+        str(shared_checkpoint(FP16)),
+        "--num-actors",
+        "3",
+        str(random_data),
+    ]
 
     assert main(argv) == 2
 

@@ -30,7 +30,7 @@ def _table(episodes: int = 5, teacher: bool = False):
         action=fields["action"],
         reward=fields["reward"],
         teacher={"reward": 2 * fields["reward"]} if teacher else None,
-    ), fields  # fmt: skip
+    ), fields
 
 
 def test_part_round_trip_keeps_numbers_metadata_and_return_stats(tmp_path):

@@ -19,8 +19,9 @@ def test_a_dry_run_never_writes_the_committed_results(tmp_path):
 
 def test_a_failing_section_is_recorded_and_the_others_still_run_and_are_written(tmp_path):
     out = tmp_path / "gpu.json"
-    device_check.main(["--dry", "--out", str(out), "--sections", "environment,update_256",
-                       "--fail", "update_256"])  # fmt: skip
+    device_check.main(
+        ["--dry", "--out", str(out), "--sections", "environment,update_256", "--fail", "update_256"]
+    )
 
     result = json.loads(out.read_text())
     assert result["update_256"]["error"].startswith(
@@ -59,4 +60,3 @@ def test_the_dry_device_check_measures_every_section_on_cpu(tmp_path):
     assert [r["envs"] for r in result["planning"]] == list(device_check.DRY.envs)
     assert result["train_run"]["steps"] == device_check.DRY.train_steps
     assert result["mt30_eval"]["episodes"] == 2 and result["mt30_eval"]["wall_s"] > 0
-

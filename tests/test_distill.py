@@ -37,9 +37,13 @@ COEF = {
     "policy": "policy_d_coef",
     "planner": "planner_d_coef",
 }
-METRIC = {"reward": "distill_loss", "latent": "latent_distill_loss",
-          "value": "value_distill_loss", "policy": "policy_distill_loss",
-          "planner": "planner_distill_loss"}  # fmt: skip
+METRIC = {
+    "reward": "distill_loss",
+    "latent": "latent_distill_loss",
+    "value": "value_distill_loss",
+    "policy": "policy_distill_loss",
+    "planner": "planner_distill_loss",
+}
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +69,10 @@ def _batch(teacher: WorldModel | None, size: int = 64, horizon: int = 3, seed: i
         widths = {"reward": 1, "latent": cfg.latent_dim, "value": 1, "policy": 6}
         nan = {t: torch.full((horizon, size, w), math.nan) for t, w in widths.items()}
         return batch._replace(teacher=nan)
-    steps = [teacher_outputs(teacher, batch.obs[k], batch.action[k], task, TEACHER_TERMS)
-             for k in range(horizon)]  # fmt: skip
+    steps = [
+        teacher_outputs(teacher, batch.obs[k], batch.action[k], task, TEACHER_TERMS)
+        for k in range(horizon)
+    ]
     return batch._replace(teacher={t: torch.stack([s[t] for s in steps]) for t in TEACHER_TERMS})
 
 
@@ -95,8 +101,10 @@ def test_each_term_is_zero_when_the_student_is_the_teacher(teacher, term):
     assert [m for m in METRIC.values() if m in metrics] == [METRIC[term]]
 
 
-@pytest.mark.parametrize(("term", "bridge"), [("reward", None), ("latent", "linear"),
-                                              ("latent", "pca"), ("value", None), ("policy", None)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("term", "bridge"),
+    [("reward", None), ("latent", "linear"), ("latent", "pca"), ("value", None), ("policy", None)],
+)
 @pytest.mark.slow
 def test_each_term_falls_on_a_fixed_batch(teacher, term, bridge):
     batch = _batch(teacher)
@@ -165,6 +173,7 @@ def test_every_place_reads_the_one_registry_of_terms():
     from tdmpc_ray.model import TEACHER_OUTPUTS
     from tdmpc_ray.sweep.summary import CURVE_METRICS
     from tdmpc_ray.train.config import TrainConfig
+
     assert list(DISTILL_TERMS) == list(COEF) and {t.coef for t in DISTILL_TERMS.values()} == set(
         COEF.values()
     )
@@ -242,7 +251,10 @@ def test_the_planner_term_trains_only_what_the_policy_loss_trains():
 
     _planner_term(student, zs, batch).backward()
 
-    trained = {name.split(".")[0] for name, p in student.named_parameters()
-               if p.grad is not None and p.grad.abs().sum() > 0}  # fmt: skip
+    trained = {
+        name.split(".")[0]
+        for name, p in student.named_parameters()
+        if p.grad is not None and p.grad.abs().sum() > 0
+    }
     assert trained == {"_pi", "_task_emb"}
     assert DISTILL_TERMS["planner"].attach == "policy"

@@ -27,8 +27,10 @@ def test_job_groups_take_episodes_episode_major() -> None:
     assert groups(TASKS, 1) == [(("walker-walk", 0), ("cup-catch", 0)), (("reacher-easy", 0),)]
     assert groups(TASKS, 2)[1] == (("reacher-easy", 0), ("walker-walk", 1))
     assert groups(TASKS[:2], 3)[:1] == groups(TASKS[:2], 1)
-    assert groups(TASKS[:1], 4) == [(("walker-walk", 0), ("walker-walk", 1)),
-                                    (("walker-walk", 2), ("walker-walk", 3))]  # fmt: skip
+    assert groups(TASKS[:1], 4) == [
+        (("walker-walk", 0), ("walker-walk", 1)),
+        (("walker-walk", 2), ("walker-walk", 3)),
+    ]
 
 
 def test_a_record_keeps_episodes_and_reads_them_back(tmp_path) -> None:

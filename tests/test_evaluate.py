@@ -42,8 +42,19 @@ STEPS = 40
 CFG = EvalConfig(planner=TINY, seed=3, envs_per_actor=2, cpus_per_actor=0.5, max_steps=STEPS)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 HAS_VIDEO = all(importlib.util.find_spec(m) for m in ("imageio", "imageio_ffmpeg"))
-TINY_ARGS = ["--iterations", "1", "--num-samples", "32", "--num-elites", "8",
-             "--num-pi-trajs", "4", "--horizon", "2", "--no-compile"]  # fmt: skip
+TINY_ARGS = [
+    "--iterations",
+    "1",
+    "--num-samples",
+    "32",
+    "--num-elites",
+    "8",
+    "--num-pi-trajs",
+    "4",
+    "--horizon",
+    "2",
+    "--no-compile",
+]
 
 # Ray workers cannot import this test module: ship the fault-injecting factory by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -108,8 +119,9 @@ def test_lockstep_rollout_records_trajectories_in_the_episode_layout() -> None:
         assert np.isnan(traj.action[0]).all() and np.isnan(traj.reward[0])
         assert traj.reward[1:].sum() == pytest.approx(result.ret, rel=1e-5)
         np.testing.assert_array_equal(traj.obs[0], make_env(spec.task, spec.env_seed).reset())
-    again = run_lockstep(Planner(model, TINY, 2, seed=0), specs, eval_mode=True, obs_pad=24,
-                         max_steps=10)  # fmt: skip
+    again = run_lockstep(
+        Planner(model, TINY, 2, seed=0), specs, eval_mode=True, obs_pad=24, max_steps=10
+    )
     assert [r.ret for r in again] == [r.ret for r in results]
     assert all(r.trajectory is None for r in again)
 
@@ -154,7 +166,11 @@ def test_one_episode_per_task_says_no_interval(pool) -> None:
     summary = format_summary(result, [])
     assert "[too few episodes for an interval]  (1 tasks x 1 episodes; an interval needs" in summary
     assert training_metrics(result).keys() == {
-        "normalized_score", "iqm", "eval_episodes", f"score/{TASKS[0]}"}  # fmt: skip
+        "normalized_score",
+        "iqm",
+        "eval_episodes",
+        f"score/{TASKS[0]}",
+    }
 
 
 @needs_checkpoint
@@ -268,10 +284,30 @@ def test_eval_cli_writes_json_csv_and_summary(ray_session, tmp_path, capsys, mon
     """Films each task's first episode too when the `video` extra is installed."""
     monkeypatch.setenv("MUJOCO_GL", "egl")
     out, video = tmp_path / "run", tmp_path / "videos"
-    argv = ["eval", "--checkpoint", str(CHECKPOINT), "--tasks", ",".join(TASKS[:2]),
-            "--episodes", "6", "--num-actors", "1", "--envs-per-actor", "6",
-            "--cpus-per-actor", "0.5", "--max-steps", "20", "--eval-mode", "--seed", "5",
-            "--out", str(out), *TINY_ARGS, *(["--video", str(video)] if HAS_VIDEO else [])]  # fmt: skip
+    argv = [
+        "eval",
+        "--checkpoint",
+        str(CHECKPOINT),
+        "--tasks",
+        ",".join(TASKS[:2]),
+        "--episodes",
+        "6",
+        "--num-actors",
+        "1",
+        "--envs-per-actor",
+        "6",
+        "--cpus-per-actor",
+        "0.5",
+        "--max-steps",
+        "20",
+        "--eval-mode",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+        *TINY_ARGS,
+        *(["--video", str(video)] if HAS_VIDEO else []),
+    ]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     data = json.loads((out / "eval.json").read_text())
@@ -336,7 +372,9 @@ def test_a_recorded_run_extends_to_the_same_returns_as_one_run(pool, reference, 
     record = tmp_path / "episodes.jsonl"
     first = evaluate(CHECKPOINT, TASKS, 1, cfg=CFG, pool=pool, record=record)
     assert first["resumed_episodes"] == 0
-    assert [_returns(first)[t] for t in TASKS[:2]] == [_returns(reference)[t][:1] for t in TASKS[:2]]
+    assert [_returns(first)[t] for t in TASKS[:2]] == [
+        _returns(reference)[t][:1] for t in TASKS[:2]
+    ]
     extended = evaluate(CHECKPOINT, TASKS, EPISODES, cfg=CFG, pool=pool, record=record)
     assert extended["resumed_episodes"] == 2
     assert _returns(extended) == _returns(reference)

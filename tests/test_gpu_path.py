@@ -168,8 +168,12 @@ def test_evaluation_counts_the_gpus_of_its_actors():
 
 def test_every_mode_that_graphs_with_cuda_is_treated_as_such():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    for mode, graphs in (("reduce-overhead", True), ("max-autotune", True),
-                         ("max-autotune-no-cudagraphs", False), ("default", False)):  # fmt: skip
+    for mode, graphs in (
+        ("reduce-overhead", True),
+        ("max-autotune", True),
+        ("max-autotune-no-cudagraphs", False),
+        ("default", False),
+    ):
         options = compile_options(OptimConfig(compile=True, compile_mode=mode), cuda)
         assert uses_cuda_graphs(options, cuda) == graphs, mode
         assert not uses_cuda_graphs(options, cpu)

@@ -34,16 +34,28 @@ def teacher():
 
 def _episodes(count: int, steps: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
     gen = np.random.default_rng(seed)
-    return {"obs": gen.standard_normal((count, steps, 24), dtype=np.float32),
-            "task": np.arange(count) % 30, "episode_id": np.arange(10, 10 + count)}  # fmt: skip
+    return {
+        "obs": gen.standard_normal((count, steps, 24), dtype=np.float32),
+        "task": np.arange(count) % 30,
+        "episode_id": np.arange(10, 10 + count),
+    }
 
 
 def test_labels_are_the_planners_distribution_per_episode_whatever_the_batch(teacher):
     data = _episodes(3)
 
     together = planner_labels(teacher, TINY, 0, data["obs"], data["task"], data["episode_id"])
-    alone = [planner_labels(teacher, TINY, 0, data["obs"][e : e + 1], data["task"][e : e + 1],
-                            data["episode_id"][e : e + 1]) for e in range(3)]  # fmt: skip
+    alone = [
+        planner_labels(
+            teacher,
+            TINY,
+            0,
+            data["obs"][e : e + 1],
+            data["task"][e : e + 1],
+            data["episode_id"][e : e + 1],
+        )
+        for e in range(3)
+    ]
 
     np.testing.assert_array_equal(together, np.concatenate(alone))
     assert together.shape == (3, 4, 12) and np.isnan(together[:, 0]).all()

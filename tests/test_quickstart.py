@@ -72,8 +72,9 @@ def test_tiny_quickstart_dashboard_shows_its_scores_with_intervals_and_loss_curv
     page, errors = open_page(browser, (out / "dashboard.html").as_uri())
     rows = page.locator("#trials tbody tr")
     assert rows.count() == 2
-    text = {rows.nth(i).inner_text().split("\t")[2].strip(): rows.nth(i).inner_text()
-            for i in range(2)}  # fmt: skip
+    text = {
+        rows.nth(i).inner_text().split("\t")[2].strip(): rows.nth(i).inner_text() for i in range(2)
+    }
     assert printed["scratch"] in text["scratch"] and printed["distilled"] in text["distilled"]
     assert len(re.findall(INTERVAL, text["distilled"])) >= 2  # its score, and minus scratch
     assert printed["teacher"] in page.locator("#references").inner_text()
@@ -99,8 +100,10 @@ def test_tiny_quickstart_dashboard_shows_its_scores_with_intervals_and_loss_curv
 
 
 def test_teacher_lines_say_plainly_when_the_teacher_is_no_better() -> None:
-    better = {"scratch": {"value": 5.0, "low": 1.0, "high": 9.0},
-              "distilled": {"value": 4.0, "low": 0.5, "high": 7.5}}  # fmt: skip
+    better = {
+        "scratch": {"value": 5.0, "low": 1.0, "high": 9.0},
+        "distilled": {"value": 4.0, "low": 0.5, "high": 7.5},
+    }
     assert teacher_lines(better, published=False)[-1].endswith("the teacher is better than both")
     worse = {**better, "distilled": {"value": -0.8, "low": -2.0, "high": 0.4}}
     lines = teacher_lines(worse, published=False)

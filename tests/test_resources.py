@@ -52,8 +52,11 @@ def test_a_run_that_cannot_fit_fails_with_one_line_saying_what_to_change():
         "training needs 2.25 CPUs (2 workers x 1 + reads 0.25), the cluster has 2: "
         "set cpus_per_worker=0.85"
     )
-    with pytest.raises(ResourceError, match=r"needs 2 GPUs \(2 workers x 1\), the cluster has 1: "
-                       r"set num_workers=1$"):  # fmt: skip
+    with pytest.raises(
+        ResourceError,
+        match=r"needs 2 GPUs \(2 workers x 1\), the cluster has 1: "
+        r"set num_workers=1$",
+    ):
         check_training(TrainConfig(data="d", num_workers=2, use_gpu=True), {"CPU": 8.0, "GPU": 1.0})
     with pytest.raises(ResourceError, match=r"needs 1 GPU \(teachers 1\).*: set teacher_gpus=0$"):
         check_training(TrainConfig(data="d", teacher="t.pt", teacher_gpus=1.0), TWO_CPUS)
@@ -80,8 +83,11 @@ def test_sweep_runs_as_many_trials_as_fit_and_refuses_a_trial_that_never_fits():
     assert plan_sweep(evaluated, 0.25, None, TWO_CPUS) == 1
     assert fit_workers(evaluated[0], TWO_CPUS, reserved=0.25).cpus_per_worker == 1.0
     assert plan_sweep(evaluated, 0.25, 3, TWO_CPUS) == 3  # asked for: warned, not refused
-    with pytest.raises(ResourceError, match=r"^one trial needs 2.5 CPUs \(trial function 0.25 \+ "
-                       r"1 worker x 2 \+ reads 0.25\), the cluster has 2: set cpus_per_worker=1.5$"):  # fmt: skip
+    with pytest.raises(
+        ResourceError,
+        match=r"^one trial needs 2.5 CPUs \(trial function 0.25 \+ "
+        r"1 worker x 2 \+ reads 0.25\), the cluster has 2: set cpus_per_worker=1.5$",
+    ):
         plan_sweep([TrainConfig(data="d", cpus_per_worker=2.0)], 0.25, None, TWO_CPUS)
 
 
@@ -114,8 +120,11 @@ def small_run(tmp_path_factory) -> dict:
     from tdmpc_ray.model.config import model_config
 
     root = tmp_path_factory.mktemp("resources")
-    generate(GenerateConfig(tasks="cartpole-balance,cup-catch", episodes_per_task=2, max_steps=24),
-             root / "data", progress=False)  # fmt: skip
+    generate(
+        GenerateConfig(tasks="cartpole-balance,cup-catch", episodes_per_task=2, max_steps=24),
+        root / "data",
+        progress=False,
+    )
     teacher = root / "teacher.pt"
     save_checkpoint(WorldModel(model_config(1, "mt30")), teacher)
     return {"root": root, "data": str(root / "data"), "teacher": str(teacher)}
@@ -125,9 +134,17 @@ def small_run(tmp_path_factory) -> dict:
 def test_two_worker_distillation_finishes_on_two_cpus(ray_session, small_run):
     from tdmpc_ray.train.trainer import train
 
-    cfg = TrainConfig(data=small_run["data"], teacher=small_run["teacher"], num_workers=2,
-                      steps=4, batch_size=16, checkpoint_every=4, log_every=2,
-                      out=str(small_run["root"] / "runs"), name="two-workers")  # fmt: skip
+    cfg = TrainConfig(
+        data=small_run["data"],
+        teacher=small_run["teacher"],
+        num_workers=2,
+        steps=4,
+        batch_size=16,
+        checkpoint_every=4,
+        log_every=2,
+        out=str(small_run["root"] / "runs"),
+        name="two-workers",
+    )
     assert ray_session.cluster_resources()["CPU"] == 2
     summary = within(900, lambda: train(cfg, progress=False))
     assert summary["metrics"]["step"] == 4 and Path(summary["student"]).is_file()
@@ -145,8 +162,18 @@ def test_impossible_requests_fail_in_seconds_with_one_line(ray_session, small_ru
         "tdmpc-ray train: error: training needs 4.25 CPUs (4 workers x 1 + reads 0.25), "
         "the cluster has 2: set cpus_per_worker=0.4"
     )
-    argv = ["eval", "--checkpoint", small_run["teacher"], "--tasks", "cartpole-balance",
-            "--episodes", "6", "--num-actors", "3", "--no-compile"]  # fmt: skip
+    argv = [
+        "eval",
+        "--checkpoint",
+        small_run["teacher"],
+        "--tasks",
+        "cartpole-balance",
+        "--episodes",
+        "6",
+        "--num-actors",
+        "3",
+        "--no-compile",
+    ]
     assert within(120, lambda: main(argv)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tdmpc-ray eval: error: evaluation needs 3 CPUs (3 actors x 1)")

@@ -18,7 +18,11 @@ from tdmpc_ray.sweep.tables import format_groups, format_pairs, format_table
 from tdmpc_ray.train.config import TrainConfig
 from tests.test_compare import result
 
-SAME = {"cartpole-swingup": [700.0, 720.0], "finger-spin": [10.0, 900.0], "hopper-stand": [5.0, 6.0]}
+SAME = {
+    "cartpole-swingup": [700.0, 720.0],
+    "finger-spin": [10.0, 900.0],
+    "hopper-stand": [5.0, 6.0],
+}
 SCRATCH = {"walker-walk": [300.0, 500.0], "cup-catch": [0.0, 950.0], **SAME}
 BETTER = {"walker-walk": [400.0, 600.0], "cup-catch": [0.0, 950.0], **SAME}
 """Five tasks, 2 episodes each (the fewest `stats` gives an interval for); BETTER is 100 higher
@@ -27,8 +31,12 @@ on walker-walk only, so it scores 2 points higher."""
 
 def trial(name: str, recipe: str, seed: int, returns: dict, steps=(1000, 2000), **config) -> dict:
     """A trial record with an evaluation file per step (named `<name>@<step>`)."""
-    return {"trial": name, "config": {"recipe": recipe, "seed": seed, **config},
-            "scratch": is_scratch({"recipe": recipe}), "evals": {s: f"{name}@{s}" for s in steps}}  # fmt: skip
+    return {
+        "trial": name,
+        "config": {"recipe": recipe, "seed": seed, **config},
+        "scratch": is_scratch({"recipe": recipe}),
+        "evals": {s: f"{name}@{s}" for s in steps},
+    }
 
 
 def files(*trials: tuple[dict, dict]) -> dict[str, dict]:
@@ -90,8 +98,11 @@ def test_each_trial_pairs_with_the_scratch_trial_of_its_seed() -> None:
     r1 = comparisons["r1"]
     assert r1["scratch"] == ["s1"] and r1["steps"] == [2000] and r1["pairs"] == 1
     difference = {k: r1["difference"][k] for k in ("value", "low", "high")}
-    assert difference == {"value": pytest.approx(2.0), "low": pytest.approx(2.0),
-                          "high": pytest.approx(2.0)}  # fmt: skip
+    assert difference == {
+        "value": pytest.approx(2.0),
+        "low": pytest.approx(2.0),
+        "high": pytest.approx(2.0),
+    }
     assert r1["verdict"] == "trial scores higher" and r1["episodes_per_task"] == 2
     assert set(loaded) == {"r1@2000", "s1@2000", "r2@2000", "s2@2000"}
 
@@ -103,8 +114,10 @@ def test_each_trial_pairs_with_the_scratch_trial_of_its_seed() -> None:
 
 
 def test_a_trial_pairs_only_with_scratch_of_the_same_other_settings() -> None:
-    trials = [trial("s", "scratch", 1, SCRATCH, batch_size=256),
-              trial("r", "reward", 1, BETTER, batch_size=512)]  # fmt: skip
+    trials = [
+        trial("s", "scratch", 1, SCRATCH, batch_size=256),
+        trial("r", "reward", 1, BETTER, batch_size=512),
+    ]
     data = files((trials[0], SCRATCH), (trials[1], BETTER))
     assert against_scratch(trials, ["recipe", "seed", "batch_size"], data.__getitem__) == {}
     trials[1]["config"]["batch_size"] = 256
@@ -112,8 +125,10 @@ def test_a_trial_pairs_only_with_scratch_of_the_same_other_settings() -> None:
 
 
 def test_the_latest_step_both_evaluated_is_compared() -> None:
-    trials = [trial("s", "scratch", 1, SCRATCH, steps=(1000, 2000)),
-              trial("r", "reward", 1, BETTER, steps=(1000,))]  # fmt: skip
+    trials = [
+        trial("s", "scratch", 1, SCRATCH, steps=(1000, 2000)),
+        trial("r", "reward", 1, BETTER, steps=(1000,)),
+    ]
     data = files((trials[0], SCRATCH), (trials[1], BETTER))
     assert against_scratch(trials, ["recipe"], data.__getitem__)["r"]["steps"] == [1000]
 
@@ -154,9 +169,18 @@ def test_summary_tables_show_intervals_and_the_comparison_with_scratch() -> None
     rows = []
     for t in trials:
         score = pooled_over_seeds([t], keys, data.__getitem__)[(t["config"]["recipe"],)]["score"]
-        rows.append({"trial": t["trial"], **t["config"], "status": "TERMINATED", "step": 2000,
-                     **score, "eval_episodes": 2, "scratch": t["scratch"],
-                     "vs_scratch": comparisons.get(t["trial"])})  # fmt: skip
+        rows.append(
+            {
+                "trial": t["trial"],
+                **t["config"],
+                "status": "TERMINATED",
+                "step": 2000,
+                **score,
+                "eval_episodes": 2,
+                "scratch": t["scratch"],
+                "vs_scratch": comparisons.get(t["trial"]),
+            }
+        )
     summary = {"space": keys, "trials": rows}
     summary["groups"] = group_over_seeds(summary, pooled_over_seeds(trials, keys, data.__getitem__))
     table = format_table(summary)
@@ -179,7 +203,9 @@ def test_every_two_groups_compare_over_the_seeds_both_ran() -> None:
     scratch_reward = by_name[("scratch", "reward")]
     assert scratch_reward["seeds"] == ["1", "2"] and scratch_reward["steps"] == [2000]
     assert scratch_reward["difference"]["value"] == pytest.approx(-2.0)
-    assert scratch_reward["verdict"] == "B scores higher" and scratch_reward["episodes_per_task"] == 2
+    assert (
+        scratch_reward["verdict"] == "B scores higher" and scratch_reward["episodes_per_task"] == 2
+    )
     assert set(scratch_reward["tasks"]) == set(SCRATCH) and scratch_reward["scores"]["b"]
     latent = by_name[("reward", "latent")]
     assert latent["seeds"] == ["1"] and latent["steps"] == [1000]

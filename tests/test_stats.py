@@ -98,7 +98,8 @@ def test_a_t_interval_of_two_episodes_is_wide_and_a_single_task_needs_six():
     six = [326.5, 231.0, 300.0, 280.0, 250.0, 310.0]
     half = 2.5706 * np.std(six, ddof=1) / np.sqrt(6)  # t quantile for 5 degrees of freedom
     assert task_interval(six) == Interval(
-        pytest.approx(np.mean(six)), pytest.approx(np.mean(six) - half, abs=0.01),
+        pytest.approx(np.mean(six)),
+        pytest.approx(np.mean(six) - half, abs=0.01),
         pytest.approx(np.mean(six) + half, abs=0.01),
     )
     assert task_interval([990.0, 10.0, 990.0, 10.0, 990.0, 10.0]).low == 0.0  # clipped
@@ -109,8 +110,11 @@ def test_a_score_has_one_interval_whatever_the_bootstrap_seed():
     comparison's bootstraps, seeds 0 and 1): a score's interval now has no seed."""
     a, b = _returns(1), _returns(2)
     summary = score_summary(a)
-    shown = Interval(summary["normalized_score"], summary["normalized_score_low"],
-                     summary["normalized_score_high"])  # fmt: skip
+    shown = Interval(
+        summary["normalized_score"],
+        summary["normalized_score_low"],
+        summary["normalized_score_high"],
+    )
     assert compare(a, b, seed=0)["a"] == compare(a, b, seed=1)["a"] == shown.to_dict()
 
 
@@ -145,6 +149,8 @@ def test_too_few_episodes_have_no_interval_and_say_so():
 def test_iqm_drops_the_lowest_and_highest_quarter():
     assert iqm(np.array([0.0, 1, 2, 3, 4, 5, 6, 1000])) == pytest.approx(3.5)
     assert iqm(np.array([[1.0, 2, 3, 4], [10, 0, 0, 10]])).tolist() == [2.5, 5.0]
+
+
 def test_iqm_interval_is_robust_to_one_outlier_task():
     returns = {f"t{i}": [100.0 + j for j in range(6)] for i in range(8)}
     returns["t0"] = [1000.0] * 6

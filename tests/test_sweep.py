@@ -48,8 +48,11 @@ def test_bad_specs_fail_with_one_line(tmp_path):
 def test_a_sweep_with_a_failed_trial_exits_non_zero_and_names_it(ray_session, tmp_path, capsys):
     from tdmpc_ray.data.generate import GenerateConfig, generate
 
-    generate(GenerateConfig(tasks="cartpole-balance", episodes_per_task=2, max_steps=24),
-             tmp_path / "data", progress=False)  # fmt: skip
+    generate(
+        GenerateConfig(tasks="cartpole-balance", episodes_per_task=2, max_steps=24),
+        tmp_path / "data",
+        progress=False,
+    )
     spec_path = tmp_path / "failing.yaml"
     spec_path.write_text(
         "base: {data: data, steps: 4, batch_size: 16, log_every: 2, checkpoint_every: 4,\n"
@@ -80,11 +83,19 @@ def test_quick_sweep_runs_scratch_and_distilled_trials(ray_session, tmp_path):
         progress=False,
     )
     overrides = {
-        "data": str(data), "teacher": str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt")),
-        "steps": "10", "batch_size": "16", "checkpoint_every": "5", "log_every": "5", "eval_freq": "10",
-        "eval_tasks": "cartpole-balance", "eval_max_steps": "5", "eval_episodes": "2",
-        "storage_path": str(tmp_path / "sweeps"), "scheduler": "{type: asha, grace_period: 10, max_t: 10}",
-    }  # fmt: skip
+        "data": str(data),
+        "teacher": str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt")),
+        "steps": "10",
+        "batch_size": "16",
+        "checkpoint_every": "5",
+        "log_every": "5",
+        "eval_freq": "10",
+        "eval_tasks": "cartpole-balance",
+        "eval_max_steps": "5",
+        "eval_episodes": "2",
+        "storage_path": str(tmp_path / "sweeps"),
+        "scheduler": "{type: asha, grace_period: 10, max_t: 10}",
+    }
     summary = run_sweep(load_spec(REPO / "tune" / "quick.yaml", overrides))
     trials = {t["d_coef"]: t for t in summary["trials"]}
     assert sorted(trials) == [0.0, 0.45]
@@ -101,8 +112,10 @@ def test_quick_sweep_runs_scratch_and_distilled_trials(ray_session, tmp_path):
     table = format_table(summary)
     assert "score [95% interval]" in table and "(scratch)" in table
     experiment = Path(summary["experiment"])
-    runs = {t["d_coef"]: json.loads((experiment / t["run_dir"] / "run.json").read_text())
-            for t in trials.values()}  # fmt: skip
+    runs = {
+        t["d_coef"]: json.loads((experiment / t["run_dir"] / "run.json").read_text())
+        for t in trials.values()
+    }
     assert runs[0.0]["config"]["teacher"] is None and runs[0.0]["recipe"] == "scratch"
     assert runs[0.45]["config"]["teacher"] and runs[0.45]["versions"]["ray"]
     evaluations = [
@@ -166,14 +179,19 @@ def test_recipes_grid_with_seeds_and_pool_scores_over_seeds(tmp_path):
     spec = load_spec(spec_path)
     configs = spec.trial_configs()
     assert [(c.recipe(), c.seed) for c in configs] == [
-        ("scratch", 1), ("scratch", 2), ("distill-d0.45-latent-pca1", 1), ("distill-d0.45-latent-pca1", 2),
-    ]  # fmt: skip
+        ("scratch", 1),
+        ("scratch", 2),
+        ("distill-d0.45-latent-pca1", 1),
+        ("distill-d0.45-latent-pca1", 2),
+    ]
     assert spec.searched_keys() == ["recipe", "seed"]
     from tdmpc_ray.sweep.summary import group_over_seeds
     from tdmpc_ray.sweep.tables import format_groups
 
-    trials = [{"recipe": r, "seed": s, "normalized_score": v}
-              for r, s, v in [("a", 1, 10.0), ("a", 2, 14.0), ("b", 1, 20.0), ("b", 2, None)]]  # fmt: skip
+    trials = [
+        {"recipe": r, "seed": s, "normalized_score": v}
+        for r, s, v in [("a", 1, 10.0), ("a", 2, 14.0), ("b", 1, 20.0), ("b", 2, None)]
+    ]
     groups = group_over_seeds({"space": ["recipe", "seed"], "trials": trials})
     assert groups[0] == {"recipe": "b", "n": 1, "mean": 20.0, "std": None, "min": 20.0, "max": 20.0}
     assert groups[1]["mean"] == 12.0 and abs(groups[1]["std"] - 8**0.5) < 1e-12
@@ -189,20 +207,34 @@ def test_a_recipe_sweep_trains_each_recipe_with_its_terms(ray_session, tmp_path)
     from tdmpc_ray.sweep.runner import run_sweep
 
     data = tmp_path / "data"
-    generate(GenerateConfig(tasks="cartpole-balance", episodes_per_task=2, max_steps=24), data,
-             progress=False)  # fmt: skip
+    generate(
+        GenerateConfig(tasks="cartpole-balance", episodes_per_task=2, max_steps=24),
+        data,
+        progress=False,
+    )
     overrides = {
-        "data": str(data), "teacher": str(shared_checkpoint("mt30-1M-fp16")), "steps": "4",
-        "batch_size": "16", "checkpoint_every": "4",
-        "log_every": "2", "eval_freq": "0", "storage_path": str(tmp_path / "sweeps"), "pca_samples": "64",
+        "data": str(data),
+        "teacher": str(shared_checkpoint("mt30-1M-fp16")),
+        "steps": "4",
+        "batch_size": "16",
+        "checkpoint_every": "4",
+        "log_every": "2",
+        "eval_freq": "0",
+        "storage_path": str(tmp_path / "sweeps"),
+        "pca_samples": "64",
         "max_concurrent_trials": "1",
-    }  # fmt: skip
+    }
     spec = load_spec(REPO / "tune" / "study.yaml", overrides)
     recipes = {
         "reward+latent-pca": {"d_coef": 0.45, "latent_d_coef": 1.0, "latent_bridge": "pca"},
-        "all-terms": {"d_coef": 0.45, "latent_d_coef": 1.0, "latent_bridge": "linear",
-                      "value_d_coef": 0.1, "policy_d_coef": 1.0},
-    }  # fmt: skip
+        "all-terms": {
+            "d_coef": 0.45,
+            "latent_d_coef": 1.0,
+            "latent_bridge": "linear",
+            "value_d_coef": 0.1,
+            "policy_d_coef": 1.0,
+        },
+    }
     spec = dataclasses.replace(spec, recipes=recipes, space={"seed": {"grid": [1]}})
     summary = run_sweep(spec)
     assert sorted(t["recipe"] for t in summary["trials"]) == ["all-terms", "reward+latent-pca"]
@@ -256,8 +288,11 @@ def test_a_sweep_checks_its_data_and_teacher_before_any_trial(tmp_path, capsys):
 
     from tdmpc_ray.data.generate import GenerateConfig, generate
 
-    generate(GenerateConfig(tasks="cartpole-balance", episodes_per_task=1, max_steps=4),
-             tmp_path / "episodes", progress=False)  # fmt: skip
+    generate(
+        GenerateConfig(tasks="cartpole-balance", episodes_per_task=1, max_steps=4),
+        tmp_path / "episodes",
+        progress=False,
+    )
     spec_path.write_text("base: {data: episodes, teacher: t.pt}\n")
     with pytest.raises(FileNotFoundError, match=r"^teacher=.*/t.pt: no such checkpoint file$"):
         check_inputs(load_spec(spec_path))

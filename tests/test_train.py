@@ -124,8 +124,14 @@ def test_teacher_actor_is_shared_and_coalesces_concurrent_requests(ray_session):
         teacher._actor_id.hex()
     }
     gen = torch.Generator().manual_seed(0)
-    rows = [(torch.randn(64, 24, generator=gen), torch.rand(64, 6, generator=gen) * 2 - 1,
-             torch.randint(0, 30, (64,), generator=gen)) for _ in range(32)]  # fmt: skip
+    rows = [
+        (
+            torch.randn(64, 24, generator=gen),
+            torch.rand(64, 6, generator=gen) * 2 - 1,
+            torch.randint(0, 30, (64,), generator=gen),
+        )
+        for _ in range(32)
+    ]
     before = ray.get(teacher.info.remote())["passes"]
     answers = ray.get([teacher.outputs.remote(*r) for r in rows])
     info = ray.get(teacher.info.remote())
@@ -148,11 +154,21 @@ def _fit(cfg: TrainConfig) -> dict:
 @pytest.mark.slow
 def test_distillation_run_with_teacher_actor_and_async_evaluation(tiny_data, tmp_path):
     cfg = TrainConfig(
-        data=str(tiny_data), teacher=str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt")),
-        steps=12, batch_size=16, num_workers=2, checkpoint_every=6, log_every=3,
-        eval_freq=12, eval_tasks="cartpole-balance", eval_episodes=1, eval_max_steps=5, eval_mpc=False,
-        out=str(tmp_path / "runs"), name="distill",
-    )  # fmt: skip
+        data=str(tiny_data),
+        teacher=str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt")),
+        steps=12,
+        batch_size=16,
+        num_workers=2,
+        checkpoint_every=6,
+        log_every=3,
+        eval_freq=12,
+        eval_tasks="cartpole-balance",
+        eval_episodes=1,
+        eval_max_steps=5,
+        eval_mpc=False,
+        out=str(tmp_path / "runs"),
+        name="distill",
+    )
     summary = _fit(cfg)
     assert summary["metrics"]["step"] == 12
     assert summary["metrics"]["distill_loss"] >= 0
@@ -174,12 +190,29 @@ def test_richer_terms_read_cached_labels_and_ask_the_actor_for_latents(tiny_data
     teacher = str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt"))
     labelled = tmp_path / "labelled"
     label(tiny_data, teacher, labelled, progress=False)
-    cfg = build_config(TrainConfig, None, dict(
-        data=str(labelled), teacher=teacher, steps=6, batch_size=16, cpus_per_worker=0.5,
-        checkpoint_every=6, log_every=3, out=str(tmp_path / "runs"), name="richer",
-        enc_dim=128, mlp_dim=160, latent_dim=64, latent_d_coef=1.0, latent_bridge="pca",
-        pca_samples=128, value_d_coef=0.1, policy_d_coef=1.0,
-    ))  # fmt: skip
+    cfg = build_config(
+        TrainConfig,
+        None,
+        dict(
+            data=str(labelled),
+            teacher=teacher,
+            steps=6,
+            batch_size=16,
+            cpus_per_worker=0.5,
+            checkpoint_every=6,
+            log_every=3,
+            out=str(tmp_path / "runs"),
+            name="richer",
+            enc_dim=128,
+            mlp_dim=160,
+            latent_dim=64,
+            latent_d_coef=1.0,
+            latent_bridge="pca",
+            pca_samples=128,
+            value_d_coef=0.1,
+            policy_d_coef=1.0,
+        ),
+    )
     summary = _fit(cfg)
     for name in (
         "distill_loss",
@@ -192,8 +225,11 @@ def test_richer_terms_read_cached_labels_and_ask_the_actor_for_latents(tiny_data
 
     record = json.loads((tmp_path / "runs" / "richer" / "run.json").read_text())
     assert record["teacher_source"] == {
-        "reward": "labels", "latent": "actor", "value": "labels", "policy": "labels",
-    }  # fmt: skip
+        "reward": "labels",
+        "latent": "actor",
+        "value": "labels",
+        "policy": "labels",
+    }
     from tdmpc_ray.model import load_world_model
 
     assert load_world_model(summary["student"]).cfg.latent_dim == 64
@@ -229,9 +265,16 @@ def _kill_worker_after_two_checkpoints(run_dir: Path, session_dir: str, killed: 
 @pytest.mark.slow
 def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_data, tmp_path):
     cfg = TrainConfig(
-        data=str(tiny_data), steps=300, batch_size=128, checkpoint_every=50, log_every=50,
-        cpus_per_worker=0.5, out=str(tmp_path / "runs"), name="resume", max_failures=2,
-    )  # fmt: skip
+        data=str(tiny_data),
+        steps=300,
+        batch_size=128,
+        checkpoint_every=50,
+        log_every=50,
+        cpus_per_worker=0.5,
+        out=str(tmp_path / "runs"),
+        name="resume",
+        max_failures=2,
+    )
     import ray
 
     session_dir = ray._private.worker._global_node.get_session_dir_path()
@@ -249,8 +292,19 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_data, tmp_path):
 
 
 def test_flat_keys_set_the_composed_loss_and_optimiser_configs():
-    cfg = build_config(TrainConfig, None, ["data=d", "d_coef=0.4", "lr=1e-3", "value_d_coef=0.2",
-                                           "compile=true", "precision=bf16", "steps=10"])  # fmt: skip
+    cfg = build_config(
+        TrainConfig,
+        None,
+        [
+            "data=d",
+            "d_coef=0.4",
+            "lr=1e-3",
+            "value_d_coef=0.2",
+            "compile=true",
+            "precision=bf16",
+            "steps=10",
+        ],
+    )
     assert (cfg.loss.d_coef, cfg.loss.value_d_coef, cfg.optim.lr, cfg.optim.compile) == (
         0.4,
         0.2,
@@ -261,15 +315,20 @@ def test_flat_keys_set_the_composed_loss_and_optimiser_configs():
     assert build_config(TrainConfig).loss.d_coef == 0.45, "TrainConfig's own default of d_coef"
     assert build_config(TrainConfig, None, config_dict(cfg)) == cfg
     assert build_config(TrainConfig, None, config_dict(cfg, flat=False)) == cfg
-    with pytest.raises(ValueError, match="^unknown config key 'd_cof' for TrainConfig; known: "):
+    with pytest.raises(
+        ValueError, match="^unknown config key 'd_cof' for TrainConfig; did you mean 'd_coef'"
+    ):
         build_config(TrainConfig, None, ["d_cof=0.4"])
     with pytest.raises(ValueError, match="^lr: expected float"):
         build_config(TrainConfig, None, ["lr=fast"])
 
 
 def test_the_periodic_evaluation_plans_and_acts_as_configured():
-    cfg = build_config(TrainConfig, None, ["data=d", "eval_planner=iterations=2,num_samples=128",
-                                           "eval_mode=false"])  # fmt: skip
+    cfg = build_config(
+        TrainConfig,
+        None,
+        ["data=d", "eval_planner=iterations=2,num_samples=128", "eval_mode=false"],
+    )
     kwargs = cfg.eval_kwargs()
     assert kwargs["planner"] == PlannerConfig(iterations=2, num_samples=128)
     assert kwargs["eval_mode"] is False
@@ -326,8 +385,14 @@ def test_a_bf16_teacher_answers_in_float32_close_to_fp32(ray_session):
     obs, action = torch.randn(64, 24, generator=gen), torch.rand(64, 6, generator=gen) * 2 - 1
     task = torch.randint(0, 30, (64,), generator=gen)
     terms = ("reward", "value", "policy")
-    full, half = (ray.get(teacher_pool(checkpoint, "cd" * 32, num_gpus=0.0, precision=p)
-                          .outputs(obs, action, task, terms)) for p in ("fp32", "bf16"))  # fmt: skip
+    full, half = (
+        ray.get(
+            teacher_pool(checkpoint, "cd" * 32, num_gpus=0.0, precision=p).outputs(
+                obs, action, task, terms
+            )
+        )
+        for p in ("fp32", "bf16")
+    )
     for term in terms:  # bf16 keeps 8 bits: single entries may be off by a few %, not the whole
         assert half[term].dtype == torch.float32
         error = (half[term] - full[term]).abs().mean() / full[term].abs().mean()

@@ -15,7 +15,12 @@ from tdmpc_ray.train.losses import LossConfig
 from tdmpc_ray.train.update import Learner, OptimConfig, compile_options, read_metrics
 from tests.helpers import near_deterministic
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]  # fmt: skip
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    ),
+]
 SMALL = {"enc_dim": 64, "mlp_dim": 64, "latent_dim": 32}
 """A student small enough to compile quickly; the graph is the 1M student's."""
 
@@ -54,8 +59,12 @@ def _assert_same_state(a: Learner, b: Learner, atol: float, rtol: float) -> None
         ):
             for key in ("exp_avg", "exp_avg_sq", "step"):
                 torch.testing.assert_close(
-                    pb[key].float(), pa[key].float().to(pb[key].device), atol=atol, rtol=rtol, msg=f"{name} {key}"
-                )  # fmt: skip
+                    pb[key].float(),
+                    pa[key].float().to(pb[key].device),
+                    atol=atol,
+                    rtol=rtol,
+                    msg=f"{name} {key}",
+                )
     torch.testing.assert_close(b.scale.value, a.scale.value, atol=atol, rtol=rtol)
 
 
@@ -83,11 +92,13 @@ def test_compiled_updates_use_cuda_graphs_on_cuda_and_torchs_random_draws_on_cpu
     static = {"dynamic": False}  # one graph per batch size, never a dynamic-shape one
     assert compile_options(on, torch.device("cuda")) == {"mode": "reduce-overhead", **static}
     assert compile_options(on, torch.device("cpu")) == {
-        "options": {"fallback_random": True}, **static
+        "options": {"fallback_random": True},
+        **static,
     }
     chosen = OptimConfig(compile=True, compile_mode="max-autotune-no-cudagraphs")
     assert compile_options(chosen, torch.device("cuda")) == {
-        "mode": "max-autotune-no-cudagraphs", **static
+        "mode": "max-autotune-no-cudagraphs",
+        **static,
     }
 
 
@@ -129,8 +140,13 @@ def _rank_update(rank: int, world: int, init_file: str, batch: Batch, out: str) 
     torch.set_num_threads(1)
     share = batch.obs.shape[1] // world
     part = slice(rank * share, (rank + 1) * share)
-    local = Batch(batch.obs[:, part], batch.action[:, part], batch.reward[:, part], batch.task[part],
-                  {k: v[:, part] for k, v in batch.teacher.items()})  # fmt: skip
+    local = Batch(
+        batch.obs[:, part],
+        batch.action[:, part],
+        batch.reward[:, part],
+        batch.task[part],
+        {k: v[:, part] for k, v in batch.teacher.items()},
+    )
     learner = _learner("cpu", OptimConfig(compile=True), deterministic=True, dropout=0.0)
     with torch._inductor.config.patch(fallback_random=True):
         for step in range(2):

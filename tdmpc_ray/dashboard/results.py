@@ -182,8 +182,9 @@ def scores(evaluations: dict[float, dict]) -> dict:
     """A trial's score fields from its evaluations by step: the curve with intervals, the
     latest and best scores, and the latest evaluation's episodes, per-task scores and file."""
     steps = sorted(evaluations)
-    curve = [[s, evaluations[s]["score"], evaluations[s]["low"], evaluations[s]["high"]]
-             for s in steps]  # fmt: skip
+    curve = [
+        [s, evaluations[s]["score"], evaluations[s]["low"], evaluations[s]["high"]] for s in steps
+    ]
     latest = evaluations[steps[-1]] if steps else {}
     best = max(curve, key=lambda point: point[1]) if curve else [None, None]
     return {
@@ -352,10 +353,14 @@ class ResultsReader:
         payload["varying"], payload["shared"] = split_config([t["config"] for t in trials])
         payload["scratch"] = [t["id"] for t in trials if t["scratch"]]
         records = [
-            {"trial": t["id"], "config": {k: t["params"].get(k) for k in swept},
-             "scratch": t["scratch"], "evals": t.pop("evals")}
+            {
+                "trial": t["id"],
+                "config": {k: t["params"].get(k) for k in swept},
+                "scratch": t["scratch"],
+                "evals": t.pop("evals"),
+            }
             for t in trials
-        ]  # fmt: skip
+        ]
         comparisons = against_scratch(records, swept, self._load, self._comparisons)
         for t in trials:
             t["vs_scratch"] = comparisons.get(t["id"])

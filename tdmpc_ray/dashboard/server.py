@@ -38,8 +38,10 @@ _LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 _STYLE_TAG = '<link rel="stylesheet" href="static/style.css">'
 _SCRIPT_TAG = '<script src="static/app.js"></script>'
 _CHARSET_TAG = '<meta charset="utf-8">'
-CSP = ("default-src 'none'; script-src {scripts}; style-src {styles}; img-src data:; "
-       "connect-src 'self'; base-uri 'none'; form-action 'none'")  # fmt: skip
+CSP = (
+    "default-src 'none'; script-src {scripts}; style-src {styles}; img-src data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'"
+)
 """The Content-Security-Policy: only the page's own script and stylesheet, no other origin."""
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",

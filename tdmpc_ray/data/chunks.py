@@ -152,12 +152,14 @@ def check_episodes(episodes: Mapping[str, np.ndarray], first: int, num_tasks: in
         (f"task id {{value}} is outside [0, {num_tasks})", (task < 0) | (task >= num_tasks)),
         ("task id changes within the episode (to {value})", task != task[:, :1]),
         ("NaN or inf in obs", ~np.isfinite(episodes["obs"]).all(axis=2)),
-        ("action is not NaN (no action leads to the first observation)",
-         ~np.isnan(action).all(axis=2) & step0),
+        (
+            "action is not NaN (no action leads to the first observation)",
+            ~np.isnan(action).all(axis=2) & step0,
+        ),
         ("reward is not NaN (no reward leads to the first observation)", ~np.isnan(reward) & step0),
         ("NaN or inf in action", action_bad & ~step0),
         ("NaN or inf in reward", reward_bad & ~step0),
-    )  # fmt: skip
+    )
     bad = np.stack([mask.any(axis=1) for _, mask in checks])
     if not bad.any():
         return None

@@ -60,8 +60,15 @@ def _label(args: argparse.Namespace) -> int:
     if (args.planner or args.seed is not None) and not args.mpc:
         raise ValueError("--planner and --seed set the planner labels: they need --mpc")
     planner = build_config(PlannerConfig, overrides=args.planner or []) if args.mpc else None
-    summary = label(args.data, args.teacher, args.out, args.batch_episodes, args.num_actors,
-                    planner=planner, seed=args.seed or 0)  # fmt: skip
+    summary = label(
+        args.data,
+        args.teacher,
+        args.out,
+        args.batch_episodes,
+        args.num_actors,
+        planner=planner,
+        seed=args.seed or 0,
+    )
     print(summary.format())
     return 0
 
@@ -84,9 +91,11 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         help="episodes per part file (default %(default)s)",
     )
     p.add_argument(
-        "--task-set", choices=("mt30", "mt80"), default="mt30",
+        "--task-set",
+        choices=("mt30", "mt80"),
+        default="mt30",
         help="task set of the chunks: task ids index it (default %(default)s)",
-    )  # fmt: skip
+    )
     p.set_defaults(handler=_convert)
 
 

@@ -165,9 +165,13 @@ class PartLabeler:
         if self.planner is not None:
             cfg = PlannerConfig(**self.planner["config"])
             teacher["planner"] = planner_labels(
-                self.model, cfg, self.planner["seed"], arrays["obs"], arrays["task"],
+                self.model,
+                cfg,
+                self.planner["seed"],
+                arrays["obs"],
+                arrays["task"],
                 arrays["episode_id"],
-            )  # fmt: skip
+            )
         meta = dataclasses.replace(part.meta, teacher_checkpoint=self.digest)
         table = episodes_to_table(
             meta,
@@ -245,9 +249,14 @@ class LabelSummary:
             f"(sha256 {self.teacher_checkpoint[:16]}...) on "
             f"{f'{self.num_gpus:g} GPU per actor' if self.num_gpus else 'CPU'}"
             + (f"; {skipped} part(s) were already labelled by it" if skipped else ""),
-            *([f"with planner labels: seed {self.planner['seed']}, MPPI "
-               + " ".join(f"{k}={v}" for k, v in self.planner["config"].items() if k != "mpc")]
-              if self.planner else []),  # fmt: skip
+            *(
+                [
+                    f"with planner labels: seed {self.planner['seed']}, MPPI "
+                    + " ".join(f"{k}={v}" for k, v in self.planner["config"].items() if k != "mpc")
+                ]
+                if self.planner
+                else []
+            ),
             f"{'id':>3} {'task':<25} {'transitions':>13} {'reward':>8} {'teacher':>8} {'|diff|':>8}",
         ]
         for task, t in sorted(self.totals.items()):
@@ -382,8 +391,9 @@ def label(
     written, num_bytes = 0, 0
     total = sum(p.num_episodes for p in todo)
     with tqdm(total=total, unit="episode", desc="label", disable=not progress) as bar:
-        for row in _label_rows(todo, dst, teacher, meta.task_set, digest, info, batch_episodes,
-                               num_actors, num_gpus):  # fmt: skip
+        for row in _label_rows(
+            todo, dst, teacher, meta.task_set, digest, info, batch_episodes, num_actors, num_gpus
+        ):
             written += 1
             num_bytes += int(row["num_bytes"])
             for task, sums in json.loads(row["totals"]).items():
@@ -427,7 +437,7 @@ def _label_rows(
             digest,
             info,
             batch_episodes,
-        ),  # fmt: skip
+        ),
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=1,

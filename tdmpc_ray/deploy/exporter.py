@@ -150,10 +150,12 @@ def _quiet_onnx_tools() -> Iterator[None]:
     program is checked against the fp32 module without it) and a FutureWarning torch raises
     inside its own exporter."""
     notices = (
-        (logging.getLogger("torch.onnx._internal.exporter._registration"),
-         _DropNotice("torchvision is not installed")),
+        (
+            logging.getLogger("torch.onnx._internal.exporter._registration"),
+            _DropNotice("torchvision is not installed"),
+        ),
         (logging.getLogger(), _DropNotice("Please consider to run pre-processing")),
-    )  # fmt: skip
+    )
     for logger, notice in notices:
         logger.addFilter(notice)
     try:

@@ -96,10 +96,16 @@ PT2_OPS = frozenset(
 """The operators a `.pt2` program may call: those `export_controller` emits (pure tensor math).
 Anything else (a Python callable, a file-reading op like `aten.from_file`) is refused."""
 _PT2_FIXED = {
-    "archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id",
-    "models/model.json", "data/sample_inputs/model.pt",
-    "data/weights/model_weights_config.json", "data/constants/model_constants_config.json",
-}  # fmt: skip
+    "archive_format",
+    "archive_version",
+    "byteorder",
+    ".data/version",
+    ".data/serialization_id",
+    "models/model.json",
+    "data/sample_inputs/model.pt",
+    "data/weights/model_weights_config.json",
+    "data/constants/model_constants_config.json",
+}
 _PT2_PAYLOAD = re.compile(r"data/weights/weight_\d+|data/constants/tensor_\d+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _MANIFEST_LIMIT = 16 << 20
@@ -240,8 +246,10 @@ def check_pt2(data: bytes, path: str | Path) -> None:
     if foreign or "models/model.json" not in names:
         raise ControllerError(f"{path}: unexpected entry {(foreign or ['(no model)'])[0]}")
     try:
-        for config in ("data/weights/model_weights_config.json",
-                       "data/constants/model_constants_config.json"):  # fmt: skip
+        for config in (
+            "data/weights/model_weights_config.json",
+            "data/constants/model_constants_config.json",
+        ):
             entries = json.loads(reader.read_string(config))["config"] if config in names else {}
             if any(e["use_pickle"] is not False for e in entries.values()):
                 raise ControllerError(f"{path}: {config} stores pickled tensors (code could run)")
@@ -298,8 +306,9 @@ def check_onnx(data: bytes, path: str | Path) -> None:
             continue
         for attr in nodes.pop().attribute:
             tensors += [attr.t, *attr.tensors]
-            tensors += [t for s in (attr.sparse_tensor, *attr.sparse_tensors)
-                        for t in (s.values, s.indices)]  # fmt: skip
+            tensors += [
+                t for s in (attr.sparse_tensor, *attr.sparse_tensors) for t in (s.values, s.indices)
+            ]
             graphs += [attr.g, *attr.graphs]
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
         raise ControllerError(f"{path}: reads tensors from external files (refused)")

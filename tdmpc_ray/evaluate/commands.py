@@ -46,8 +46,9 @@ def _planner_options(parser: argparse.ArgumentParser) -> None:
         else:
             kind = float if hints[f.name] is float else int
             help_text = _FLAG_HELP.get(f.name, "default %(default)s")
-            group.add_argument(flag, type=kind, default=default, metavar=kind.__name__.upper(),
-                               help=help_text)  # fmt: skip
+            group.add_argument(
+                flag, type=kind, default=default, metavar=kind.__name__.upper(), help=help_text
+            )
 
 
 def eval_config(args: argparse.Namespace, video_dir: str | None = None) -> EvalConfig:
@@ -115,10 +116,14 @@ def _compare(args: argparse.Namespace) -> int:
     out = Path(args.out or _default_out(f"{names[0]}-vs-{names[1]}", "compare"))
     todo = [side for side in inputs if side not in results]
     evaluated = evaluate_checkpoints(
-        [inputs[side] for side in todo], args.tasks, args.episodes, args.num_actors,
-        eval_config(args), progress=True,
+        [inputs[side] for side in todo],
+        args.tasks,
+        args.episodes,
+        args.num_actors,
+        eval_config(args),
+        progress=True,
         labels=[f"{side.upper()} = {names['ab'.index(side)]}" for side in todo],
-    )  # fmt: skip
+    )
     paths = []
     for side, result in zip(todo, evaluated, strict=True):
         results[side] = result
@@ -148,17 +153,22 @@ def eval_options(p: argparse.ArgumentParser) -> None:
     """The options of an evaluation run (tasks, episodes, actors, seed, acting, planner), shared
     by every verb that evaluates checkpoints."""
     p.add_argument(
-        "--tasks", default="mt30", metavar="NAMES",
+        "--tasks",
+        default="mt30",
+        metavar="NAMES",
         help="a task set (mt30) or comma-separated task names (default %(default)s)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--episodes", type=int, default=10, metavar="INT", help="per task (default %(default)s)"
     )
     p.add_argument(
-        "--num-actors", type=int, default=None, metavar="INT",
+        "--num-actors",
+        type=int,
+        default=None,
+        metavar="INT",
         help="rollout actors (default: as many as the CPUs allow at --cpus-per-actor each, at "
         "most one per job; the run says how many work)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--envs-per-actor",
         type=int,
@@ -168,10 +178,13 @@ def eval_options(p: argparse.ArgumentParser) -> None:
         "for MPPI on CPU, 10 on GPU or with --no-mpc)",
     )
     p.add_argument(
-        "--cpus-per-actor", type=float, default=EvalConfig.cpus_per_actor, metavar="FLOAT",
+        "--cpus-per-actor",
+        type=float,
+        default=EvalConfig.cpus_per_actor,
+        metavar="FLOAT",
         help="CPUs Ray reserves for each actor; it plans with that many torch threads "
         "(default %(default)s)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--gpus-per-actor",
         type=float,
@@ -181,9 +194,12 @@ def eval_options(p: argparse.ArgumentParser) -> None:
         "its environments in one pass on it (default %(default)s: CPU)",
     )
     p.add_argument(
-        "--seed", type=int, default=EvalConfig.seed, metavar="INT",
+        "--seed",
+        type=int,
+        default=EvalConfig.seed,
+        metavar="INT",
         help="run seed (default %(default)s)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--eval-mode",
         action=argparse.BooleanOptionalAction,
@@ -208,8 +224,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="score a checkpoint on MT30 tasks with parallel rollout actors",
         description="Run episodes of each task on Ray rollout actors (each steps several "
         "environments in lockstep with one batched plan per step) and write per-task returns, "
-        "env seeds and the normalized score and IQM with their 95% intervals (or \"too few "
-        "episodes for an interval\") to eval.json and eval.csv.",
+        'env seeds and the normalized score and IQM with their 95% intervals (or "too few '
+        'episodes for an interval") to eval.json and eval.csv.',
     )
     p.add_argument(
         "--checkpoint",

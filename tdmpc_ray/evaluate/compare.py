@@ -182,7 +182,9 @@ def format_comparison(report: dict) -> str:
         diff = Interval(**row["difference"]).format(1)
         lines.append(f"{task:<26} {row['episodes']:>8} {row['a']:9.1f} {row['b']:9.1f} {diff:>30}")
     pairing, boot = report["pairing"], report["intervals"]
-    units = f"{pairing['tasks']} tasks x {pairing['episodes_per_task']} episodes on the same env seeds"
+    units = (
+        f"{pairing['tasks']} tasks x {pairing['episodes_per_task']} episodes on the same env seeds"
+    )
     if pairing["pairs"] > 1:
         units = f"{pairing['pairs']} seed pairs as the units, each {units}"
     lines += [

@@ -21,8 +21,17 @@ from tdmpc_ray.atomic import atomic_path
 from tdmpc_ray.evaluate.rollout import EpisodeResult, EpisodeSpec
 
 FORMAT = 1
-EPISODE_KEYS = ("seed", "task", "task_id", "episode", "attempt", "return", "length", "success",
-                "job")  # fmt: skip
+EPISODE_KEYS = (
+    "seed",
+    "task",
+    "task_id",
+    "episode",
+    "attempt",
+    "return",
+    "length",
+    "success",
+    "job",
+)
 
 
 class EpisodeRecord:
@@ -58,10 +67,13 @@ class EpisodeRecord:
             try:
                 row = json.loads(line)
                 result = EpisodeResult(
-                    EpisodeSpec(row["seed"], row["task"], row["task_id"], row["episode"],
-                                row["attempt"]),
-                    float(row["return"]), int(row["length"]), float(row["success"]),
-                )  # fmt: skip
+                    EpisodeSpec(
+                        row["seed"], row["task"], row["task_id"], row["episode"], row["attempt"]
+                    ),
+                    float(row["return"]),
+                    int(row["length"]),
+                    float(row["success"]),
+                )
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 if number < len(lines):
                     raise ValueError(f"{self.path}: line {number} is not an episode") from None
@@ -91,8 +103,17 @@ class EpisodeRecord:
         """Record a finished episode of job `job` (its return, length and spec; not its
         video)."""
         spec = result.spec
-        values = (spec.seed, spec.task, spec.task_id, spec.episode, spec.attempt,
-                  float(result.ret), result.length, float(result.success), job)  # fmt: skip
+        values = (
+            spec.seed,
+            spec.task,
+            spec.task_id,
+            spec.episode,
+            spec.attempt,
+            float(result.ret),
+            result.length,
+            float(result.success),
+            job,
+        )
         self._write_line(dict(zip(EPISODE_KEYS, values, strict=True)))
         self.results[(spec.task, spec.episode)] = (result, job)
 

@@ -11,8 +11,20 @@ from pathlib import Path
 from tdmpc_ray.atomic import atomic_path, write_json
 from tdmpc_ray.evaluate.stats import NEEDS, Interval
 
-CSV_FIELDS = ("task", "task_id", "episodes", "mean_return", "mean_return_low", "mean_return_high",
-              "std_return", "score", "score_low", "score_high", "returns", "env_seeds")  # fmt: skip
+CSV_FIELDS = (
+    "task",
+    "task_id",
+    "episodes",
+    "mean_return",
+    "mean_return_low",
+    "mean_return_high",
+    "std_return",
+    "score",
+    "score_low",
+    "score_high",
+    "returns",
+    "env_seeds",
+)
 SCORE_FIELDS = ("normalized_score", "iqm")
 """Scores reported with their intervals as `<name>_low` / `<name>_high`."""
 
@@ -34,17 +46,36 @@ def write_results(result: dict, out_dir: str | Path) -> list[Path]:
         for task, row in result["tasks"].items():
             bounds = [row.get("mean_low"), row.get("mean_high")]
             writer.writerow(
-                [task, row["task_id"], len(row["returns"]), _num(row["mean"]),
-                 *map(_num, bounds), _num(row["std"]), _num(row["mean"] / 10),
-                 *(_num(b / 10 if b is not None else None) for b in bounds),
-                 " ".join(f"{r:.4f}" for r in row["returns"]),
-                 " ".join(str(s) for s in row["env_seeds"])]
-            )  # fmt: skip
+                [
+                    task,
+                    row["task_id"],
+                    len(row["returns"]),
+                    _num(row["mean"]),
+                    *map(_num, bounds),
+                    _num(row["std"]),
+                    _num(row["mean"] / 10),
+                    *(_num(b / 10 if b is not None else None) for b in bounds),
+                    " ".join(f"{r:.4f}" for r in row["returns"]),
+                    " ".join(str(s) for s in row["env_seeds"]),
+                ]
+            )
         for label, name in (("iqm", "iqm"), ("all", "normalized_score")):
             writer.writerow(
-                [label, "", result["episodes_run"], "", "", "", "", _num(result[name]),
-                 _num(result.get(f"{name}_low")), _num(result.get(f"{name}_high")), "", ""]
-            )  # fmt: skip
+                [
+                    label,
+                    "",
+                    result["episodes_run"],
+                    "",
+                    "",
+                    "",
+                    "",
+                    _num(result[name]),
+                    _num(result.get(f"{name}_low")),
+                    _num(result.get(f"{name}_high")),
+                    "",
+                    "",
+                ]
+            )
     return [json_path, csv_path]
 
 
@@ -55,8 +86,12 @@ def _num(value: float | None) -> str:
 def interval(result: dict, name: str) -> Interval:
     """The score `name` of a result (or of a row of its metrics) with its interval, or the
     reason it has none."""
-    return Interval(result[name], result.get(f"{name}_low"), result.get(f"{name}_high"),
-                    result.get(f"{name}_note"))  # fmt: skip
+    return Interval(
+        result[name],
+        result.get(f"{name}_low"),
+        result.get(f"{name}_high"),
+        result.get(f"{name}_note"),
+    )
 
 
 def training_metrics(result: dict) -> dict:

@@ -166,11 +166,16 @@ def evaluate(
         if not ray.is_initialized():
             ray.init(logging_level=logging.WARNING)
         pool = EvalPool(
-            _actors(num_actors, cfg, len(groups)), cfg.cpus_per_actor, env_vars=_actor_env(cfg),
+            _actors(num_actors, cfg, len(groups)),
+            cfg.cpus_per_actor,
+            env_vars=_actor_env(cfg),
             gpus_per_actor=cfg.gpus_per_actor,
-        )  # fmt: skip
-    steps = sum(min(episode_length(s.task), cfg.max_steps or episode_length(s.task))
-                for job in groups for s in job)  # fmt: skip
+        )
+    steps = sum(
+        min(episode_length(s.task), cfg.max_steps or episode_length(s.task))
+        for job in groups
+        for s in job
+    )
     bar = _TaskProgress(names, episodes, steps, progress, on_result, earlier, label)
     if groups:
         bar.write(_actors_line(num_actors, len(pool.actors), groups, cfg.envs_per_actor, label))
@@ -219,16 +224,23 @@ def _actors(requested: int | None, cfg: EvalConfig, jobs: int) -> int:
 
 
 def _actors_line(
-    requested: int | None, working: int, groups: Sequence[Sequence[EpisodeSpec]], size: int,
+    requested: int | None,
+    working: int,
+    groups: Sequence[Sequence[EpisodeSpec]],
+    size: int,
     label: str,
 ) -> str:
     """One line: how many actors work on how many jobs, and why fewer than asked for."""
     episodes = sum(len(job) for job in groups)
-    line = (f"{label}: {_count(episodes, 'episode')} in {_count(len(groups), 'job')} of up to "
-            f"{size} on {_count(working, 'actor')}")  # fmt: skip
+    line = (
+        f"{label}: {_count(episodes, 'episode')} in {_count(len(groups), 'job')} of up to "
+        f"{size} on {_count(working, 'actor')}"
+    )
     if requested is not None and working < requested:
-        line += (f" ({requested} asked for: one job per actor; --envs-per-actor sets the job "
-                 "size, and with it the planner noise)")  # fmt: skip
+        line += (
+            f" ({requested} asked for: one job per actor; --envs-per-actor sets the job "
+            "size, and with it the planner noise)"
+        )
     return line
 
 
@@ -267,11 +279,20 @@ def _record(
         return None
     if path is None:
         raise ValueError("an episode record needs the checkpoint as a file, not a model in memory")
-    planner = {k: v for k, v in dataclasses.asdict(cfg.planner).items()
-               if k not in ("compile", "env_block")}  # fmt: skip
-    identity = {"checkpoint_sha256": checkpoint_hash(path), "model": model.cfg.to_dict(),
-                "seed": cfg.seed, "eval_mode": cfg.eval_mode, "planner": planner,
-                "max_steps": cfg.max_steps, "device": "cuda" if cfg.gpus_per_actor else "cpu"}  # fmt: skip
+    planner = {
+        k: v
+        for k, v in dataclasses.asdict(cfg.planner).items()
+        if k not in ("compile", "env_block")
+    }
+    identity = {
+        "checkpoint_sha256": checkpoint_hash(path),
+        "model": model.cfg.to_dict(),
+        "seed": cfg.seed,
+        "eval_mode": cfg.eval_mode,
+        "planner": planner,
+        "max_steps": cfg.max_steps,
+        "device": "cuda" if cfg.gpus_per_actor else "cpu",
+    }
     return EpisodeRecord(record, identity)
 
 

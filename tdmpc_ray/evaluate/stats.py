@@ -245,8 +245,14 @@ def score_summary(returns: Returns, seed: int = SEED, reps: int = BOOTSTRAP_SAMP
         ("normalized_score", score_interval(returns)),
         ("iqm", iqm_interval(returns, seed, reps)),
     ):
-        fields.update({name: interval.value, f"{name}_low": interval.low,
-                       f"{name}_high": interval.high, f"{name}_note": interval.note})  # fmt: skip
+        fields.update(
+            {
+                name: interval.value,
+                f"{name}_low": interval.low,
+                f"{name}_high": interval.high,
+                f"{name}_note": interval.note,
+            }
+        )
     return {
         **fields,
         "episodes_per_task": min(len(r) for r in returns.values()),

@@ -279,8 +279,10 @@ def _check_against(model: WorldModel, sd: dict, path) -> None:
         raise CheckpointError(f"{path}: unexpected key {extra[0]} ({len(extra)} unexpected)")
     if "_action_masks" in sd and not torch.equal(sd["_action_masks"], expected["_action_masks"]):
         raise CheckpointError(f"{path}: _action_masks do not match task set {model.cfg.task_set}")
-    bounds = {"log_std_min": model.cfg.log_std_min,
-              "log_std_dif": model.cfg.log_std_max - model.cfg.log_std_min}  # fmt: skip
+    bounds = {
+        "log_std_min": model.cfg.log_std_min,
+        "log_std_dif": model.cfg.log_std_max - model.cfg.log_std_min,
+    }
     for key, value in bounds.items():
         if key in sd and float(sd[key]) != value:
             raise CheckpointError(f"{path}: {key} is {float(sd[key])}, expected {value}")

@@ -22,15 +22,19 @@ def _download(args: argparse.Namespace) -> int:
     if args.list:
         for entry in PUBLISHED:
             where = find_published(entry.name) or "not found locally"
-            print(f"{entry.name:<14} {entry.file:<31} {entry.size / 2**20:4.1f} MiB  "
-                  f"{entry.description}\n{'':<14} {where}")  # fmt: skip
+            print(
+                f"{entry.name:<14} {entry.file:<31} {entry.size / 2**20:4.1f} MiB  "
+                f"{entry.description}\n{'':<14} {where}"
+            )
         return 0
     paths = download(names, args.cache_dir, args.base_url, progress=True)
     print(f"\n{len(paths)} published student(s), sha256 checked:")
     for name, path in zip(names, paths, strict=True):
         print(f"  {published(name).name:<14} {path}")
-    print("use a name or a path wherever a checkpoint is expected, e.g. "
-          f"tdmpc-ray eval --checkpoint {published(names[0]).name}")  # fmt: skip
+    print(
+        "use a name or a path wherever a checkpoint is expected, e.g. "
+        f"tdmpc-ray eval --checkpoint {published(names[0]).name}"
+    )
     return 0
 
 

@@ -62,21 +62,27 @@ class PublishedCheckpoint:
 
 PUBLISHED = (
     PublishedCheckpoint(
-        "mt30-1M-fp16", "mt30_1M_steps_045dist_fp16.pt", 3_982_258,
+        "mt30-1M-fp16",
+        "mt30_1M_steps_045dist_fp16.pt",
+        3_982_258,
         "3e35489756abf6e0e244371698d063487f70ffb5d109e3d8c84ae7dda5955bfb",
         "all float16; paper's MT30 score 28.45 (fp32 original 28.12)",
     ),
     PublishedCheckpoint(
-        "mt30-1M-mixed", "mt30_1M_steps_045dist_mixed.pt", 2_873_651,
+        "mt30-1M-mixed",
+        "mt30_1M_steps_045dist_mixed.pt",
+        2_873_651,
         "49135a1f5d763a3bbab36634b9736c2cc8e79701ac35664dcb3fbdf4c1bf9e53",
         "Q ensemble torch.qint8 (scale 1.0), rest float16; paper's score 13.53",
     ),
     PublishedCheckpoint(
-        "mt30-1M-int8", "mt30_1M_steps_045dist_int8.pt", 2_001_650,
+        "mt30-1M-int8",
+        "mt30_1M_steps_045dist_int8.pt",
+        2_001_650,
         "2c8193a0efd62f8aff00f0f998935e25ddbda0a9946ab3de20aa047430907c09",
         "all torch.qint8 (scale 1.0); paper's score 5.09",
     ),
-)  # fmt: skip
+)
 """The paper's 1M MT30 students (distilled from the 317M teacher, 1M steps, d_coef 0.45)."""
 
 
@@ -250,9 +256,15 @@ def _transfer(
                 raise DownloadError(f"{url}: server sent bytes from {start}, asked from {have}")
             with (
                 _open_part(part, append=bool(start)) as f,
-                tqdm(total=size, initial=start, unit="B", unit_scale=True, desc=desc,
-                     disable=not progress) as bar,
-            ):  # fmt: skip
+                tqdm(
+                    total=size,
+                    initial=start,
+                    unit="B",
+                    unit_scale=True,
+                    desc=desc,
+                    disable=not progress,
+                ) as bar,
+            ):
                 left = size - start
                 while block := response.read(min(1 << 16, left + 1)):
                     if len(block) > left:

@@ -118,10 +118,12 @@ def _param_space(spec: SweepSpec, experiment: str) -> dict:
     for key, dist in spec.space.items():
         kind, values = next(iter(dist.items()))
         space[key] = {
-            "grid": lambda v: tune.grid_search(v), "choice": lambda v: tune.choice(v),
-            "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
+            "grid": lambda v: tune.grid_search(v),
+            "choice": lambda v: tune.choice(v),
+            "uniform": lambda v: tune.uniform(*v),
+            "loguniform": lambda v: tune.loguniform(*v),
             "randint": lambda v: tune.randint(*v),
-        }[kind](values)  # fmt: skip
+        }[kind](values)
     return space
 
 
@@ -130,10 +132,20 @@ def _shared_teachers(spec: SweepSpec) -> list:
     (each teacher was checked, and a published name fetched, by `check_inputs`; its sha256 is
     computed once here)."""
     configs = [c.resolved() for c in spec.trial_configs() if c.distilling]
-    teachers = {(c.teacher, c.teacher_sha256, c.task_set, c.teacher_replicas, c.optim.precision):
-                c.teacher_gpus for c in configs}  # fmt: skip
-    return [teacher_pool(path, digest, task_set, gpus, replicas, precision)
-            for (path, digest, task_set, replicas, precision), gpus in sorted(teachers.items())]  # fmt: skip
+    teachers = {
+        (
+            c.teacher,
+            c.teacher_sha256,
+            c.task_set,
+            c.teacher_replicas,
+            c.optim.precision,
+        ): c.teacher_gpus
+        for c in configs
+    }
+    return [
+        teacher_pool(path, digest, task_set, gpus, replicas, precision)
+        for (path, digest, task_set, replicas, precision), gpus in sorted(teachers.items())
+    ]
 
 
 def asha(options: dict) -> ASHAScheduler:
@@ -202,7 +214,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
                 num_samples=spec.num_samples,
                 scheduler=scheduler,
                 max_concurrent_trials=concurrency,
-            ),  # fmt: skip
+            ),
             run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=verbose),
         )
     with tune_environment():

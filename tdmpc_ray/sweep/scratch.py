@@ -23,8 +23,17 @@ from tdmpc_ray.train.losses import DISTILL_TERMS
 
 COEFFICIENTS = tuple(term.coef for term in DISTILL_TERMS.values())
 """The coefficient key of every distillation term (the registry's)."""
-DISTILL_KEYS = ("recipe", "teacher", "teacher_gpus", "teacher_replicas", "teacher_sha256",
-                *COEFFICIENTS, "latent_bridge", "pca_samples", "distill_all_steps")  # fmt: skip
+DISTILL_KEYS = (
+    "recipe",
+    "teacher",
+    "teacher_gpus",
+    "teacher_replicas",
+    "teacher_sha256",
+    *COEFFICIENTS,
+    "latent_bridge",
+    "pca_samples",
+    "distill_all_steps",
+)
 """Settings a scratch trial ignores: a trial and its baseline may differ in these."""
 NAMES = ("trial", "scratch")
 
@@ -143,8 +152,11 @@ def pooled_over_seeds(
             if finals:
                 results = [load(f) for f in finals]
                 episodes = min(len(r["returns"]) for res in results for r in res["tasks"].values())
-                entry["score"] = {**score_summary(run_means(results)), "runs": len(results),
-                                  "episodes_per_task": episodes}  # fmt: skip
+                entry["score"] = {
+                    **score_summary(run_means(results)),
+                    "runs": len(results),
+                    "episodes_per_task": episodes,
+                }
         except (ValueError, OSError, KeyError) as err:
             entry["score_error"] = str(err)
         partners = [
@@ -180,16 +192,26 @@ def between_groups(trials: Sequence[Trial], keys: Sequence[str], load: Load) -> 
                 partners.append((seed, step, first["evals"][step], second["evals"][step]))
         if not partners:
             continue
-        entry = {"a": dict(zip(others, a, strict=True)), "b": dict(zip(others, b, strict=True)),
-                 "seeds": [p[0] for p in partners], "steps": sorted({p[1] for p in partners})}  # fmt: skip
+        entry = {
+            "a": dict(zip(others, a, strict=True)),
+            "b": dict(zip(others, b, strict=True)),
+            "seeds": [p[0] for p in partners],
+            "steps": sorted({p[1] for p in partners}),
+        }
         try:
             report = compare_results([(load(p[2]), load(p[3])) for p in partners])
         except (ValueError, OSError, KeyError) as err:
             entry["error"] = f"{'/'.join(a)} vs {'/'.join(b)}: {err}"
         else:
-            fields = ("difference", "probability_of_improvement", "verdict", "episodes_per_task",
-                      "tasks")  # fmt: skip
-            entry.update(scores={"a": report["a"], "b": report["b"]},
-                         **{k: report[k] for k in fields})  # fmt: skip
+            fields = (
+                "difference",
+                "probability_of_improvement",
+                "verdict",
+                "episodes_per_task",
+                "tasks",
+            )
+            entry.update(
+                scores={"a": report["a"], "b": report["b"]}, **{k: report[k] for k in fields}
+            )
         pairs.append(entry)
     return pairs

@@ -136,10 +136,11 @@ def _check_recipes(path: Path, recipes: dict, space: dict) -> dict[str, dict]:
                 why = "is also searched in space" if key in space else "is not a training setting"
                 raise ValueError(f"{path}: recipe {name!r}: {key!r} {why}")
     return {
-        str(name): {k: _local_path(v, path.parent) if k in PATH_KEYS else v
-                    for k, v in settings.items()}
+        str(name): {
+            k: _local_path(v, path.parent) if k in PATH_KEYS else v for k, v in settings.items()
+        }
         for name, settings in recipes.items()
-    }  # fmt: skip
+    }
 
 
 def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> SweepSpec:

@@ -23,10 +23,23 @@ from tdmpc_ray.train.losses import DISTILL_TERMS
 RUN_FILE = "run.json"
 """Each trial's run record (its effective config and recipe), in its run folder."""
 
-CURVE_METRICS = ("total_loss", "consistency_loss", "reward_loss", "value_loss", "pi_loss",
-                 *(term.metric for term in DISTILL_TERMS.values()), "updates_per_s")  # fmt: skip
-SCORE_METRICS = ("normalized_score", "normalized_score_low", "normalized_score_high", "iqm",
-                 "iqm_low", "iqm_high")  # fmt: skip
+CURVE_METRICS = (
+    "total_loss",
+    "consistency_loss",
+    "reward_loss",
+    "value_loss",
+    "pi_loss",
+    *(term.metric for term in DISTILL_TERMS.values()),
+    "updates_per_s",
+)
+SCORE_METRICS = (
+    "normalized_score",
+    "normalized_score_low",
+    "normalized_score_high",
+    "iqm",
+    "iqm_low",
+    "iqm_high",
+)
 
 
 def _finite(value) -> bool:
@@ -86,8 +99,11 @@ def summarize(grid, spec: SweepSpec, experiment: str) -> dict:
     for result in grid:
         rows = _history(result)
         evaluations = _evaluations(rows)
-        evals = {step: row["eval_file"] for step, row in evaluations.items()
-                 if isinstance(row.get("eval_file"), str)}  # fmt: skip
+        evals = {
+            step: row["eval_file"]
+            for step, row in evaluations.items()
+            if isinstance(row.get("eval_file"), str)
+        }
         last = evaluations[max(evaluations)] if evaluations else {}
         metrics = result.metrics or {}
         checkpoint = metrics.get("checkpoint_path")
@@ -110,10 +126,11 @@ def summarize(grid, spec: SweepSpec, experiment: str) -> dict:
             "run_dir": run_dir,
             "scratch": is_scratch(result.config or {}, run),
             "eval_files": {str(step): file for step, file in evals.items()},
-        }  # fmt: skip
+        }
         trials.append(trial)
-        records.append({"trial": trial["trial"], "config": config, "scratch": trial["scratch"],
-                        "evals": evals})  # fmt: skip
+        records.append(
+            {"trial": trial["trial"], "config": config, "scratch": trial["scratch"], "evals": evals}
+        )
     comparisons = against_scratch(records, keys, load)
     for trial in trials:
         trial["vs_scratch"] = comparisons.get(trial["trial"])
@@ -150,8 +167,14 @@ def group_over_seeds(summary: dict, pooled: dict[tuple, dict] | None = None) -> 
         n = len(scores)
         mean = sum(scores) / n if n else None
         std = (sum((s - mean) ** 2 for s in scores) / (n - 1)) ** 0.5 if n > 1 else None
-        group = {**dict(zip(keys, values, strict=True)), "n": n, "mean": mean, "std": std,
-                 "min": min(scores, default=None), "max": max(scores, default=None)}  # fmt: skip
+        group = {
+            **dict(zip(keys, values, strict=True)),
+            "n": n,
+            "mean": mean,
+            "std": std,
+            "min": min(scores, default=None),
+            "max": max(scores, default=None),
+        }
         if pooled is not None:
             entry = pooled.get(values, {})
             group["pooled"] = entry.get("score")

@@ -11,26 +11,49 @@ def format_table(summary: dict) -> str:
     """The trials as a fixed-width table, best first: the last evaluation's score with its 95%
     interval, and A - scratch with its interval and P(A > scratch) where there is a scratch
     trial."""
-    columns = ["trial", *summary["space"], "status", "step", "score [95% interval]", "episodes",
-               "vs scratch [95% interval]", "P(> scratch)", "updates_per_s"]  # fmt: skip
+    columns = [
+        "trial",
+        *summary["space"],
+        "status",
+        "step",
+        "score [95% interval]",
+        "episodes",
+        "vs scratch [95% interval]",
+        "P(> scratch)",
+        "updates_per_s",
+    ]
     rows = [
-        {**t, "score [95% interval]": _score_cell(t), "episodes": t.get("eval_episodes"),
-         **_scratch_cells(t.get("vs_scratch"), t.get("scratch"))}
+        {
+            **t,
+            "score [95% interval]": _score_cell(t),
+            "episodes": t.get("eval_episodes"),
+            **_scratch_cells(t.get("vs_scratch"), t.get("scratch")),
+        }
         for t in summary["trials"]
-    ]  # fmt: skip
+    ]
     return _fixed_width(columns, rows)
 
 
 def format_groups(summary: dict) -> str:
     """Scores pooled over seeds (`group_over_seeds`) as a fixed-width table."""
     columns = [k for k in summary["space"] if k != "seed"] + [
-        "n", "mean", "std", "min", "max", "pooled score [95% interval]",
-        "vs scratch [95% interval]", "P(> scratch)"]  # fmt: skip
+        "n",
+        "mean",
+        "std",
+        "min",
+        "max",
+        "pooled score [95% interval]",
+        "vs scratch [95% interval]",
+        "P(> scratch)",
+    ]
     rows = [
-        {**g, "pooled score [95% interval]": _score_cell(g.get("pooled")),
-         **_scratch_cells(g.get("vs_scratch"), False)}
+        {
+            **g,
+            "pooled score [95% interval]": _score_cell(g.get("pooled")),
+            **_scratch_cells(g.get("vs_scratch"), False),
+        }
         for g in summary["groups"]
-    ]  # fmt: skip
+    ]
     return _fixed_width(columns, rows)
 
 
@@ -41,14 +64,21 @@ def format_pairs(summary: dict) -> str:
     columns = ["A", "B", "seeds", "A - B [95% interval]", "P(A > B)", "verdict"]
     rows = []
     for pair in summary.get("pairs", []):
-        row = {"A": "/".join(str(pair["a"][k]) for k in keys),
-               "B": "/".join(str(pair["b"][k]) for k in keys), "seeds": len(pair["seeds"])}  # fmt: skip
+        row = {
+            "A": "/".join(str(pair["a"][k]) for k in keys),
+            "B": "/".join(str(pair["b"][k]) for k in keys),
+            "seeds": len(pair["seeds"]),
+        }
         if "error" in pair:
             row["verdict"] = "error: " + pair["error"]
         else:
-            row.update({"A - B [95% interval]": Interval(**pair["difference"]).format(),
-                        "P(A > B)": Interval(**pair["probability_of_improvement"]).format(),
-                        "verdict": pair["verdict"]})  # fmt: skip
+            row.update(
+                {
+                    "A - B [95% interval]": Interval(**pair["difference"]).format(),
+                    "P(A > B)": Interval(**pair["probability_of_improvement"]).format(),
+                    "verdict": pair["verdict"],
+                }
+            )
         rows.append(row)
     return _fixed_width(columns, rows)
 

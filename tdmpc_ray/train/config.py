@@ -142,10 +142,17 @@ class TrainConfig:
     def eval_kwargs(self) -> dict:
         """Arguments of `validate_checkpoint` for this run's periodic evaluation (results kept in
         the run's folder, `<out>/<run name>/evals/`)."""
-        return {"tasks": self.eval_tasks, "episodes": self.eval_episodes, "actors": self.eval_actors,
-                "planner": self.eval_planner_config(), "eval_mode": self.eval_mode,
-                "max_steps": self.eval_max_steps, "seed": self.seed, "cpus": self.eval_cpus,
-                "evals_dir": f"{absolute(self.out).rstrip('/')}/{self.run_name()}/evals"}  # fmt: skip
+        return {
+            "tasks": self.eval_tasks,
+            "episodes": self.eval_episodes,
+            "actors": self.eval_actors,
+            "planner": self.eval_planner_config(),
+            "eval_mode": self.eval_mode,
+            "max_steps": self.eval_max_steps,
+            "seed": self.seed,
+            "cpus": self.eval_cpus,
+            "evals_dir": f"{absolute(self.out).rstrip('/')}/{self.run_name()}/evals",
+        }
 
     def eval_planner_config(self) -> PlannerConfig:
         """The planner of the periodic evaluation: `eval_mpc` and the `eval_planner` pairs."""

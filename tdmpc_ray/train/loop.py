@@ -45,8 +45,15 @@ class TeacherTargets:
         self.pool = None
         self.sender = None
         if self.asked:
-            self.pool = teacher_pool(cfg.teacher, cfg.teacher_sha256, cfg.task_set, cfg.teacher_gpus,
-                                     cfg.teacher_replicas, cfg.optim.precision, offset=rank)  # fmt: skip
+            self.pool = teacher_pool(
+                cfg.teacher,
+                cfg.teacher_sha256,
+                cfg.task_set,
+                cfg.teacher_gpus,
+                cfg.teacher_replicas,
+                cfg.optim.precision,
+                offset=rank,
+            )
             self.sender = ThreadPoolExecutor(1, thread_name_prefix="teacher-query")
         self.wait_s = 0.0
 
@@ -55,8 +62,11 @@ class TeacherTargets:
         if self.pool is None:
             return None
         steps = batch.action.shape[0] if self.all_steps else 1
-        rows = (batch.obs[:steps].flatten(0, 1), batch.action[:steps].flatten(0, 1),
-                batch.task.repeat(steps))  # fmt: skip
+        rows = (
+            batch.obs[:steps].flatten(0, 1),
+            batch.action[:steps].flatten(0, 1),
+            batch.task.repeat(steps),
+        )
         copied = None
         if rows[0].is_cuda:
             rows = tuple(_to_pinned_host(x) for x in rows)
@@ -181,9 +191,11 @@ def train_loop_per_worker(config: dict) -> None:
             resume(learner, generator, Path(directory), rank)
         resumed_from = learner.step
     store = EpisodeStore.load(
-        ray.train.get_dataset_shard("train"), device=device,
-        max_resident_episodes=cfg.max_resident_episodes, seed=cfg.seed + rank,
-    )  # fmt: skip
+        ray.train.get_dataset_shard("train"),
+        device=device,
+        max_resident_episodes=cfg.max_resident_episodes,
+        seed=cfg.seed + rank,
+    )
     teacher = TeacherTargets(cfg, tuple(config["cached_terms"]), rank)
     wandb_run = _start_wandb(cfg) if cfg.wandb and rank == 0 else None
     steps = updates(learner, store, teacher, cfg.batch_size // world, cfg.horizon, generator)
@@ -197,8 +209,13 @@ def train_loop_per_worker(config: dict) -> None:
             continue
         metrics = read_metrics(metrics)
         elapsed = time.perf_counter() - window_start
-        metrics.update(step=done, updates_per_s=window_steps / elapsed, teacher_wait_s=teacher.wait_s / window_steps,
-                       episodes_resident=store.num_episodes, resumed_from=resumed_from)  # fmt: skip
+        metrics.update(
+            step=done,
+            updates_per_s=window_steps / elapsed,
+            teacher_wait_s=teacher.wait_s / window_steps,
+            episodes_resident=store.num_episodes,
+            resumed_from=resumed_from,
+        )
         window_start, window_steps, teacher.wait_s = time.perf_counter(), 0, 0.0
         if wandb_run is not None:
             wandb_run.log(metrics, step=done)
@@ -210,8 +227,12 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:
                 _save(learner, generators, Path(directory), cfg)
             ckpt = ray.train.Checkpoint.from_directory(directory) if rank == 0 else None
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{done:09d}",
-                             validation=bool(evaluate and rank == 0 and config["validate"]))  # fmt: skip
+            ray.train.report(
+                metrics,
+                checkpoint=ckpt,
+                checkpoint_dir_name=f"checkpoint_{done:09d}",
+                validation=bool(evaluate and rank == 0 and config["validate"]),
+            )
     store.close()
     if wandb_run is not None:
         wandb_run.finish()
@@ -226,13 +247,23 @@ def _start_wandb(cfg: TrainConfig):
     # A URI `out` has no local folder: wandb gets a private new one (mode 700, unpredictable name;
     # wandb prints it), never a shared path in the system temp folder.
     local = tempfile.mkdtemp(prefix="tdmpc-ray-wandb-") if "://" in cfg.out else cfg.out
-    return wandb.init(project="tdmpc-ray", name=cfg.run_name(), config=config_dict(cfg), mode=mode,
-                      dir=local)  # fmt: skip
+    return wandb.init(
+        project="tdmpc-ray", name=cfg.run_name(), config=config_dict(cfg), mode=mode, dir=local
+    )
 
 
-def validate_checkpoint(checkpoint: ray.train.Checkpoint, tasks: str, episodes: int, actors: int,
-                        planner: PlannerConfig, eval_mode: bool, max_steps: int | None, seed: int,
-                        cpus: float = 1.0, evals_dir: str | None = None) -> dict:  # fmt: skip
+def validate_checkpoint(
+    checkpoint: ray.train.Checkpoint,
+    tasks: str,
+    episodes: int,
+    actors: int,
+    planner: PlannerConfig,
+    eval_mode: bool,
+    max_steps: int | None,
+    seed: int,
+    cpus: float = 1.0,
+    evals_dir: str | None = None,
+) -> dict:
     """Asynchronous evaluation of a reported checkpoint's student with rollout actors. The whole
     result (per-episode returns, env seeds, intervals) goes to `evals_dir/step_NNNNNNNNN.json`
     (atomically; also on storage URIs); the returned metrics are the scores with their

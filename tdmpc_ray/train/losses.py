@@ -171,8 +171,9 @@ class LossConfig:
     """Value distillation: the student's mean Q vs the teacher's mean Q, MSE of their symlogs."""
     policy_d_coef: float = distill_term("policy", "policy", "policy_distill_loss", policy_distill)
     """Policy distillation: MSE of the student's and the teacher's squashed mean actions."""
-    planner_d_coef: float = distill_term("planner", "policy", "planner_distill_loss",
-                                         planner_distill)  # fmt: skip
+    planner_d_coef: float = distill_term(
+        "planner", "policy", "planner_distill_loss", planner_distill
+    )
     """Planner imitation: the prior's action-space mean and log std vs the teacher's MPPI
     distribution, MSE (`planner_distill`); needs planner labels (`data label --mpc`)."""
     distill_all_steps: bool = False

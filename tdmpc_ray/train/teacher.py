@@ -32,7 +32,9 @@ class _Request:
     done: asyncio.Future
 
 
-def answers(out: dict[str, torch.Tensor], requests: list[_Request]) -> list[dict[str, torch.Tensor]]:
+def answers(
+    out: dict[str, torch.Tensor], requests: list[_Request]
+) -> list[dict[str, torch.Tensor]]:
     """Each request's rows of a coalesced pass's outputs `out`, for its terms. Each part is a copy
     with its own storage: a view pickles the whole pass's storage to every client."""
     replies, start = [], 0

@@ -57,7 +57,11 @@ def _latent_bridge_inputs(cfg: TrainConfig, info: DatasetInfo, teacher: TeacherP
         return {}
     out = {"teacher_latent_dim": teacher.info()[0]["latent_dim"]}
     if cfg.loss.latent_bridge == "pca":
-        store = EpisodeStore.load([p.path for p in info.parts], max_resident_episodes=min(info.episodes, 512), seed=cfg.seed)  # fmt: skip
+        store = EpisodeStore.load(
+            [p.path for p in info.parts],
+            max_resident_episodes=min(info.episodes, 512),
+            seed=cfg.seed,
+        )
         batch = store.sample(cfg.pca_samples, 1, torch.Generator().manual_seed(cfg.seed))
         store.close()
         latents = ray.get(teacher.outputs(batch.obs[0], batch.action[0], batch.task, ("latent",)))
@@ -75,6 +79,8 @@ def check_inputs(cfg: TrainConfig) -> TrainConfig:
     if cfg.teacher is not None:
         load_world_model(cfg.teacher, cfg.task_set)
     return cfg
+
+
 def _read_parts(batch: pa.Table) -> Iterator[pa.Table]:
     """Episodes of the part files named in `batch`, one row group at a time."""
     for path in batch["path"].to_pylist():
@@ -140,8 +146,14 @@ def build_trainer(
     cfg = check_training(cfg, capacity(), cached)
     teacher = None
     if asks_teacher(cfg, cached):
-        teacher = teacher_pool(cfg.teacher, cfg.teacher_sha256, cfg.task_set, cfg.teacher_gpus,
-                               cfg.teacher_replicas, cfg.optim.precision)  # fmt: skip
+        teacher = teacher_pool(
+            cfg.teacher,
+            cfg.teacher_sha256,
+            cfg.task_set,
+            cfg.teacher_gpus,
+            cfg.teacher_replicas,
+            cfg.optim.precision,
+        )
     validation = None
     if cfg.eval_freq and validate:
         validation = ValidationConfig(
