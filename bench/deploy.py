@@ -460,8 +460,9 @@ env seeds, provenance). Student: `mt30_1M_steps_045dist_fp16.pt` (the paper's pu
   {library} ms per action. `x full fp32`: speed-up over `mppi-full-fp32` in the same rounds.
 - **score**: normalized score (mean over tasks of return / 10) on {tasks}; episodes per task:
   {episodes}; 500 steps, eval_mode False (TD-MPC2's evaluate.py). Every variant ran the same
-  env seeds with the same planner-noise seeds; intervals are stratified bootstraps, differences
-  paired (`tdmpc_ray.evaluate.stats.compare`) on the episodes both variants ran: where their
+  env seeds with the same planner-noise seeds; intervals are Student-t over the per-task means
+  (`tdmpc_ray.evaluate.stats`; with 2 episodes per task their degrees of freedom are few, so they
+  are wide), differences paired (`tdmpc_ray.evaluate.stats.compare`) on the episodes both variants ran: where their
   episode counts differ, a difference is not the difference of the two score columns.
 - **Pareto**: no other scored variant is both faster and higher-scoring, by point estimates;
   where the paired interval spans 0 the order of two scores is not a finding.

@@ -1,6 +1,6 @@
-"""The Ray Train worker loop: sample windows from this worker's episode shard, fetch teacher
-rewards one step ahead, update, report metrics, checkpoint, and hand checkpoints to
-asynchronous evaluation."""
+"""The Ray Train worker loop: sample windows from this worker's episode shard, ask the teacher
+for the outputs the recipe's terms need (those not cached as labels in the data) one step ahead,
+update, report metrics, checkpoint, and hand checkpoints to asynchronous evaluation."""
 
 from __future__ import annotations
 
@@ -29,6 +29,15 @@ from tdmpc_ray.train.update import Learner, read_metrics, use_tf32
 
 STATE_FILE = "learner.pt"
 STUDENT_FILE = "student.pt"
+
+NOISE_SEED_STRIDE = 7919
+"""Each rank's torch stream (the update's random draws) is seeded `seed * stride + rank`, after
+the model is built from `seed` alone so that every rank starts from the same weights: each
+(seed, rank) pair gets a stream of its own while there are fewer ranks than the stride."""
+SAMPLER_SEED_STRIDE = 104729
+"""The same for each rank's window sampler (`seed * stride + rank`), a different prime so a run's
+sampler seeds differ from its noise seeds for every seed but 0. Fixed: changing either changes
+every run's batches."""
 
 
 class TeacherTargets:
@@ -182,8 +191,8 @@ def train_loop_per_worker(config: dict) -> None:
     bridge = _bridge(cfg, model, config)
     model = model.to(device)
     learner = Learner(model, cfg.losses(), cfg.optim, None if bridge is None else bridge.to(device))
-    torch.manual_seed(cfg.seed * 7919 + rank)
-    generator = torch.Generator().manual_seed(cfg.seed * 104729 + rank)
+    torch.manual_seed(cfg.seed * NOISE_SEED_STRIDE + rank)
+    generator = torch.Generator().manual_seed(cfg.seed * SAMPLER_SEED_STRIDE + rank)
     checkpoint = ray.train.get_checkpoint()
     resumed_from = 0
     if checkpoint is not None:
