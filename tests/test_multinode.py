@@ -10,9 +10,9 @@ in a session (conftest.py), since the cluster replaces the session's local Ray.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -120,18 +120,30 @@ def during(
 ) -> tuple[object, bool, float]:
     """Run `verb` in a thread and `action` here (Ray adds nodes only from the main thread) as
     soon as `condition()` holds; returns the verb's result, whether the action ran, and the
-    verb's seconds."""
+    verb's seconds. A verb still running after `timeout` seconds fails the test (its daemon
+    thread is left to the cluster's shutdown)."""
     start = time.perf_counter()
-    with ThreadPoolExecutor(1) as executor:
-        future = executor.submit(verb)
-        deadline = time.time() + timeout
-        acted = False
-        while not future.done() and time.time() < deadline and not acted:
-            if condition():
-                action()
-                acted = True
-            time.sleep(0.05)
-        return future.result(timeout), acted, time.perf_counter() - start
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = verb()
+        except BaseException as err:  # re-raised in the test's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    acted = False
+    while thread.is_alive() and time.perf_counter() - start < timeout:
+        if not acted and condition():
+            action()
+            acted = True
+        time.sleep(0.05)
+    thread.join(max(0.0, timeout - (time.perf_counter() - start)))
+    assert not thread.is_alive(), f"still running after {timeout:.0f} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"], acted, time.perf_counter() - start
 
 
 def timed(verb: Callable[[], object]) -> tuple[object, float]:
@@ -245,6 +257,9 @@ def test_an_elastic_run_goes_on_with_fewer_workers_when_no_node_replaces_the_los
     from tdmpc_ray.train.config import TrainConfig
     from tdmpc_ray.train.trainer import train
 
+    # Workers of 1.5 CPUs fit only the two 2-CPU nodes added here: once one of those is gone,
+    # the rest of the cluster (reads included) holds one worker, not two.
+    big = [multinode.add_worker(num_cpus=2) for _ in range(2)]
     every = 20
     cfg = TrainConfig(
         data=str(episodes),
@@ -252,7 +267,7 @@ def test_an_elastic_run_goes_on_with_fewer_workers_when_no_node_replaces_the_los
         batch_size=32,
         num_workers=2,
         min_workers=1,
-        cpus_per_worker=1,
+        cpus_per_worker=1.5,
         checkpoint_every=every,
         log_every=every,
         out=str(tmp_path / "runs"),
@@ -260,18 +275,20 @@ def test_an_elastic_run_goes_on_with_fewer_workers_when_no_node_replaces_the_los
         max_failures=2,
     )
     run_dir = tmp_path / "runs" / "elastic"
-    removed: list[dict] = []
 
-    def remove_a_worker_node() -> None:
-        node = next(n for n in multinode.node_ids("RayTrainWorker") if n in multinode.workers)
-        removed.append(multinode.remove(node))
+    def remove_a_big_node() -> None:
+        node = next(n for n in multinode.node_ids("RayTrainWorker") if n in big)
+        big.remove(node)
+        multinode.remove(node)
 
     summary, lost, seconds = during(
         lambda: train(cfg, progress=False),
         lambda: len(list(run_dir.glob("checkpoint_*"))) >= 2,
-        remove_a_worker_node,
+        remove_a_big_node,
+        timeout=400,
     )
-    multinode.add_worker(**removed[0])
+    for node in big:
+        multinode.remove(node)
     assert lost and summary["metrics"]["step"] == cfg.steps
     assert summary["metrics"]["resumed_from"] >= every
     multinode.record(
@@ -316,8 +333,9 @@ def test_a_teacher_on_a_lost_node_comes_back_and_answers_as_the_teacher(
 
     def lose_teacher_node() -> None:
         assert multinode.node_ids("TeacherActor") == [gpu_node]
+        node_args = multinode.remove(gpu_node)
         lost_at.append(time.perf_counter())
-        multinode.lose(gpu_node)
+        multinode.add_worker(**node_args)
 
     replies, lost, seconds = during(query, lambda: len(answered) >= 5, lose_teacher_node)
     assert lost
