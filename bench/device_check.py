@@ -4,26 +4,28 @@ Each section runs alone, in its own process, under its own time budget, and its 
 written to the result file as soon as it ends. A section that fails, crashes the process (a CUDA
 error poisons it) or runs past its budget is recorded with its error and the others still run,
 so a cut-short session keeps everything it finished. Sections run in this order; the estimates
-are for one H100 with 16 CPUs, process start and compiles included (the default plan: ~7 min,
+are for one H100 with 16 CPUs, process start and compiles included (the default plan: ~8 min,
 and `--total-s`, 480 by default, stops starting sections after 8 minutes):
 
-| section       | measures                                                       | est.  | budget |
-|---------------|----------------------------------------------------------------|-------|--------|
-| `update_256`  | updates/s of the 1M student at batch 256: eager fp32, compiled  | 100 s | 180 s  |
-|               | fp32 (CUDA graphs), compiled bf16; a static-shape graph each   |       |        |
-| `update_1024` | the same at batch 1024, in its own process and graphs           | 100 s | 180 s  |
-| `teacher`     | rows/s of a 317M teacher actor, fp32 (TF32) and bf16 (writes    | 45 s  | 120 s  |
-|               | the random 317M checkpoint the next sections share)            |       |        |
-| `planning`    | MPPI actions/s for 1, 30 and 300 environments (compiled)       | 30 s  | 90 s   |
-| `loop`        | the training loop's steps at batch 256 (store -> teacher ->    | 60 s  | 150 s  |
-|               | compiled update), teacher outputs cached vs asked of the actor |       |        |
-| `train_run`   | a 200-step Ray Train run whose teacher actor shares the         | 90 s  | 180 s  |
-|               | worker's GPU (0.5 GPU each)                                    |       |        |
-| `environment` | torch, CUDA and Ray versions, the GPU, its memory, TF32 and    | 10 s  | 60 s   |
-|               | bf16 support: the context of every number above                |       |        |
-| `mt30_eval`   | not in the default plan (`--sections mt30_eval`): the paper's  | 180 s | 300 s  |
-|               | MT30 evaluation, 30 tasks x 10 episodes, full MPPI, rollout    |       |        |
-|               | actors on every CPU but one sharing the GPU: its wall time     |       |        |
+| section          | measures                                                       | est.  | budget |
+|------------------|----------------------------------------------------------------|-------|--------|
+| `update_256`     | updates/s of the 1M student at batch 256: eager fp32, compiled  | 100 s | 180 s  |
+|                  | fp32 (CUDA graphs), compiled bf16; a static-shape graph each   |       |        |
+| `update_1024`    | the same at batch 1024, in its own process and graphs           | 100 s | 180 s  |
+| `teacher`        | rows/s of a 317M teacher actor, fp32 (TF32) and bf16 (writes    | 45 s  | 120 s  |
+|                  | the random 317M checkpoint the next sections share)            |       |        |
+| `planning`       | MPPI actions/s for 1, 30 and 300 environments (compiled)       | 30 s  | 90 s   |
+| `loop`           | the training loop's steps at batch 256 (store -> teacher ->    | 60 s  | 150 s  |
+|                  | compiled update), teacher outputs cached vs asked of the actor |       |        |
+| `train_run`      | a 200-step Ray Train run whose teacher actor shares the         | 90 s  | 180 s  |
+|                  | worker's GPU (0.5 GPU each)                                    |       |        |
+| `environment`    | torch, CUDA and Ray versions, the GPU, its memory, TF32 and    | 10 s  | 60 s   |
+|                  | bf16 support: the context of every number above                |       |        |
+| `planner_labels` | states/s that `data label --mpc` labels: the 1M student and    | 60 s  | 150 s  |
+|                  | the 317M teacher, full MPPI and the studies' reduced planner   |       |        |
+| `mt30_eval`      | not in the default plan (`--sections mt30_eval`): the paper's  | 180 s | 300 s  |
+|                  | MT30 evaluation, 30 tasks x 10 episodes, full MPPI, rollout    |       |        |
+|                  | actors on every CPU but one sharing the GPU: its wall time     |       |        |
 
     python bench/device_check.py                       # on a GPU: bench/results/gpu.json
     python bench/device_check.py --sections teacher,loop
@@ -58,6 +60,7 @@ from common import RESULTS, median_seconds, stamped, write_random_checkpoint  # 
 from tdmpc_ray.atomic import atomic_path, write_json  # noqa: E402
 from tdmpc_ray.config import build_config  # noqa: E402
 from tdmpc_ray.data.episode_store import EpisodeStore  # noqa: E402
+from tdmpc_ray.data.label import planner_labels  # noqa: E402
 from tdmpc_ray.data.layout import (  # noqa: E402
     EpisodeMeta,
     episodes_to_table,
@@ -90,6 +93,8 @@ class Sizes:
     teacher_rows: int
     envs: tuple[int, ...]
     planner: PlannerConfig
+    label_states: int
+    """States per planner-label batch (one episode's, as `data label --mpc` batches them)."""
     train_steps: int
     budgets: dict[str, float]
     """Seconds each section may run (its process is killed then)."""
@@ -105,6 +110,7 @@ BUDGETS = {
     "loop": 150,
     "train_run": 180,
     "environment": 60,
+    "planner_labels": 150,
     "mt30_eval": 300,
 }
 """Seconds per section on a GPU (about twice the estimates in the module docstring)."""
@@ -119,6 +125,7 @@ FULL = Sizes(
     teacher_rows=16384,
     envs=(1, 30, 300),
     planner=PlannerConfig(compile=True),
+    label_states=128,
     train_steps=200,
     budgets=BUDGETS,
     total_s=480,
@@ -134,10 +141,13 @@ DRY = Sizes(
     teacher_rows=256,
     envs=(1, 3),
     planner=PlannerConfig(compile=True, iterations=2, num_samples=64, num_elites=8, num_pi_trajs=4),
+    label_states=4,
     train_steps=6,
     budgets={name: 600 for name in BUDGETS},
     total_s=3600,
 )
+REDUCED_PLANNER = PlannerConfig(iterations=2, num_samples=128, num_elites=16, num_pi_trajs=6)
+"""The distillation studies' planner (tune/study2.yaml's eval_planner, its planner labels)."""
 DEFAULT_PLAN = (
     "update_256",
     "update_1024",
@@ -146,6 +156,7 @@ DEFAULT_PLAN = (
     "loop",
     "train_run",
     "environment",
+    "planner_labels",
 )
 """The sections run without `--sections` (`mt30_eval` only when asked for)."""
 
@@ -414,6 +425,35 @@ def _start_ray() -> None:
         ray.init(logging_level=logging.WARNING)
 
 
+def measure_planner_labels(sizes: Sizes, scratch: Path) -> list[dict]:
+    """States/s of `data label --mpc` (`planner_labels`, one batch of `label_states` cold-started
+    states per call) per labelling model (the 1M student, the teacher) and planner: TD-MPC2's
+    full MPPI and the studies' reduced one (tune/study2.yaml)."""
+    rows = []
+    obs = np.random.default_rng(0).standard_normal((1, sizes.label_states + 1, 24))
+    obs = obs.astype(np.float32)
+    planners = {"full": PlannerConfig(), "i2-s128": REDUCED_PLANNER}
+    for size in dict.fromkeys((1, sizes.teacher_size)):
+        model = load_world_model(random_checkpoint(scratch, size), device=sizes.device)
+        for name, planner in planners.items():
+            calls = _rate(
+                lambda m=model, p=planner: planner_labels(m, p, 0, obs, np.zeros(1), np.zeros(1)),
+                2,
+                sizes.device,
+                warmup=1,
+            )
+            rows.append(
+                {
+                    "model_size_M": size,
+                    "planner": name,
+                    "states_per_call": sizes.label_states,
+                    "states_per_s": round(calls * sizes.label_states, 1),
+                }
+            )
+        del model
+    return rows
+
+
 def _labelled_store(sizes: Sizes, scratch: Path) -> EpisodeStore:
     return EpisodeStore.load(
         write_episodes(scratch / "labelled", sizes, labels=True), device=sizes.device
@@ -432,6 +472,8 @@ def run_section(name: str, sizes: Sizes, scratch: Path):
         return measure_mt30_eval(sizes, random_checkpoint(scratch, 1))
     if name == "environment":
         return describe_environment(sizes)
+    if name == "planner_labels":
+        return measure_planner_labels(sizes, scratch)
     cfg = _teacher_config(sizes, scratch)
     _start_ray()
     if name == "teacher":
