@@ -41,10 +41,21 @@ class _Recipe(Protocol):
     def teacher_terms(self) -> tuple[str, ...]: ...
 
 
-class _Precision(Protocol):
-    """A run's optimiser settings (`train.update.OptimConfig`): the teacher runs at its precision."""
+class _Evaluation(Protocol):
+    """A run's periodic evaluation (`evaluate.config.PeriodicEvalConfig`): its rollout actors."""
 
-    precision: str
+    eval_freq: int
+    eval_actors: int
+    eval_cpus: float
+
+
+class _Teacher(Protocol):
+    """The teacher service a run asks (`train.teacher.TeacherSpec`): equal specs are one service
+    (hashable), of `replicas` actors."""
+
+    replicas: int
+
+    def __hash__(self) -> int: ...
 
 
 @runtime_checkable
@@ -58,17 +69,13 @@ class RunSettings(Protocol):
     gpus_per_worker: float
     cpus_per_worker: float | None
     read_cpus: float
-    eval_freq: int
-    eval_actors: int
-    eval_cpus: float
-    teacher: str | None
+    evaluation: _Evaluation
     teacher_gpus: float | None
-    teacher_replicas: int
-    task_set: str
-    optim: _Precision
     distilling: bool
 
     def losses(self) -> _Recipe: ...
+
+    def teacher_spec(self) -> _Teacher | None: ...
 
 
 Run = TypeVar("Run", bound=RunSettings)
@@ -190,8 +197,9 @@ def training_parts(cfg: RunSettings) -> list[Part]:
         ),
         Part("reads", cfg.read_cpus),
     ]
-    if cfg.eval_freq:
-        parts.append(Part("eval actor", cfg.eval_cpus, count=cfg.eval_actors))
+    evaluation = cfg.evaluation
+    if evaluation.eval_freq:
+        parts.append(Part("eval actor", evaluation.eval_cpus, count=evaluation.eval_actors))
     return parts
 
 
@@ -205,12 +213,11 @@ def _teachers(
     configs: Sequence[RunSettings], cap: dict[str, float], cached: Sequence[str] = ()
 ) -> Part:
     """The shared teacher actors of `configs` that ask the teacher for an output beyond the
-    `cached` labels: `teacher_replicas` per distinct teacher service (0 CPUs each)."""
+    `cached` labels: the replicas of each distinct teacher service (0 CPUs each)."""
     teachers = {
-        (c.teacher, c.task_set, c.teacher_replicas, c.optim.precision): c.teacher_replicas
-        * teacher_gpus(c, cap)
+        spec: spec.replicas * teacher_gpus(c, cap)
         for c in configs
-        if asks_teacher(c, cached)
+        if asks_teacher(c, cached) and (spec := c.teacher_spec()) is not None
     }
     return Part("teachers", 0.0, sum(teachers.values()))
 
@@ -234,7 +241,7 @@ def _fixes(
     share = round_down((cap.get("CPU", 0.0) - others) / cfg.num_workers)
     if share > 0:
         cpu_fix = f"set cpus_per_worker={share:g}"
-    elif cfg.eval_freq:
+    elif cfg.evaluation.eval_freq:
         cpu_fix = "set eval_actors=1 and a smaller eval_cpus (e.g. 0.25)"
     else:
         cpu_fix = f"set num_workers=1 and a smaller read_cpus (now {cfg.read_cpus:g})"

@@ -94,7 +94,7 @@ def write_run(out: Path, run_dir: str, config: dict) -> None:
 def report_row(out: Path, run_dir: str, config: dict, i: int, quality: float) -> dict:
     """Report number `i` as the sweep runner sends it to Tune: training metrics and `run_dir`
     always; every second one also a finished evaluation (its file written like
-    `validate_checkpoint`'s, its metrics like `training_metrics`)."""
+    `evaluate_checkpoint`'s, its metrics like `training_metrics`)."""
     from tdmpc_ray.atomic import write_json
     from tdmpc_ray.evaluate.report import training_metrics
 

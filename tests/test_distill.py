@@ -27,7 +27,7 @@ from tdmpc_ray.train.losses import (
 )
 from tdmpc_ray.train.scale import RunningScale
 from tdmpc_ray.train.update import Learner
-from tests.helpers import shared_checkpoint
+from tests.helpers import run_with_one_file_changed, shared_checkpoint
 
 FP16 = "mt30_1M_steps_045dist_fp16.pt"
 COEF = {
@@ -258,3 +258,52 @@ def test_the_planner_term_trains_only_what_the_policy_loss_trains():
     }
     assert trained == {"_pi", "_task_emb"}
     assert DISTILL_TERMS["planner"].attach == "policy"
+
+
+TOY_TERM = '''    toy_d_coef: float = distill_term(
+        "toy", "world", "toy_distill_loss", reward_distill, teacher="reward", recipe="toy{coef}"
+    )
+    """A throwaway term: the reward term again, under another name."""
+'''
+TOY_SCRIPT = """
+import torch
+from tdmpc_ray.config import build_config, config_dict, format_fields
+from tdmpc_ray.data.episode_store import Batch
+from tdmpc_ray.data.layout import terms_labelled_in
+from tdmpc_ray.model import WorldModel, model_config
+from tdmpc_ray.sweep.scratch import DISTILL_KEYS
+from tdmpc_ray.sweep.summary import CURVE_METRICS
+from tdmpc_ray.train.config import TrainConfig
+from tdmpc_ray.train.losses import DISTILL_TERMS
+from tdmpc_ray.train.update import Learner
+
+cfg = build_config(TrainConfig, None, ["data=d", "teacher=t.pt", "d_coef=0", "toy_d_coef=0.5"])
+assert cfg.recipe() == "distill-toy0.5", cfg.recipe()
+assert cfg.losses().teacher_terms() == ("reward",)
+assert build_config(TrainConfig, None, config_dict(cfg, flat=False)) == cfg
+assert "toy_d_coef: float = 0.0" in format_fields(TrainConfig)
+assert "toy_d_coef" in DISTILL_KEYS and "toy_distill_loss" in CURVE_METRICS
+term = DISTILL_TERMS["toy"]
+assert term.cached and term.column == "teacher_reward"
+assert terms_labelled_in(["obs", term.column]) == ("reward",)
+cfg.check_labels(("reward",))
+torch.manual_seed(0)
+gen = torch.Generator().manual_seed(0)
+batch = Batch(
+    obs=torch.randn(4, 8, 24, generator=gen),
+    action=torch.rand(3, 8, 6, generator=gen) * 2 - 1,
+    reward=torch.rand(3, 8, 1, generator=gen),
+    task=torch.randint(0, 30, (8,), generator=gen),
+    teacher={"reward": torch.rand(3, 8, 1, generator=gen)},
+)
+metrics = Learner(WorldModel(model_config(1, "mt30")), cfg.losses()).update(batch)
+assert float(metrics["toy_distill_loss"]) > 0 and "distill_loss" not in metrics
+"""
+
+
+def test_a_term_added_to_the_registry_alone_reaches_config_recipe_labels_and_loss(tmp_path):
+    """A copy of the package whose only change is one more `distill_term` in `losses.py`: the
+    term has its key, help line, recipe name, label column, curve and loss, with no other file
+    touched."""
+    after = 'needs planner labels (`data label --mpc`)."""'
+    run_with_one_file_changed(tmp_path, "train/losses.py", after, TOY_TERM, TOY_SCRIPT)

@@ -19,7 +19,7 @@ import torch
 
 from tdmpc_ray import cli
 from tdmpc_ray.evaluate.config import EvalConfig
-from tdmpc_ray.evaluate.pool import EvalPool, RolloutSettings, model_payload
+from tdmpc_ray.evaluate.pool import EvalPool, model_payload
 from tdmpc_ray.evaluate.report import format_summary, training_metrics
 from tdmpc_ray.evaluate.rollout import EpisodeSpec, run_lockstep
 from tdmpc_ray.evaluate.score import _actors, evaluate, normalized_score
@@ -226,7 +226,7 @@ def test_progress_moves_within_a_job_and_says_how_many_actors_work(pool, capsys)
     task = "cartpole-balance"
     spec = EpisodeSpec(seed=0, task=task, task_id=get_task_set("mt30").index(task), episode=0)
     seen: list[int] = []
-    results, _ = pool.run(weights, RolloutSettings(TINY), [[spec]], on_progress=seen.append)
+    results, _ = pool.run(weights, EvalConfig(planner=TINY), [[spec]], on_progress=seen.append)
     assert results[0].length == 500 and any(0 < s < 500 for s in seen), seen
     evaluate(CHECKPOINT, TASKS[:1], 2, num_actors=3, cfg=CFG, progress=True, label="A = fp16")
     printed = capsys.readouterr()

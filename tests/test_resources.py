@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tdmpc_ray.evaluate.config import PeriodicEvalConfig
 from tdmpc_ray.resources import (
     CHECK_ENV,
     ResourceError,
@@ -29,7 +30,9 @@ TWO_CPUS = {"CPU": 2.0, "GPU": 0.0}
 def test_default_workers_are_fitted_beside_the_reads_and_evaluation():
     cfg = check_training(TrainConfig(data="d", num_workers=2), TWO_CPUS)
     assert cfg.cpus_per_worker == 0.85  # (2 - 0.25 for reads) / 2, rounded down to 0.05
-    cfg = check_training(TrainConfig(data="d", num_workers=2, eval_freq=10), TWO_CPUS)
+    cfg = check_training(
+        TrainConfig(data="d", num_workers=2, evaluation=PeriodicEvalConfig(eval_freq=10)), TWO_CPUS
+    )
     assert cfg.cpus_per_worker == 0.35  # (2 - 0.25 - 1 eval actor) / 2
     assert check_training(TrainConfig(data="d"), {"CPU": 8.0}).cpus_per_worker == 1.0
     explicit = TrainConfig(data="d", cpus_per_worker=0.5)
@@ -63,7 +66,10 @@ def test_a_run_that_cannot_fit_fails_with_one_line_saying_what_to_change():
     with pytest.raises(
         ResourceError, match=r"needs 3.25 CPUs .*1 eval actor x 2.*: set eval_actors=1"
     ):
-        check_training(TrainConfig(data="d", eval_freq=5, eval_cpus=2.0), TWO_CPUS)
+        check_training(
+            TrainConfig(data="d", evaluation=PeriodicEvalConfig(eval_freq=5, eval_cpus=2.0)),
+            TWO_CPUS,
+        )
 
 
 def test_warn_mode_logs_instead_of_failing(monkeypatch, caplog):
@@ -79,7 +85,10 @@ def test_sweep_runs_as_many_trials_as_fit_and_refuses_a_trial_that_never_fits():
     # hold the CPUs the first one's reads wait for
     assert plan_sweep(students, 0.25, None, TWO_CPUS, free={"CPU": 1.2, "GPU": 0.0}) == 1
     assert plan_sweep(students, 0.25, None, TWO_CPUS, free={"CPU": 0.0, "GPU": 0.0}) == 1
-    evaluated = [TrainConfig(data="d", eval_freq=10, eval_cpus=0.25) for _ in range(3)]
+    evaluated = [
+        TrainConfig(data="d", evaluation=PeriodicEvalConfig(eval_freq=10, eval_cpus=0.25))
+        for _ in range(3)
+    ]
     assert plan_sweep(evaluated, 0.25, None, TWO_CPUS) == 1
     assert fit_workers(evaluated[0], TWO_CPUS, reserved=0.25).cpus_per_worker == 1.0
     assert plan_sweep(evaluated, 0.25, 3, TWO_CPUS) == 3  # asked for: warned, not refused

@@ -274,17 +274,17 @@ def test_a_sweep_checks_its_data_and_teacher_before_any_trial(tmp_path, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tdmpc_ray.sweep.spec import check_inputs
+    from tdmpc_ray.sweep.spec import check_trial_data_and_teachers
 
     spec_path = tmp_path / "s.yaml"
     spec_path.write_text("base: {data: data, teacher: t.pt}\n")
     with pytest.raises(FileNotFoundError) as err:
-        check_inputs(load_spec(spec_path))
+        check_trial_data_and_teachers(load_spec(spec_path))
     assert str(err.value) == f"data={tmp_path / 'data'}: no such file or directory"
     (tmp_path / "data").mkdir()
     pq.write_table(pa.table({"x": [1]}), tmp_path / "data" / "part-00000.parquet")
     with pytest.raises(ValueError, match=r"^data=.*/data: .*part-00000.parquet: no .* metadata"):
-        check_inputs(load_spec(spec_path))
+        check_trial_data_and_teachers(load_spec(spec_path))
 
     from tdmpc_ray.data.generate import GenerateConfig, generate
 
@@ -295,7 +295,7 @@ def test_a_sweep_checks_its_data_and_teacher_before_any_trial(tmp_path, capsys):
     )
     spec_path.write_text("base: {data: episodes, teacher: t.pt}\n")
     with pytest.raises(FileNotFoundError, match=r"^teacher=.*/t.pt: no such checkpoint file$"):
-        check_inputs(load_spec(spec_path))
+        check_trial_data_and_teachers(load_spec(spec_path))
     (tmp_path / "t.pt").write_bytes(b"not a checkpoint")
     assert main(["sweep", str(spec_path)]) == 2  # through the CLI: one line, before Ray
     err = capsys.readouterr().err.strip().splitlines()[-1]

@@ -18,13 +18,19 @@ import torch.multiprocessing as mp
 
 from tdmpc_ray.config import build_config, config_dict
 from tdmpc_ray.data.episode_store import Batch, EpisodeStore
+from tdmpc_ray.evaluate.config import PeriodicEvalConfig
 from tdmpc_ray.model import WorldModel, model_config, predicted_reward
 from tdmpc_ray.planning import PlannerConfig
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.losses import LossConfig
 from tdmpc_ray.train.teacher import get_teacher
 from tdmpc_ray.train.update import Learner
-from tests.helpers import near_deterministic, shared_checkpoint
+from tests.helpers import (
+    near_deterministic,
+    registered_checkpoints,
+    run_with_one_file_changed,
+    shared_checkpoint,
+)
 
 TASKS = "cartpole-balance,walker-walk"
 
@@ -161,11 +167,13 @@ def test_distillation_run_with_teacher_actor_and_async_evaluation(tiny_data, tmp
         num_workers=2,
         checkpoint_every=6,
         log_every=3,
-        eval_freq=12,
-        eval_tasks="cartpole-balance",
-        eval_episodes=1,
-        eval_max_steps=5,
-        eval_mpc=False,
+        evaluation=PeriodicEvalConfig(
+            eval_freq=12,
+            eval_tasks="cartpole-balance",
+            eval_episodes=1,
+            eval_max_steps=5,
+            eval_mpc=False,
+        ),
         out=str(tmp_path / "runs"),
         name="distill",
     )
@@ -177,6 +185,7 @@ def test_distillation_run_with_teacher_actor_and_async_evaluation(tiny_data, tmp
 
     assert load_world_model(summary["student"]).cfg.model_size == 1
     assert any(score is not None for score, _ in summary.get("scores", []))
+    assert summary["metrics"]["eval_episodes"] == 1 and "normalized_score" in summary["metrics"]
     run = tmp_path / "runs" / "distill"
     assert (run / "run.json").is_file() and (run / "summary.json").is_file()
     evaluation = json.loads((run / "evals" / "step_000000012.json").read_text())
@@ -253,9 +262,11 @@ def _train_worker_pids(session_dir: str) -> list[int]:
     return pids
 
 
-def _kill_worker_after_two_checkpoints(run_dir: Path, session_dir: str, killed: list[int]) -> None:
+def _kill_worker_once_a_checkpoint_is_registered(
+    run_dir: Path, session_dir: str, killed: list[int]
+) -> None:
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(run_dir.glob("checkpoint_*"))) < 2:
+    while time.time() < deadline and registered_checkpoints(run_dir) < 1:
         time.sleep(0.1)
     for pid in _train_worker_pids(session_dir):
         os.kill(pid, signal.SIGKILL)
@@ -281,7 +292,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_data, tmp_path):
     killed: list[int] = []
     run_dir = tmp_path / "runs" / "resume"
     killer = threading.Thread(
-        target=_kill_worker_after_two_checkpoints, args=(run_dir, session_dir, killed)
+        target=_kill_worker_once_a_checkpoint_is_registered, args=(run_dir, session_dir, killed)
     )
     killer.start()
     summary = _fit(cfg)
@@ -329,13 +340,14 @@ def test_the_periodic_evaluation_plans_and_acts_as_configured():
         None,
         ["data=d", "eval_planner=iterations=2,num_samples=128", "eval_mode=false"],
     )
-    kwargs = cfg.eval_kwargs()
-    assert kwargs["planner"] == PlannerConfig(iterations=2, num_samples=128)
-    assert kwargs["eval_mode"] is False
+    evaluation = cfg.evaluation.eval_config(cfg.seed)
+    assert evaluation.planner == PlannerConfig(iterations=2, num_samples=128)
+    assert evaluation.eval_mode is False and evaluation.seed == cfg.seed
     assert build_config(TrainConfig, None, config_dict(cfg)) == cfg
-    prior = dataclasses.replace(cfg, eval_mpc=False).eval_kwargs()["planner"]
+    assert build_config(TrainConfig, None, config_dict(cfg, flat=False)) == cfg
+    prior = dataclasses.replace(cfg.evaluation, eval_mpc=False).eval_config(1).planner
     assert prior.mpc is False and prior.iterations == 2
-    assert build_config(TrainConfig).eval_kwargs()["planner"] == PlannerConfig()
+    assert build_config(TrainConfig).evaluation.eval_config(1).planner == PlannerConfig()
     for pairs, message in (
         ("iters=2", "eval_planner: unknown config key 'iters' for PlannerConfig"),
         ("iterations=two", "eval_planner: iterations: expected int"),
@@ -425,3 +437,92 @@ def test_a_317m_teacher_in_the_reference_layout_loads_and_serves_reward_labels_o
     )
     assert reward.shape == (512, 1) and torch.isfinite(reward).all()
     assert info["latent_dim"] == 1376 and info["rows"] == 520
+
+
+EVAL_SETTING = '''    eval_envs_per_actor: int | None = passed_as("envs_per_actor", None)
+    """Episodes one evaluation actor steps together."""
+'''
+EVAL_SCRIPT = """
+from pathlib import Path
+from tdmpc_ray.config import build_config, config_dict, format_fields
+from tdmpc_ray.sweep.spec import load_spec
+from tdmpc_ray.train.config import TrainConfig
+
+cfg = build_config(TrainConfig, None, ["data=d", "eval_freq=5", "eval_envs_per_actor=4"])
+assert cfg.evaluation.eval_config(cfg.seed).envs_per_actor == 4
+assert build_config(TrainConfig, None, config_dict(cfg, flat=False)) == cfg
+assert "eval_envs_per_actor: int | None = None" in format_fields(TrainConfig)
+Path("spec.yaml").write_text("base: {data: d, eval_envs_per_actor: 6}\\n")
+[trial] = load_spec("spec.yaml").trial_configs()
+assert trial.evaluation.eval_config(1).envs_per_actor == 6
+"""
+
+
+def test_an_added_evaluation_setting_is_declared_in_one_place(tmp_path):
+    """A copy of the package whose only change is one more field of `PeriodicEvalConfig`: the
+    setting has its key (flat, in YAML and sweep specs) and help line and reaches the
+    `EvalConfig` each periodic evaluation runs with."""
+    after = 'comparable to 500 steps."""'
+    run_with_one_file_changed(tmp_path, "evaluate/config.py", after, EVAL_SETTING, EVAL_SCRIPT)
+
+
+def test_train_and_sweep_trials_evaluate_through_one_periodic_evaluation(tiny_data, tmp_path):
+    """`training_run` hands every run's checkpoints to a `PeriodicEvaluation` in the Train
+    controller (not Ray Train's validation), the sweep's `EvaluateAndReport` is one, and what an
+    evaluation keeps in the run's `evals/` reads back as the metrics it reported."""
+    from tdmpc_ray.evaluate.report import save_json, training_metrics
+    from tdmpc_ray.sweep.runner import EvaluateAndReport
+    from tdmpc_ray.train.evaluation import PeriodicEvaluation, read_evaluation, step_file
+    from tdmpc_ray.train.trainer import check_config_and_teacher, training_run
+
+    cfg = TrainConfig(
+        data=str(tiny_data), steps=10, out=str(tmp_path), evaluation=PeriodicEvalConfig(eval_freq=4)
+    )
+    cfg = check_config_and_teacher(cfg)
+    assert [step for step in range(1, 11) if cfg.evaluation.due(step, cfg.steps)] == [4, 8, 10]
+    with training_run(cfg) as (trainer, record):
+        evaluations = [c for c in trainer.run_config.callbacks if isinstance(c, PeriodicEvaluation)]
+        assert len(evaluations) == 1 and trainer.validation_config is None
+        assert evaluations[0].evals_dir == cfg.evals_dir() == f"{tmp_path}/{cfg.run_name()}/evals"
+    assert issubclass(EvaluateAndReport, PeriodicEvaluation)
+    result = {
+        "normalized_score": 12.5,
+        "normalized_score_low": 10.0,
+        "normalized_score_high": 15.0,
+        "iqm": 12.0,
+        "episodes_per_task": 6,
+        "tasks": {"cartpole-balance": {"mean": 125.0}},
+    }
+    save_json(step_file(cfg.evals_dir(), 8), {"step": 8, "checkpoint": "c", **result})
+    expected = {**training_metrics(result), "eval_file": step_file(cfg.evals_dir(), 8)}
+    assert read_evaluation(cfg.evals_dir(), 8) == expected
+    assert read_evaluation(cfg.evals_dir(), 4) is None
+
+
+def test_a_runs_teacher_is_one_spec_whose_actors_live_for_its_serve_block(ray_session):
+    import ray
+
+    from tdmpc_ray.train.teacher import TeacherSpec, teacher_name
+
+    checkpoint = str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt"))
+    digest = "ef" * 32
+    cfg = TrainConfig(
+        data="d", teacher=checkpoint, teacher_sha256=digest, teacher_replicas=2, teacher_gpus=0.0
+    )
+    spec = cfg.teacher_spec()
+    assert spec == TeacherSpec(checkpoint, digest, "mt30", None, 2, "fp32")
+    assert len({spec, dataclasses.replace(cfg, teacher_gpus=1.0).teacher_spec()}) == 1
+    assert TrainConfig(data="d").teacher_spec() is None
+    names = {teacher_name(digest, "fp32", replica) for replica in range(2)}
+
+    def running() -> set[str]:
+        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)} & names
+
+    with spec.serve() as pool:
+        assert [info["hash"] for info in pool.info()] == [digest, digest]
+        assert running() == names
+    assert pool.actors == []
+    deadline = time.time() + 30
+    while running() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not running(), "the teacher's actors outlived the serve block"

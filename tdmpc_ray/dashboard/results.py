@@ -70,7 +70,7 @@ RUN_SPECIFIC = ("out", "name")
 _STATE_GLOB = "experiment_state-*.json"
 _TRIAL_FILES = ("params.json", "result.json", "progress.csv")
 EVALS_DIR = "evals"
-"""A run folder's per-step evaluation files (`validate_checkpoint` writes them); in the
+"""A run folder's per-step evaluation files (`train.evaluation.evaluate_checkpoint` writes them); in the
 experiment folder itself, evaluations of agents the sweep did not train (`<name>.json`: the
 quickstart's teacher), shown beside the trials as references."""
 _STEP_FILE = re.compile(r"step_(\d+)\.json")
@@ -272,7 +272,7 @@ def effective_config(params: dict, run: dict | None) -> dict:
 
 
 def step_file(run_dir: str, step: int) -> str:
-    """Where a run folder keeps its evaluation of step `step` (as `validate_checkpoint` names
+    """Where a run folder keeps its evaluation of step `step` (as `train.evaluation.step_file` names
     it), relative to the experiment folder."""
     return f"{run_dir}/{EVALS_DIR}/step_{step:09d}.json"
 

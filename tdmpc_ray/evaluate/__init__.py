@@ -4,7 +4,8 @@
   per step, optional trajectories for data generation.
 - `pool`: `RolloutActor` (Ray actor around the runner) and `EvalPool` (spreads jobs, survives
   physics errors and dead actors).
-- `score`: `evaluate()` and `normalized_score`; `config`: `EvalConfig`.
+- `score`: `evaluate()` and `normalized_score`; `config`: `EvalConfig` (an evaluation's
+  settings) and `PeriodicEvalConfig` (a training run's periodic evaluation, which makes one).
 - `report`: eval.json / eval.csv and the summary table; `video`: mp4 episodes.
 - `commands`: the `eval` verb.
 
@@ -24,8 +25,8 @@ _EXPORTS = {
     "EpisodeSpec": "rollout",
     "EvalConfig": "config",
     "EvalPool": "pool",
+    "PeriodicEvalConfig": "config",
     "RolloutActor": "pool",
-    "RolloutSettings": "pool",
     "Trajectory": "rollout",
     "evaluate": "score",
     "normalized_score": "score",

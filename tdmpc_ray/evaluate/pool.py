@@ -25,6 +25,7 @@ import torch
 from absl import logging as absl_logging
 from ray.exceptions import RayActorError
 
+from tdmpc_ray.evaluate.config import EvalConfig
 from tdmpc_ray.evaluate.rollout import (
     EnvFactory,
     EpisodeResult,
@@ -33,7 +34,7 @@ from tdmpc_ray.evaluate.rollout import (
     run_lockstep,
 )
 from tdmpc_ray.model import ModelConfig, WorldModel
-from tdmpc_ray.planning import Planner, PlannerConfig
+from tdmpc_ray.planning import Planner
 from tdmpc_ray.resources import capacity, check_evaluation
 from tdmpc_ray.tasks.dmcontrol import make_env
 
@@ -41,19 +42,6 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 2.0
 """How often `EvalPool.run` asks the busy actors how far their jobs are."""
-
-
-@dataclass(frozen=True)
-class RolloutSettings:
-    """How the actors act: planner settings, TD-MPC2's eval_mode, and testing limits."""
-
-    planner: PlannerConfig = PlannerConfig()
-    eval_mode: bool = False
-    """True: the planner's chosen action as is; False: plus the planner's std as noise."""
-    max_steps: int | None = None
-    """Cut episodes after this many agent steps (tests and benchmarks only)."""
-    record: bool = False
-    """Return each episode's trajectory (data generation)."""
 
 
 @dataclass(frozen=True)
@@ -126,22 +114,22 @@ class RolloutActor:
     def rollout(
         self,
         weights: list[ray.ObjectRef],
-        settings: RolloutSettings,
+        cfg: EvalConfig,
         specs: tuple[EpisodeSpec, ...],
     ) -> list[EpisodeResult]:
-        """Run `specs` in lockstep; `weights` is a one-element list so Ray passes the reference
-        itself (fetched only when new) rather than the resolved weights."""
+        """Run `specs` in lockstep, acting as `cfg` says (its planner, eval_mode and episode
+        cut); `weights` is a one-element list so Ray passes the reference itself (fetched only
+        when new) rather than the resolved weights."""
         model = self._load(weights[0])
-        planner = Planner(model, settings.planner, len(specs), planner_seed(specs))
+        planner = Planner(model, cfg.planner, len(specs), planner_seed(specs))
         try:
             return run_lockstep(
                 planner,
                 specs,
-                eval_mode=settings.eval_mode,
+                eval_mode=cfg.eval_mode,
                 obs_pad=model.cfg.obs_dim,
                 env_factory=self._env_factory,
-                max_steps=settings.max_steps,
-                record=settings.record,
+                max_steps=cfg.max_steps,
                 on_step=self._count,
             )
         finally:
@@ -201,7 +189,7 @@ class EvalPool:
     def run(
         self,
         weights: ray.ObjectRef,
-        settings: RolloutSettings,
+        cfg: EvalConfig,
         groups: Sequence[Sequence[EpisodeSpec]],
         max_retries: int = 3,
         on_result: Callable[[EpisodeResult], None] | None = None,
@@ -219,7 +207,7 @@ class EvalPool:
         while pending or in_flight:
             while pending and idle:
                 index, job = idle.pop(0), pending.popleft()
-                ref = self.actors[index].rollout.remote([weights], settings, job.specs)
+                ref = self.actors[index].rollout.remote([weights], cfg, job.specs)
                 in_flight[ref] = (index, job)
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=PROGRESS_EVERY_S)
             if not ready:

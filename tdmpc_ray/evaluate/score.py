@@ -33,7 +33,7 @@ from tqdm import tqdm
 from tdmpc_ray.atomic import atomic_path
 from tdmpc_ray.config import did_you_mean
 from tdmpc_ray.evaluate.config import EvalConfig
-from tdmpc_ray.evaluate.pool import EvalPool, Retry, RolloutSettings, model_payload
+from tdmpc_ray.evaluate.pool import EvalPool, Retry, model_payload
 from tdmpc_ray.evaluate.record import EpisodeRecord
 from tdmpc_ray.evaluate.rollout import EpisodeResult, EpisodeSpec, planner_seed
 from tdmpc_ray.evaluate.stats import score_summary, task_interval
@@ -260,14 +260,13 @@ def _run(
     """Run `groups` as jobs on `pool`, recording each finished episode in `log` as it arrives,
     with the job it belongs to, and showing progress on `bar`."""
     weights = ray.put(model_payload(model))
-    settings = RolloutSettings(cfg.planner, cfg.eval_mode, cfg.max_steps)
 
     def finished(result: EpisodeResult) -> None:
         if log is not None:
             log.add(result, job_of[(result.spec.task, result.spec.episode)])
         bar.update(result)
 
-    return pool.run(weights, settings, groups, cfg.max_retries, finished, bar.running)
+    return pool.run(weights, cfg, groups, cfg.max_retries, finished, bar.running)
 
 
 def _record(

@@ -1,7 +1,8 @@
 """Run a sweep spec with Ray Tune, Train inside Tune: each trial is a Tune function that builds
-and fits a TorchTrainer, while checkpoints are evaluated asynchronously and their scores reach
-Tune (and so schedulers and the dashboard) as soon as they are ready. What the finished sweep
-comes to is `sweep.summary`'s; its console tables are `sweep.tables`'."""
+and fits a TorchTrainer as `train` does, while checkpoints are evaluated asynchronously (by the
+same `PeriodicEvaluation`) and their scores reach Tune (and so schedulers and the dashboard) as
+soon as they are ready. What the finished sweep comes to is `sweep.summary`'s; its console
+tables are `sweep.tables`'."""
 
 from __future__ import annotations
 
@@ -22,70 +23,40 @@ from tdmpc_ray.config import build_config
 from tdmpc_ray.evaluate.report import save_json
 from tdmpc_ray.resources import available, capacity, fit_workers, plan_sweep
 from tdmpc_ray.shared_paths import check_shared_paths
-from tdmpc_ray.sweep.spec import SweepSpec, check_inputs
+from tdmpc_ray.sweep.spec import SweepSpec, check_trial_data_and_teachers
 from tdmpc_ray.sweep.summary import RUN_FILE, summarize, write_curves
 from tdmpc_ray.train.config import TrainConfig
-from tdmpc_ray.train.loop import validate_checkpoint
-from tdmpc_ray.train.teacher import teacher_pool
-from tdmpc_ray.train.trainer import build_trainer
-
-log = logging.getLogger(__name__)
-_validate = ray.remote(num_cpus=0, scheduling_strategy="DEFAULT")(validate_checkpoint)
+from tdmpc_ray.train.evaluation import PeriodicEvaluation
+from tdmpc_ray.train.trainer import checked_config, training_run
 
 
-class EvaluateAndReport(TuneReportCallback):
-    """Forwards Train reports to Tune, each with `run_dir` (the trial's run folder relative to
-    the experiment folder: run.json, checkpoints, evals/). Checkpoints at eval steps are
-    evaluated in background tasks (`validate_checkpoint`, which keeps the whole result in
-    `evals/step_NNNNNNNNN.json`); each finished evaluation is reported once, on the first report
-    after it finished (several at once: a row each), with its score, interval and IQM, per-task
-    scores, `eval_step` and `eval_file`. A report without an evaluation carries no score at all
-    (ASHA skips such rows). The last report waits for every evaluation. It runs in the Train
-    controller."""
+class EvaluateAndReport(PeriodicEvaluation):
+    """A trial's periodic evaluation (`train.evaluation.PeriodicEvaluation`, the one `train`
+    runs) that also forwards Train reports to Tune, each with `run_dir` (the trial's run folder
+    relative to the experiment folder: run.json, checkpoints, evals/). Each finished evaluation
+    is reported once, on the first report after it finished (several at once: a row each), with
+    its score, interval and IQM, per-task scores, `eval_step` and `eval_file`. A report without
+    an evaluation carries no score at all (ASHA skips such rows)."""
 
     def __init__(self, cfg: TrainConfig, run_dir: str):
-        super().__init__()
-        self.eval_freq = cfg.eval_freq
-        self.steps = cfg.steps
-        self.kwargs = cfg.eval_kwargs()
+        super().__init__(cfg)
+        self.tune = TuneReportCallback()
         self.run_dir = run_dir
-        self.pending: dict[ray.ObjectRef, int] = {}
-        self.finished: list[dict] = []
 
-    def after_report(self, run_context, metrics, checkpoint):
-        step = int(metrics[0].get("step", 0))
-        if (
-            checkpoint is not None
-            and self.eval_freq
-            and (step % self.eval_freq == 0 or step == self.steps)
-        ):
-            self.pending[_validate.remote(checkpoint, **self.kwargs)] = step
-        self.collect(timeout=None if step >= self.steps else 0)
-        finished, self.finished = self.finished, []
-        where = {"step": step, "run_dir": self.run_dir}
+    def publish(self, run_context, metrics: dict, checkpoint, finished: list[dict]) -> None:
+        finished = [self._relative(evaluation) for evaluation in finished]
+        where = {"step": int(metrics.get("step", 0)), "run_dir": self.run_dir}
         for evaluation in finished[:-1]:
-            super().after_report(run_context, [{**where, **evaluation}], None)
-        row = {**metrics[0], **where, **(finished[-1] if finished else {})}
-        super().after_report(run_context, [row], checkpoint)
+            self.tune.after_report(run_context, [{**where, **evaluation}], None)
+        row = {**metrics, **where, **(finished[-1] if finished else {})}
+        self.tune.after_report(run_context, [row], checkpoint)
 
-    def collect(self, timeout: float | None) -> None:
-        """Take in finished evaluations (waiting up to `timeout` seconds; None: all of them)."""
-        if not self.pending:
-            return
-        refs = list(self.pending)
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        for ref in sorted(ready, key=self.pending.get):
-            step = self.pending.pop(ref)
-            try:
-                metrics = ray.get(ref)
-            except ray.exceptions.RayError as err:
-                first = str(err).splitlines()[0]
-                log.error("evaluation of the step-%d checkpoint failed: %s", step, first)
-                self.finished.append({"eval_error": f"step {step}: {first}"})
-                continue
-            name = Path(metrics.pop("eval_file")).name
-            file = f"{self.run_dir}/evals/{name}"
-            self.finished.append({**metrics, "eval_step": step, "eval_file": file})
+    def _relative(self, evaluation: dict) -> dict:
+        """`evaluation` with its `eval_file` named relative to the experiment folder."""
+        if "eval_file" not in evaluation:
+            return evaluation
+        name = Path(evaluation["eval_file"]).name
+        return {**evaluation, "eval_file": f"{self.run_dir}/evals/{name}"}
 
 
 def run_trial(
@@ -103,11 +74,11 @@ def run_trial(
     cfg = dataclasses.replace(cfg, out=f"{cfg.out}/{trial}", name="train")
     if not cfg.distilling:
         cfg = dataclasses.replace(cfg, teacher=None)
-    run_dir = f"{trial}/{cfg.run_name()}"
-    callback = EvaluateAndReport(cfg, run_dir)
-    trainer, record, _teacher = build_trainer(cfg, [callback], validate=False)
-    save_json(f"{cfg.out}/{cfg.run_name()}/{RUN_FILE}", {**record, "recipe": cfg.recipe()})
-    trainer.fit()
+    cfg = checked_config(cfg)
+    evaluation = EvaluateAndReport(cfg, f"{trial}/{cfg.run_name()}")
+    with training_run(cfg, evaluation=evaluation) as (trainer, record):
+        save_json(f"{cfg.out}/{cfg.run_name()}/{RUN_FILE}", {**record, "recipe": cfg.recipe()})
+        trainer.fit()
 
 
 def _param_space(spec: SweepSpec, experiment: str) -> dict:
@@ -127,25 +98,16 @@ def _param_space(spec: SweepSpec, experiment: str) -> dict:
     return space
 
 
-def _shared_teachers(spec: SweepSpec) -> list:
-    """The service (every replica) of each distinct teacher of the sweep, held for its whole run
-    (each teacher was checked, and a published name fetched, by `check_inputs`; its sha256 is
-    computed once here)."""
-    configs = [c.resolved() for c in spec.trial_configs() if c.distilling]
-    teachers = {
-        (
-            c.teacher,
-            c.teacher_sha256,
-            c.task_set,
-            c.teacher_replicas,
-            c.optim.precision,
-        ): c.teacher_gpus
-        for c in configs
-    }
-    return [
-        teacher_pool(path, digest, task_set, gpus, replicas, precision)
-        for (path, digest, task_set, replicas, precision), gpus in sorted(teachers.items())
-    ]
+@contextlib.contextmanager
+def shared_teachers(spec: SweepSpec) -> Iterator[None]:
+    """The service (every replica) of each distinct teacher of the sweep, held for the block
+    (each teacher was checked, and a published name fetched, by `check_trial_data_and_teachers`;
+    its sha256 is computed once here)."""
+    specs = dict.fromkeys(c.resolved().teacher_spec() for c in spec.trial_configs() if c.distilling)
+    with contextlib.ExitStack() as stack:
+        for teacher in specs:
+            stack.enter_context(teacher.serve())
+        yield
 
 
 def asha(options: dict) -> ASHAScheduler:
@@ -181,7 +143,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
     """Run (or resume) the sweep; returns the trials sorted by score, the best student and
     `errors` (trial -> first line of its error). Inputs and resources are checked before any
     trial starts. `verbose` is Tune's console verbosity (0: silent)."""
-    check_inputs(spec)
+    check_trial_data_and_teachers(spec)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
     inputs = {
@@ -193,7 +155,6 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
     concurrency = plan_sweep(
         spec.trial_configs(), spec.trial_cpus, spec.max_concurrent_trials, capacity(), available()
     )
-    teachers = _shared_teachers(spec)
     storage = (
         spec.storage_path if "://" in spec.storage_path else str(Path(spec.storage_path).resolve())
     )
@@ -217,9 +178,8 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
             ),
             run_config=tune.RunConfig(name=spec.name, storage_path=storage, verbose=verbose),
         )
-    with tune_environment():
+    with shared_teachers(spec), tune_environment():
         grid = tuner.fit()
-    del teachers
     summary = summarize(grid, spec, experiment)
     if "://" not in experiment:
         write_json(Path(experiment) / "summary.json", summary)

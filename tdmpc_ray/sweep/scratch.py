@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from tdmpc_ray.evaluate.compare import compare_results, run_means
 from tdmpc_ray.evaluate.stats import score_summary
-from tdmpc_ray.train.losses import DISTILL_TERMS
+from tdmpc_ray.train.losses import DISTILL_SETTINGS, DISTILL_TERMS
 
 COEFFICIENTS = tuple(term.coef for term in DISTILL_TERMS.values())
 """The coefficient key of every distillation term (the registry's)."""
@@ -30,9 +30,7 @@ DISTILL_KEYS = (
     "teacher_replicas",
     "teacher_sha256",
     *COEFFICIENTS,
-    "latent_bridge",
-    "pca_samples",
-    "distill_all_steps",
+    *DISTILL_SETTINGS,
 )
 """Settings a scratch trial ignores: a trial and its baseline may differ in these."""
 NAMES = ("trial", "scratch")

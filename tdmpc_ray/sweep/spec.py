@@ -177,7 +177,7 @@ def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> Swee
     return spec
 
 
-def check_inputs(spec: SweepSpec) -> None:
+def check_trial_data_and_teachers(spec: SweepSpec) -> None:
     """Fail with one line naming the setting and its path, before any trial starts, unless every
     trial's `data` is a Parquet episode set of its task set and its `teacher` a readable world
     model of that task set."""

@@ -5,18 +5,20 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from tdmpc_ray.config import build_config
+from tdmpc_ray.evaluate.config import PeriodicEvalConfig
 from tdmpc_ray.model.checkpoint import checkpoint_hash
 from tdmpc_ray.model.config import ModelConfig, model_config
 from tdmpc_ray.model.published import published, resolve_checkpoint
 from tdmpc_ray.model.world_model import WorldModel
-from tdmpc_ray.planning import PlannerConfig
-from tdmpc_ray.train.distill import BRIDGES
-from tdmpc_ray.train.losses import DISTILL_TERMS, LossConfig
+from tdmpc_ray.train.losses import LossConfig
 from tdmpc_ray.train.update import OptimConfig
+
+if TYPE_CHECKING:
+    from tdmpc_ray.train.teacher import TeacherSpec
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,6 @@ class TrainConfig:
     """Loss and distillation coefficients, set by their own keys (`d_coef=0.4`, `rho=0.5`, ...);
     the reward term's d_coef defaults to the paper's published students' 0.45, and every
     distillation coefficient counts as 0 without a teacher."""
-    pca_samples: int = 4096
-    """Teacher latents sampled from the data to fit the `pca` bridge."""
     optim: OptimConfig = OptimConfig()
     """Optimiser, compilation and precision of the update, set by their own keys (`lr=1e-3`,
     `compile=true`, `precision=bf16`, ...)."""
@@ -80,26 +80,9 @@ class TrainConfig:
     """CPUs per Ray Data read task (small, so reads fit beside workers on a busy node)."""
     max_resident_episodes: int | None = None
     """Keep at most this many episodes in memory per worker, rotating through the data."""
-    eval_freq: int = 0
-    """Evaluate every this many steps with rollout actors, asynchronously (0 = off)."""
-    eval_tasks: str = "mt30"
-    """Tasks of the periodic evaluation: `mt30`, or comma-separated task names."""
-    eval_episodes: int = 1
-    """Episodes per task of each periodic evaluation."""
-    eval_actors: int = 1
-    """Rollout actors of each periodic evaluation."""
-    eval_mpc: bool = True
-    """Evaluate with MPPI planning; false acts with the policy prior (much faster)."""
-    eval_planner: tuple[str, ...] = ()
-    """MPPI settings of the evaluation as `key=value` pairs over TD-MPC2's defaults, e.g.
-    `eval_planner=iterations=2,num_samples=128,compile=true` (cheaper planning on CPUs)."""
-    eval_mode: bool = True
-    """Act with the planned (or prior's) action as is, as TD-MPC2 evaluates during training;
-    false adds the planner's std as noise, as its evaluate.py (and the paper's scores) do."""
-    eval_cpus: float = 1.0
-    """CPUs per evaluation rollout actor."""
-    eval_max_steps: int | None = None
-    """Cut evaluation episodes short (tests); scores are then not comparable to 500 steps."""
+    evaluation: PeriodicEvalConfig = PeriodicEvalConfig()
+    """The periodic evaluation, set by its own keys (`eval_freq=5000`, `eval_episodes=10`,
+    `eval_planner=iterations=2`, ...)."""
     checkpoint_every: int = 10_000
     """Save a checkpoint every this many steps (and at the last)."""
     log_every: int = 100
@@ -139,46 +122,18 @@ class TrainConfig:
         dims = {k: getattr(self, k) for k in ("enc_dim", "mlp_dim", "latent_dim", "num_q")}
         return model_config(self.model_size, self.task_set, **{k: v for k, v in dims.items() if v})
 
-    def eval_kwargs(self) -> dict:
-        """Arguments of `validate_checkpoint` for this run's periodic evaluation (results kept in
-        the run's folder, `<out>/<run name>/evals/`)."""
-        return {
-            "tasks": self.eval_tasks,
-            "episodes": self.eval_episodes,
-            "actors": self.eval_actors,
-            "planner": self.eval_planner_config(),
-            "eval_mode": self.eval_mode,
-            "max_steps": self.eval_max_steps,
-            "seed": self.seed,
-            "cpus": self.eval_cpus,
-            "evals_dir": f"{absolute(self.out).rstrip('/')}/{self.run_name()}/evals",
-        }
-
-    def eval_planner_config(self) -> PlannerConfig:
-        """The planner of the periodic evaluation: `eval_mpc` and the `eval_planner` pairs."""
-        if any(pair.partition("=")[0].strip() == "mpc" for pair in self.eval_planner):
-            raise ValueError("eval_planner: set the policy prior with eval_mpc, not mpc=")
-        try:
-            overrides = build_config(PlannerConfig, None, list(self.eval_planner))
-        except ValueError as err:
-            raise ValueError(f"eval_planner: {err}") from None
-        return dataclasses.replace(overrides, mpc=self.eval_mpc)
-
     def recipe(self) -> str:
-        """Short name of the distillation recipe: `scratch`, or the terms with their coefficients
-        (the reward term is `d<coef>`, as the paper names its students)."""
+        """Short name of the distillation recipe: `scratch`, or the terms as each names itself
+        (`DistillTerm.recipe_part`: the reward term is `d<coef>`, as the paper names its
+        students)."""
         if not self.distilling:
             return "scratch"
-        losses, parts = self.losses(), []
-        for term in losses.terms():
-            coef = f"{getattr(losses, term.coef):g}"
-            if term.name == "reward":
-                parts.append(f"d{coef}")
-            elif term.name == "latent":
-                parts.append(f"latent-{losses.latent_bridge}{coef}")
-            else:
-                parts.append(f"{term.name}{coef}")
-        return "distill-" + "-".join(parts)
+        losses = self.losses()
+        return "distill-" + "-".join(term.recipe_part(losses) for term in losses.terms())
+
+    def evals_dir(self) -> str:
+        """Where the run's periodic evaluations are kept: `<out>/<run name>/evals/`."""
+        return f"{absolute(self.out).rstrip('/')}/{self.run_name()}/evals"
 
     def run_name(self) -> str:
         recipe = self.recipe()
@@ -198,6 +153,23 @@ class TrainConfig:
             digest = checkpoint_hash(teacher)
         return dataclasses.replace(
             self, data=absolute(self.data), teacher=teacher, teacher_sha256=digest
+        )
+
+    def teacher_spec(self) -> TeacherSpec | None:
+        """The teacher service this run asks (None without a teacher): built from the resolved
+        config, once per run, and handed to whoever needs the teacher. (`train.teacher` is
+        imported here: it brings Ray, which reading a config does not need.)"""
+        from tdmpc_ray.train.teacher import TeacherSpec
+
+        if self.teacher is None:
+            return None
+        return TeacherSpec(
+            self.teacher,
+            self.teacher_sha256,
+            self.task_set,
+            self.teacher_gpus,
+            self.teacher_replicas,
+            self.optim.precision,
         )
 
     def check(self) -> None:
@@ -225,28 +197,17 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("eval_freq", "read_cpus"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
-        for name in ("cpus_per_worker", "eval_cpus"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+        if self.read_cpus < 0:
+            raise ValueError(f"read_cpus must be non-negative, got {self.read_cpus}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker must be positive, got {self.cpus_per_worker}")
         if self.gpus_per_worker <= 0:
             raise ValueError(f"gpus_per_worker must be positive, got {self.gpus_per_worker}")
         if self.teacher_replicas < 1:
             raise ValueError(f"teacher_replicas must be at least 1, got {self.teacher_replicas}")
-        for term in DISTILL_TERMS.values():
-            if getattr(self.loss, term.coef) < 0:
-                raise ValueError(
-                    f"{term.coef} must be non-negative, got {getattr(self.loss, term.coef)}"
-                )
-        if self.loss.latent_bridge not in BRIDGES:
-            raise ValueError(
-                f"latent_bridge must be one of {BRIDGES}, not {self.loss.latent_bridge!r}"
-            )
+        self.loss.check()
         self.optim.check()
-        self.eval_planner_config()
+        self.evaluation.check()
 
 
 def parameter_count(cfg: ModelConfig) -> int:

@@ -1,6 +1,8 @@
 """The Ray Train worker loop: sample windows from this worker's episode shard, ask the teacher
 for the outputs the recipe's terms need (those not cached as labels in the data) one step ahead,
-update, report metrics, checkpoint, and hand checkpoints to asynchronous evaluation."""
+update, report metrics, and checkpoint (every `checkpoint_every` steps, and at each step the
+periodic evaluation is due: the Train controller's `train.evaluation.PeriodicEvaluation` scores
+those)."""
 
 from __future__ import annotations
 
@@ -21,10 +23,8 @@ from tdmpc_ray.data.episode_store import Batch, EpisodeStore
 from tdmpc_ray.devices import to_device
 from tdmpc_ray.model.checkpoint import save_checkpoint
 from tdmpc_ray.model.world_model import WorldModel
-from tdmpc_ray.planning import PlannerConfig
 from tdmpc_ray.train.config import TrainConfig
-from tdmpc_ray.train.distill import LatentBridge
-from tdmpc_ray.train.teacher import teacher_pool
+from tdmpc_ray.train.teacher import TeacherSpec
 from tdmpc_ray.train.update import Learner, read_metrics, use_tf32
 
 STATE_FILE = "learner.pt"
@@ -46,7 +46,13 @@ class TeacherTargets:
     the next update. On a GPU the query's rows go to the host by an asynchronous copy and a
     sender thread asks once the copy is done, so the training loop never waits for the GPU."""
 
-    def __init__(self, cfg: TrainConfig, cached_terms: tuple[str, ...], rank: int = 0):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        cached_terms: tuple[str, ...],
+        teacher: TeacherSpec | None,
+        rank: int = 0,
+    ):
         terms = cfg.losses().teacher_terms()
         self.cached = tuple(t for t in terms if t in cached_terms)
         self.asked = tuple(t for t in terms if t not in cached_terms)
@@ -54,15 +60,7 @@ class TeacherTargets:
         self.pool = None
         self.sender = None
         if self.asked:
-            self.pool = teacher_pool(
-                cfg.teacher,
-                cfg.teacher_sha256,
-                cfg.task_set,
-                cfg.teacher_gpus,
-                cfg.teacher_replicas,
-                cfg.optim.precision,
-                offset=rank,
-            )
+            self.pool = teacher.pool(offset=rank)
             self.sender = ThreadPoolExecutor(1, thread_name_prefix="teacher-query")
         self.wait_s = 0.0
 
@@ -165,22 +163,11 @@ def _all_generator_states(generator: torch.Generator) -> list[torch.Tensor]:
     return states
 
 
-def _bridge(cfg: TrainConfig, model: WorldModel, config: dict) -> LatentBridge | None:
-    """The latent-distillation bridge the recipe needs (None without a latent term)."""
-    if not cfg.losses().latent_d_coef:
-        return None
-    return LatentBridge(
-        cfg.loss.latent_bridge,
-        model.cfg.latent_dim,
-        config["teacher_latent_dim"],
-        config.get("pca"),
-    )
-
-
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; `config` holds `train` (the resolved TrainConfig), `cached_terms`
-    (teacher outputs read from the data's labels), `teacher_latent_dim` and `pca` (for a latent
-    term) and `validate` (hand eval-step checkpoints to the trainer's asynchronous validation)."""
+    (teacher outputs read from the data's labels), `teacher` (the run's `TeacherSpec`, None when
+    nothing is asked of a teacher) and `bridge_inputs` (what the driver fitted for the recipe's
+    bridge, `LossConfig.bridge_inputs`)."""
     cfg: TrainConfig = config["train"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -188,7 +175,7 @@ def train_loop_per_worker(config: dict) -> None:
     use_tf32(device)
     torch.manual_seed(cfg.seed)
     model = WorldModel(cfg.model())
-    bridge = _bridge(cfg, model, config)
+    bridge = cfg.losses().bridge(model.cfg.latent_dim, config["bridge_inputs"])
     model = model.to(device)
     learner = Learner(model, cfg.losses(), cfg.optim, None if bridge is None else bridge.to(device))
     torch.manual_seed(cfg.seed * NOISE_SEED_STRIDE + rank)
@@ -205,7 +192,7 @@ def train_loop_per_worker(config: dict) -> None:
         max_resident_episodes=cfg.max_resident_episodes,
         seed=cfg.seed + rank,
     )
-    teacher = TeacherTargets(cfg, tuple(config["cached_terms"]), rank)
+    teacher = TeacherTargets(cfg, tuple(config["cached_terms"]), config["teacher"], rank)
     wandb_run = _start_wandb(cfg) if cfg.wandb and rank == 0 else None
     steps = updates(learner, store, teacher, cfg.batch_size // world, cfg.horizon, generator)
     window_start, window_steps = time.perf_counter(), 0
@@ -213,7 +200,7 @@ def train_loop_per_worker(config: dict) -> None:
         window_steps += 1
         done = step + 1
         save = done % cfg.checkpoint_every == 0 or done == cfg.steps
-        evaluate = cfg.eval_freq > 0 and (done % cfg.eval_freq == 0 or done == cfg.steps)
+        evaluate = cfg.evaluation.due(done, cfg.steps)
         if not (save or evaluate or done % cfg.log_every == 0):
             continue
         metrics = read_metrics(metrics)
@@ -236,12 +223,7 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:
                 _save(learner, generators, Path(directory), cfg)
             ckpt = ray.train.Checkpoint.from_directory(directory) if rank == 0 else None
-            ray.train.report(
-                metrics,
-                checkpoint=ckpt,
-                checkpoint_dir_name=f"checkpoint_{done:09d}",
-                validation=bool(evaluate and rank == 0 and config["validate"]),
-            )
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{done:09d}")
     store.close()
     if wandb_run is not None:
         wandb_run.finish()
@@ -259,41 +241,3 @@ def _start_wandb(cfg: TrainConfig):
     return wandb.init(
         project="tdmpc-ray", name=cfg.run_name(), config=config_dict(cfg), mode=mode, dir=local
     )
-
-
-def validate_checkpoint(
-    checkpoint: ray.train.Checkpoint,
-    tasks: str,
-    episodes: int,
-    actors: int,
-    planner: PlannerConfig,
-    eval_mode: bool,
-    max_steps: int | None,
-    seed: int,
-    cpus: float = 1.0,
-    evals_dir: str | None = None,
-) -> dict:
-    """Asynchronous evaluation of a reported checkpoint's student with rollout actors. The whole
-    result (per-episode returns, env seeds, intervals) goes to `evals_dir/step_NNNNNNNNN.json`
-    (atomically; also on storage URIs); the returned metrics are the scores with their
-    intervals, per-task scores and `eval_file`, that file's path."""
-    from tdmpc_ray.evaluate import EvalConfig, evaluate
-    from tdmpc_ray.evaluate.report import save_json, training_metrics
-    from tdmpc_ray.model.checkpoint import read_checkpoint
-
-    with checkpoint.as_directory() as directory:
-        student = Path(directory) / STUDENT_FILE
-        cfg = EvalConfig(
-            planner=planner,
-            eval_mode=eval_mode,
-            seed=seed,
-            max_steps=max_steps,
-            cpus_per_actor=cpus,
-        )
-        result = evaluate(str(student), tasks, episodes, actors, cfg)
-        step = int(read_checkpoint(student)["metadata"]["step"])
-    metrics = training_metrics(result)
-    if evals_dir is not None:
-        record = {"step": step, "checkpoint": checkpoint.path, **result}
-        metrics["eval_file"] = save_json(f"{evals_dir}/step_{step:09d}.json", record)
-    return metrics

@@ -3,8 +3,10 @@
 The distillation terms are registered in one place: each is a coefficient field of `LossConfig`
 declared with `distill_term(...)`, whose metadata is the term's registry entry (`DistillTerm`:
 the teacher output it compares with, whether its loss joins the world-model or the policy loss,
-its metric, and its loss function). `DISTILL_TERMS` collects them; the losses, the teacher
-service, cached labels, recipe names and curves all read it.
+its metric, its loss function, how recipe names show it, and, for a term that compares through
+a module of its own such as the latent bridge, how the driver prepares it and each worker builds
+it). `DISTILL_TERMS` collects them; the losses, the teacher service, cached labels, recipe names,
+curves and the training loop's bridge all read it, so a new term is written here only.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from tdmpc_ray.model.math import soft_ce, symlog
 from tdmpc_ray.model.world_model import TEACHER_OUTPUTS, WorldModel
-from tdmpc_ray.train.distill import LatentBridge
+from tdmpc_ray.train.distill import BRIDGES, LatentBridge, fit_pca
 
 if TYPE_CHECKING:
     from tdmpc_ray.data.episode_store import Batch
@@ -45,6 +47,29 @@ class Predictions(NamedTuple):
 TermLoss = Callable[[Predictions, torch.Tensor, "LossConfig"], torch.Tensor]
 
 
+class TeacherProbe(Protocol):
+    """What the driver offers a term that prepares its bridge before training: the teacher and
+    a seeded sample of the run's data."""
+
+    student_latent_dim: int
+    """The student's latent size."""
+
+    def latent_dim(self) -> int:
+        """The teacher's latent size."""
+        ...
+
+    def sample(self, rows: int, term: str) -> torch.Tensor:
+        """The teacher's output `term` [rows, width] on `rows` (obs, action) pairs drawn from
+        the data (the same pairs for the same run seed)."""
+        ...
+
+
+TermPrepare = Callable[["LossConfig", TeacherProbe], dict]
+"""(config, teacher probe) -> the picklable inputs of the term's bridge (driver side)."""
+TermBridge = Callable[["LossConfig", int, dict], LatentBridge]
+"""(config, student latent size, prepared inputs) -> the term's bridge (worker side)."""
+
+
 @dataclass(frozen=True)
 class DistillTerm:
     """One distillation term: the registry entry behind a `LossConfig` coefficient."""
@@ -59,8 +84,20 @@ class DistillTerm:
     """Name of its loss in the training metrics and curves."""
     loss: TermLoss
     """(student predictions, teacher output [S, B, width], config) -> scalar loss."""
+    recipe: str = "{name}{coef}"
+    """How recipe names show the term: a format of its `name`, its `coef`ficient's value and
+    the `LossConfig` fields."""
+    prepare: TermPrepare | None = None
+    """Fits what its bridge needs on the driver (None: nothing to fit)."""
+    bridge: TermBridge | None = None
+    """Builds the module it compares through (`Predictions.bridge`; None: it needs none)."""
     coef: str = ""
     """Its `LossConfig` coefficient field (filled in by the registry)."""
+
+    def recipe_part(self, cfg: LossConfig) -> str:
+        """The term in a recipe name, with its coefficient in `cfg` (`d0.45`)."""
+        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        return self.recipe.format(**{**fields, "name": self.name, "coef": f"{fields[self.coef]:g}"})
 
     @property
     def cached(self) -> bool:
@@ -78,10 +115,18 @@ class DistillTerm:
         return TEACHER_OUTPUTS[self.teacher].column
 
 
-def distill_term(name: str, attach: str, metric: str, loss: TermLoss, teacher: str = "") -> Any:
-    """A `LossConfig` coefficient field (default 0: the term is off) registering its term."""
-    entry = DistillTerm(name, teacher or name, attach, metric, loss)
+def distill_term(
+    name: str, attach: str, metric: str, loss: TermLoss, teacher: str = "", **hooks: Any
+) -> Any:
+    """A `LossConfig` coefficient field (default 0: the term is off) registering its term;
+    `hooks` are its optional `DistillTerm` fields (`recipe`, `prepare`, `bridge`)."""
+    entry = DistillTerm(name, teacher or name, attach, metric, loss, **hooks)
     return dataclasses.field(default=0.0, metadata={"distill": entry})
+
+
+def distill_setting(default: Any) -> Any:
+    """A `LossConfig` field that only distillation terms read (a scratch run ignores it)."""
+    return dataclasses.field(default=default, metadata={"distill_setting": True})
 
 
 def _rho_weights(cfg: LossConfig, steps: int, device) -> torch.Tensor:
@@ -113,6 +158,23 @@ def latent_distill(pred: Predictions, teacher: torch.Tensor, cfg: LossConfig) ->
     if pred.bridge is None:
         raise ValueError("latent_d_coef > 0 needs a LatentBridge")
     return distill_loss(*pred.bridge(pred.zs[1:], teacher), cfg)
+
+
+def latent_inputs(cfg: LossConfig, teacher: TeacherProbe) -> dict:
+    """The teacher's latent size and, for the `pca` bridge, the projection fitted on teacher
+    latents of `pca_samples` (obs, action) pairs of the data."""
+    out = {"teacher_latent_dim": teacher.latent_dim()}
+    if cfg.latent_bridge == "pca":
+        latents = teacher.sample(cfg.pca_samples, "latent")
+        out["pca"] = fit_pca(latents, teacher.student_latent_dim)
+    return out
+
+
+def latent_bridge(cfg: LossConfig, student_dim: int, inputs: dict) -> LatentBridge:
+    """The `latent_bridge` between the student's latents and the teacher's."""
+    return LatentBridge(
+        cfg.latent_bridge, student_dim, inputs["teacher_latent_dim"], inputs.get("pca")
+    )
 
 
 def value_distill(pred: Predictions, teacher: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
@@ -161,12 +223,24 @@ class LossConfig:
     """Weight decay of later horizon steps: step t counts rho**t."""
     entropy_coef: float = 1e-4
     """Entropy bonus of the policy prior's loss (TD-MPC2: 1e-4)."""
-    d_coef: float = distill_term("reward", "world", "distill_loss", reward_distill)
+    d_coef: float = distill_term(
+        "reward", "world", "distill_loss", reward_distill, recipe="d{coef}"
+    )
     """Reward distillation coefficient (the paper's best: 0.4-0.45); 0 trains from scratch."""
-    latent_d_coef: float = distill_term("latent", "world", "latent_distill_loss", latent_distill)
+    latent_d_coef: float = distill_term(
+        "latent",
+        "world",
+        "latent_distill_loss",
+        latent_distill,
+        recipe="latent-{latent_bridge}{coef}",
+        prepare=latent_inputs,
+        bridge=latent_bridge,
+    )
     """Next-state latent distillation through `latent_bridge` (the paper's latent variants)."""
-    latent_bridge: str = "linear"
+    latent_bridge: str = distill_setting("linear")
     """`linear` (learned student -> teacher projection) or `pca` (fixed teacher -> student)."""
+    pca_samples: int = distill_setting(4096)
+    """Teacher latents sampled from the data to fit the `pca` bridge."""
     value_d_coef: float = distill_term("value", "world", "value_distill_loss", value_distill)
     """Value distillation: the student's mean Q vs the teacher's mean Q, MSE of their symlogs."""
     policy_d_coef: float = distill_term("policy", "policy", "policy_distill_loss", policy_distill)
@@ -176,7 +250,7 @@ class LossConfig:
     )
     """Planner imitation: the prior's action-space mean and log std vs the teacher's MPPI
     distribution, MSE (`planner_distill`); needs planner labels (`data label --mpc`)."""
-    distill_all_steps: bool = False
+    distill_all_steps: bool = distill_setting(False)
     """Distil at every horizon step (rho-weighted) instead of only the first."""
 
     def terms(self) -> tuple[DistillTerm, ...]:
@@ -191,6 +265,31 @@ class LossConfig:
         """These coefficients with every distillation term off (training from scratch)."""
         return dataclasses.replace(self, **{t.coef: 0.0 for t in DISTILL_TERMS.values()})
 
+    def bridge_inputs(self, teacher: TeacherProbe) -> dict:
+        """What the terms on need fitted before training (`DistillTerm.prepare`), on the
+        driver, by the term's name."""
+        return {t.name: t.prepare(self, teacher) for t in self.terms() if t.prepare is not None}
+
+    def bridge(self, student_dim: int, inputs: dict) -> LatentBridge | None:
+        """The module the terms on compare through (`DistillTerm.bridge`), from what
+        `bridge_inputs` fitted; None when no term on needs one. `Predictions` carries one."""
+        bridges = [
+            t.bridge(self, student_dim, inputs.get(t.name, {})) for t in self.terms() if t.bridge
+        ]
+        if len(bridges) > 1:
+            raise ValueError("at most one distillation term on may compare through a bridge")
+        return bridges[0] if bridges else None
+
+    def check(self) -> None:
+        """Fail with one line on coefficients or distillation settings that cannot train."""
+        for term in DISTILL_TERMS.values():
+            if getattr(self, term.coef) < 0:
+                raise ValueError(
+                    f"{term.coef} must be non-negative, got {getattr(self, term.coef)}"
+                )
+        if self.latent_bridge not in BRIDGES:
+            raise ValueError(f"latent_bridge must be one of {BRIDGES}, not {self.latent_bridge!r}")
+
 
 DISTILL_TERMS: dict[str, DistillTerm] = {
     f.metadata["distill"].name: dataclasses.replace(f.metadata["distill"], coef=f.name)
@@ -198,6 +297,10 @@ DISTILL_TERMS: dict[str, DistillTerm] = {
     if "distill" in f.metadata
 }
 """Every distillation term by name, in `LossConfig` order: the one registry."""
+DISTILL_SETTINGS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(LossConfig) if "distill_setting" in f.metadata
+)
+"""The `LossConfig` fields besides the coefficients that only distillation reads."""
 
 
 @torch.no_grad()

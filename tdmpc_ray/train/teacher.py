@@ -4,6 +4,8 @@ distillation queries in coalesced forward passes.
 
 A teacher is named by the sha256 of its checkpoint, computed once by the driver and handed to
 workers and actors (a 317M teacher is 1.3 GB: hashing it in every process cost seconds each).
+Which service a run asks is one `TeacherSpec`, built once from the run's resolved config; its
+actors live while `TeacherSpec.serve()`'s block runs (or a worker or trial holds a handle).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import ray
 import torch
@@ -217,7 +220,7 @@ class TeacherPool:
 
 def teacher_pool(
     checkpoint: str,
-    digest: str,
+    digest: str | None,
     task_set: str = "mt30",
     num_gpus: float | None = None,
     replicas: int = 1,
@@ -230,3 +233,48 @@ def teacher_pool(
         for replica in range(replicas)
     ]
     return TeacherPool(actors, offset)
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Which teacher service a run asks: the checkpoint (its path and sha256), the task set it
+    serves, its replicas and the precision it answers at, with the GPUs each replica asks for.
+    Two specs are the same service when all but the GPUs agree (the first to start the actors
+    sets those)."""
+
+    checkpoint: str
+    """Local path of the teacher checkpoint (resolved: published names fetched)."""
+    digest: str | None
+    """sha256 of the checkpoint (None: hashed where the actors are created)."""
+    task_set: str = "mt30"
+    """Task set of the teacher (and the run)."""
+    num_gpus: float | None = field(default=None, compare=False)
+    """GPUs per replica; None: one when the cluster has a GPU (`get_teacher`)."""
+    replicas: int = 1
+    """Actors answering queries, each query going to one."""
+    precision: str = "fp32"
+    """Precision of the teacher's forward passes (answers are float32)."""
+
+    def pool(self, offset: int = 0) -> TeacherPool:
+        """A client of the service's actors (created on first use), its queries starting at
+        replica `offset` (a worker's rank)."""
+        return teacher_pool(
+            self.checkpoint,
+            self.digest,
+            self.task_set,
+            self.num_gpus,
+            self.replicas,
+            self.precision,
+            offset,
+        )
+
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[TeacherPool]:
+        """The service's actors, held for the block: like every non-detached actor they live
+        while their creator holds a handle, so the driver holds them while its run (or sweep)
+        runs, and leaving the block lets them go once no worker or trial holds one."""
+        pool = self.pool()
+        try:
+            yield pool
+        finally:
+            pool.actors = []

@@ -1,8 +1,10 @@
-"""Driver side of training: validate the run, start the shared teacher, fit a TorchTrainer, and
-leave the final student beside the run's record."""
+"""Driver side of training: check the run, hold the shared teacher, fit a TorchTrainer whose
+controller evaluates checkpoints as they come (`train.evaluation`), and leave the final student
+beside the run's record."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Iterator
@@ -22,8 +24,6 @@ from ray.train import (
     RunConfig,
     ScalingConfig,
     UserCallback,
-    ValidationConfig,
-    ValidationTaskConfig,
 )
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -37,9 +37,9 @@ from tdmpc_ray.provenance import provenance
 from tdmpc_ray.resources import asks_teacher, capacity, check_training
 from tdmpc_ray.shared_paths import check_shared_paths
 from tdmpc_ray.train.config import TrainConfig
-from tdmpc_ray.train.distill import fit_pca
-from tdmpc_ray.train.loop import STUDENT_FILE, train_loop_per_worker, validate_checkpoint
-from tdmpc_ray.train.teacher import TeacherPool, teacher_pool
+from tdmpc_ray.train.evaluation import PeriodicEvaluation, read_evaluation
+from tdmpc_ray.train.loop import STUDENT_FILE, train_loop_per_worker
+from tdmpc_ray.train.teacher import TeacherPool
 
 
 def cached_terms(cfg: TrainConfig, info: DatasetInfo) -> tuple[str, ...]:
@@ -50,32 +50,45 @@ def cached_terms(cfg: TrainConfig, info: DatasetInfo) -> tuple[str, ...]:
     return tuple(t for t in cfg.losses().teacher_terms() if t in labelled)
 
 
-def _latent_bridge_inputs(cfg: TrainConfig, info: DatasetInfo, teacher: TeacherPool) -> dict:
-    """The teacher's latent size and, for the `pca` bridge, the projection fitted on teacher
-    latents of `pca_samples` windows sampled from the data (seeded: one projection per run)."""
-    if not cfg.losses().latent_d_coef:
-        return {}
-    out = {"teacher_latent_dim": teacher.info()[0]["latent_dim"]}
-    if cfg.loss.latent_bridge == "pca":
+class DataProbe:
+    """The teacher and a seeded sample of the run's data, offered to distillation terms that fit
+    their bridge before training (`losses.TeacherProbe`)."""
+
+    def __init__(self, cfg: TrainConfig, info: DatasetInfo, teacher: TeacherPool):
+        self.cfg, self.info, self.teacher = cfg, info, teacher
+        self.student_latent_dim = cfg.model().latent_dim
+
+    def latent_dim(self) -> int:
+        """The teacher's latent size, as its first replica reports it."""
+        return self.teacher.info()[0]["latent_dim"]
+
+    def sample(self, rows: int, term: str) -> torch.Tensor:
+        """The teacher's `term` on the first step of `rows` windows sampled from the data
+        (seeded: one sample per run)."""
         store = EpisodeStore.load(
-            [p.path for p in info.parts],
-            max_resident_episodes=min(info.episodes, 512),
-            seed=cfg.seed,
+            [p.path for p in self.info.parts],
+            max_resident_episodes=min(self.info.episodes, 512),
+            seed=self.cfg.seed,
         )
-        batch = store.sample(cfg.pca_samples, 1, torch.Generator().manual_seed(cfg.seed))
+        batch = store.sample(rows, 1, torch.Generator().manual_seed(self.cfg.seed))
         store.close()
-        latents = ray.get(teacher.outputs(batch.obs[0], batch.action[0], batch.task, ("latent",)))
-        student_dim = cfg.model().latent_dim
-        out["pca"] = fit_pca(latents["latent"], student_dim)
-    return out
+        outputs = self.teacher.outputs(batch.obs[0], batch.action[0], batch.task, (term,))
+        return ray.get(outputs)[term]
 
 
-def check_inputs(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` checked and resolved (a published teacher name fetched, paths made absolute), with
-    its teacher checkpoint loaded once to prove it is a world model of the run's task set: bad
-    input fails here with one line, before Ray starts or a run folder exists."""
+def checked_config(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` checked (one line on values that cannot train) and resolved (a published teacher
+    name fetched, paths made absolute, the teacher hashed): once per run, before
+    `training_run`. A sweep's trials start here: its driver has loaded their teachers."""
     cfg.check()
-    cfg = cfg.resolved()
+    return cfg.resolved()
+
+
+def check_config_and_teacher(cfg: TrainConfig) -> TrainConfig:
+    """`checked_config(cfg)`, with its teacher checkpoint loaded once to prove it is a world
+    model of the run's task set: bad input fails here with one line, before Ray starts or a run
+    folder exists."""
+    cfg = checked_config(cfg)
     if cfg.teacher is not None:
         load_world_model(cfg.teacher, cfg.task_set)
     return cfg
@@ -121,16 +134,15 @@ def _worker_loop(config: dict) -> None:
     train_loop_per_worker(config)
 
 
-def build_trainer(
-    cfg: TrainConfig, callbacks: list | None = None, validate: bool = True
-) -> tuple[TorchTrainer, dict, object]:
-    """A TorchTrainer for `cfg`, the run record (config, data facts, provenance) and the teacher
-    service (None without one): keep it while training, its actors live while it does.
+@contextlib.contextmanager
+def training_run(
+    cfg: TrainConfig, callbacks: list | None = None, evaluation: PeriodicEvaluation | None = None
+) -> Iterator[tuple[TorchTrainer, dict]]:
+    """A TorchTrainer for `cfg` (from `checked_config`) and the run record (config,
+    data facts, provenance), with the teacher service the run asks held for the block.
 
-    Eval-step checkpoints go to Ray Train's asynchronous validation when `validate` (a sweep's
-    trial evaluates through its Tune callback instead)."""
-    cfg.check()
-    cfg = cfg.resolved()
+    Its controller evaluates checkpoints through `evaluation` (default: a plain
+    `PeriodicEvaluation`; a sweep trial's also reports to Tune) besides `callbacks`."""
     info = dataset_info(cfg.data)
     if info.meta.task_set != cfg.task_set:
         raise ValueError(
@@ -144,67 +156,53 @@ def build_trainer(
         ray.init(logging_level=logging.WARNING)
     check_shared_paths({"data": cfg.data, "teacher": cfg.teacher}, {"out": cfg.out})
     cfg = check_training(cfg, capacity(), cached)
-    teacher = None
-    if asks_teacher(cfg, cached):
-        teacher = teacher_pool(
-            cfg.teacher,
-            cfg.teacher_sha256,
-            cfg.task_set,
-            cfg.teacher_gpus,
-            cfg.teacher_replicas,
-            cfg.optim.precision,
+    teacher = cfg.teacher_spec() if asks_teacher(cfg, cached) else None
+    with teacher.serve() if teacher else contextlib.nullcontext() as pool:
+        inputs = cfg.losses().bridge_inputs(DataProbe(cfg, info, pool)) if pool else {}
+        storage = cfg.out if "://" in cfg.out else str(Path(cfg.out).resolve())
+        trainer = TorchTrainer(
+            _worker_loop,
+            torch_config=torch_config(cfg),
+            train_loop_config={
+                "train": cfg,
+                "cached_terms": cached,
+                "teacher": teacher,
+                "bridge_inputs": inputs,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=(cfg.min_workers, cfg.num_workers)
+                if cfg.min_workers
+                else cfg.num_workers,
+                use_gpu=cfg.use_gpu,
+                resources_per_worker={"CPU": cfg.cpus_per_worker}
+                | ({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}),
+            ),
+            run_config=RunConfig(
+                name=cfg.run_name(),
+                storage_path=storage,
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=3),
+                callbacks=[evaluation or PeriodicEvaluation(cfg), *(callbacks or [])],
+                # Ray Train's INFO lines (worker group start, each checkpoint) are not progress.
+                logging_config=LoggingConfig(log_level="WARNING"),
+            ),
+            datasets={"train": episode_dataset(info, cfg.read_cpus)},
+            # Ray Train's default ingest options warn (a deprecated argument) on every run.
+            dataset_config=DataConfig(execution_options=ray.data.ExecutionOptions()),
         )
-    validation = None
-    if cfg.eval_freq and validate:
-        validation = ValidationConfig(
-            validate_checkpoint,
-            ValidationTaskConfig(fn_kwargs=cfg.eval_kwargs()),
-            # It only waits on its rollout actors (counted in the run's resources).
-            ray_remote_kwargs={"num_cpus": 0},
-        )
-    storage = cfg.out if "://" in cfg.out else str(Path(cfg.out).resolve())
-    trainer = TorchTrainer(
-        _worker_loop,
-        torch_config=torch_config(cfg),
-        train_loop_config={
-            "train": cfg,
-            "cached_terms": cached,
-            "validate": validation is not None,
-            **_latent_bridge_inputs(cfg, info, teacher),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=(cfg.min_workers, cfg.num_workers) if cfg.min_workers else cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker}
-            | ({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}),
-        ),
-        run_config=RunConfig(
-            name=cfg.run_name(),
-            storage_path=storage,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=3),
-            callbacks=callbacks,
-            # Ray Train's INFO lines (worker group start, each checkpoint) are not progress.
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
-        datasets={"train": episode_dataset(info, cfg.read_cpus)},
-        # Ray Train's default ingest options warn (a deprecated argument) on every run.
-        dataset_config=DataConfig(execution_options=ray.data.ExecutionOptions()),
-        validation_config=validation,
-    )
-    record = {
-        "config": config_dict(cfg),
-        "data": {
-            "episodes": info.episodes,
-            "task_set": info.meta.task_set,
-            "teacher_labels": info.meta.teacher_checkpoint,
-        },
-        "teacher_source": {
-            t: "labels" if t in cached else "actor" for t in cfg.losses().teacher_terms()
-        },
-        **provenance(),
-    }
-    return trainer, record, teacher
+        record = {
+            "config": config_dict(cfg),
+            "data": {
+                "episodes": info.episodes,
+                "task_set": info.meta.task_set,
+                "teacher_labels": info.meta.teacher_checkpoint,
+            },
+            "teacher_source": {
+                t: "labels" if t in cached else "actor" for t in cfg.losses().teacher_terms()
+            },
+            **provenance(),
+        }
+        yield trainer, record
 
 
 class StepProgress(UserCallback):
@@ -227,16 +225,21 @@ class StepProgress(UserCallback):
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train to completion (resuming after failures) and return a summary with output paths."""
-    cfg = check_inputs(cfg)
+    cfg = check_config_and_teacher(cfg)
     callbacks = [StepProgress(cfg.steps, cfg.run_name())] if progress else None
-    trainer, record, _teacher = build_trainer(cfg, callbacks)
     run_dir = Path(cfg.out) / cfg.run_name() if "://" not in cfg.out else None
-    if run_dir is not None:
-        write_json(run_dir / "run.json", record)
-    result = trainer.fit()
+    with training_run(cfg, callbacks) as (trainer, record):
+        if run_dir is not None:
+            write_json(run_dir / "run.json", record)
+        result = trainer.fit()
+    evaluations = {
+        c.path: read_evaluation(cfg.evals_dir(), int(m["step"])) for c, m in result.best_checkpoints
+    }
+    latest = evaluations.get(result.checkpoint.path) if result.checkpoint else None
+    metrics = {**(result.metrics or {}), **(latest or {})}
     summary = {
         "run": cfg.run_name(),
-        "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
     }
     if result.checkpoint is not None and run_dir is not None:
@@ -245,9 +248,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         summary["student"] = str(run_dir / STUDENT_FILE)
     if result.best_checkpoints:
         scored = [
-            (m.get("normalized_score"), c.path)
-            for c, m in result.best_checkpoints
-            if "normalized_score" in m
+            (e["normalized_score"], path)
+            for path, e in evaluations.items()
+            if e is not None and "normalized_score" in e
         ]
         summary["scores"] = sorted(scored, key=lambda pair: pair[1])
     if run_dir is not None:
