@@ -213,7 +213,7 @@ def measure_loop(sizes: Sizes, cfg: TrainConfig, store: EpisodeStore) -> dict:
     row = {"batch_size": batch_size}
     for source, cached in (("cached", ("reward",)), ("asked", ())):
         learner = Learner(_student(sizes), cfg.losses(), cfg.optim)
-        teacher = TeacherTargets(cfg, cached)
+        teacher = TeacherTargets(cfg, cached, cfg.teacher_spec())
         steps = updates(
             learner, store, teacher, batch_size, cfg.horizon, torch.Generator().manual_seed(0)
         )
