@@ -200,13 +200,13 @@ def record_scores(sweep: dict, results: dict[str, dict], teacher: str) -> None:
     evaluations are written (`<run_dir>/evals/step_N.json`), and the teacher's into the
     experiment's `evals/teacher.json`, so the sweep's dashboard shows every score the
     quickstart prints, with its interval, and the students' paired difference."""
-    from tdmpc_ray.dashboard.results import EVALS_DIR, step_file
+    from tdmpc_ray.evaluate.report import EVALS_DIR, step_file
 
     experiment = Path(sweep["experiment"])
     for trial in sweep["trials"]:
         step = int(trial["step"])
         record = {"step": step, "checkpoint": trial["student"], **results[trial["recipe"]]}
-        write_json(experiment / step_file(trial["run_dir"], step), record)
+        write_json(experiment / step_file(f"{trial['run_dir']}/{EVALS_DIR}", step), record)
     write_json(
         experiment / EVALS_DIR / "teacher.json", {"checkpoint": teacher, **results["teacher"]}
     )

@@ -59,7 +59,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tdmpc_ray.evaluate.report import interval
+from tdmpc_ray.evaluate.report import EVALS_DIR, interval
 from tdmpc_ray.sweep.scratch import against_scratch, checked_result, is_scratch
 
 SCORE_KEY = "normalized_score"
@@ -69,10 +69,6 @@ RUN_SPECIFIC = ("out", "name")
 """Config keys that differ between trials by construction (each trial's own output folder)."""
 _STATE_GLOB = "experiment_state-*.json"
 _TRIAL_FILES = ("params.json", "result.json", "progress.csv")
-EVALS_DIR = "evals"
-"""A run folder's per-step evaluation files (`train.evaluation.evaluate_checkpoint` writes them); in the
-experiment folder itself, evaluations of agents the sweep did not train (`<name>.json`: the
-quickstart's teacher), shown beside the trials as references."""
 _STEP_FILE = re.compile(r"step_(\d+)\.json")
 LOSS_SUFFIX = "_loss"
 """Reported metrics whose names end so are drawn as loss curves."""
@@ -269,12 +265,6 @@ def effective_config(params: dict, run: dict | None) -> dict:
     run.json: e.g. no teacher without distillation); the trial's own folders excepted."""
     ran = (run or {}).get("config") or {}
     return {k: ran.get(k, v) if k not in RUN_SPECIFIC else v for k, v in params.items()}
-
-
-def step_file(run_dir: str, step: int) -> str:
-    """Where a run folder keeps its evaluation of step `step` (as `train.evaluation.step_file` names
-    it), relative to the experiment folder."""
-    return f"{run_dir}/{EVALS_DIR}/step_{step:09d}.json"
 
 
 class RefusedFileError(ValueError):

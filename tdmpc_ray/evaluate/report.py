@@ -11,6 +11,18 @@ from pathlib import Path
 from tdmpc_ray.atomic import atomic_path, write_json
 from tdmpc_ray.evaluate.stats import NEEDS, Interval
 
+EVALS_DIR = "evals"
+"""A run folder's per-step evaluation files (`step_file`); in a sweep's experiment folder itself,
+evaluations of agents the sweep did not train (`<name>.json`: the quickstart's teacher), which
+the dashboard shows beside the trials as references."""
+
+
+def step_file(evals_dir: str, step: int) -> str:
+    """Where the evaluation of step `step` is kept in an `evals_dir` (a run's `EVALS_DIR`): the
+    one name training writes, and the dashboard and quickstart read."""
+    return f"{evals_dir}/step_{step:09d}.json"
+
+
 CSV_FIELDS = (
     "task",
     "task_id",

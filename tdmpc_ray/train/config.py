@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from tdmpc_ray.evaluate.config import PeriodicEvalConfig
+from tdmpc_ray.evaluate.report import EVALS_DIR
 from tdmpc_ray.model.checkpoint import checkpoint_hash
 from tdmpc_ray.model.config import ModelConfig, model_config
 from tdmpc_ray.model.published import published, resolve_checkpoint
@@ -133,7 +134,7 @@ class TrainConfig:
 
     def evals_dir(self) -> str:
         """Where the run's periodic evaluations are kept: `<out>/<run name>/evals/`."""
-        return f"{absolute(self.out).rstrip('/')}/{self.run_name()}/evals"
+        return f"{absolute(self.out).rstrip('/')}/{self.run_name()}/{EVALS_DIR}"
 
     def run_name(self) -> str:
         recipe = self.recipe()

@@ -14,16 +14,11 @@ import ray.train
 from ray.train import UserCallback
 
 from tdmpc_ray.evaluate.config import PeriodicEvalConfig
-from tdmpc_ray.evaluate.report import load_json, save_json, training_metrics
+from tdmpc_ray.evaluate.report import load_json, save_json, step_file, training_metrics
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.loop import STUDENT_FILE
 
 log = logging.getLogger(__name__)
-
-
-def step_file(evals_dir: str, step: int) -> str:
-    """Where the evaluation of step `step` is kept in a run's `evals_dir`."""
-    return f"{evals_dir}/step_{step:09d}.json"
 
 
 def evaluate_checkpoint(
