@@ -146,6 +146,27 @@ def available() -> dict[str, float]:
     }
 
 
+def state_api_reachable(wait_s: float = 15.0) -> bool:
+    """Whether the cluster's State API (served by Ray's dashboard) answers within `wait_s`
+    seconds. Ray Train's placement-group cleaner asks it whether a run's controller lives: on a
+    cluster without it, a run whose controller is killed (a Tune trial stopped early by its
+    scheduler) keeps its workers' CPUs until the cluster stops."""
+    import time
+
+    from ray.util.state import list_placement_groups
+    from ray.util.state.exception import RayStateApiException
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            list_placement_groups(limit=1, timeout=5)
+            return True
+        except RayStateApiException:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1.0)
+
+
 def _autoscaler_maximum() -> dict[str, float]:
     """The most resources the autoscaler may add up to, when it publishes them ({} otherwise).
     Ray has no public call for this; Ray Train's worker-group check reads the same state."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copyreg
 import os
 import pickle
+import sys
+import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,14 +24,50 @@ def ray_session() -> Iterator[object]:
     """One local Ray instance for the whole session (starting Ray costs ~10 s here). Its
     workers' output stays in Ray's log files: forwarded to this process, a line from an earlier
     test's leftover actor (Ray Train's placement-group cleaner, say) lands in whatever a later
-    test captures from stderr."""
+    test captures from stderr. It runs its dashboard, as a user's Ray does: Ray Train's
+    placement-group cleaner asks the State API (the dashboard serves it) whether a run's
+    controller is alive, and without it a Tune trial stopped early (ASHA, `max_t`) leaves its
+    workers' placement group holding CPUs that a later test then waits for forever."""
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+LEAK_GRACE_S = 60.0
+"""How long a finished test's placement groups may take to go (Ray Train's cleaner polls the
+State API each second)."""
+
+
+def _live_placement_groups(ray) -> dict[str, dict]:
+    table = ray.util.placement_group_table()
+    return {pg_id: pg for pg_id, pg in table.items() if pg["state"] != "REMOVED"}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_placement_groups() -> Iterator[None]:
+    """Fail a test that leaves a placement group behind, and remove it: CPUs it holds make a
+    later test wait forever for its workers or actors."""
+    ray = sys.modules.get("ray")
+    before = set(_live_placement_groups(ray)) if ray and ray.is_initialized() else set()
+    yield
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    deadline = time.monotonic() + LEAK_GRACE_S
+    while left := {k: v for k, v in _live_placement_groups(ray).items() if k not in before}:
+        if time.monotonic() > deadline:
+            from ray.util.placement_group import PlacementGroup
+
+            for pg_id in left:
+                pg = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id)))
+                ray.util.remove_placement_group(pg)
+            bundles = "; ".join(f"{k[:12]} {v['bundles']}" for k, v in left.items())
+            pytest.fail(f"placement groups left behind: {bundles}")
+        time.sleep(0.5)
 
 
 def tdmpc2_episodes(

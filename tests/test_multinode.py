@@ -89,7 +89,8 @@ class MultiNode:
 
 @pytest.fixture(scope="module")
 def multinode() -> Iterator[MultiNode]:
-    """A head of 1 CPU and two worker nodes of 1 CPU each; the driver connects to the head."""
+    """A head of 1 CPU and two worker nodes of 1 CPU each; the driver connects to the head.
+    The head runs the dashboard: Ray Train's placement-group cleaner needs its State API."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -97,7 +98,7 @@ def multinode() -> Iterator[MultiNode]:
         ray.shutdown()
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "resources": {"head": 1}, "include_dashboard": False},
+        head_node_args={"num_cpus": 1, "resources": {"head": 1}, "include_dashboard": True},
     )
     nodes = MultiNode(cluster)
     for _ in range(2):

@@ -300,3 +300,29 @@ def test_a_sweep_checks_its_data_and_teacher_before_any_trial(tmp_path, capsys):
     assert main(["sweep", str(spec_path)]) == 2  # through the CLI: one line, before Ray
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"tdmpc-ray sweep: error: teacher={tmp_path / 't.pt'}: ")
+
+
+def test_a_sweep_warns_on_a_cluster_without_the_state_api(
+    ray_session, tmp_path, monkeypatch, caplog
+):
+    """Ray Train frees the workers of a trial Tune stops early only through Ray's State API."""
+    from tdmpc_ray.data.generate import GenerateConfig, generate
+    from tdmpc_ray.resources import ResourceError, state_api_reachable
+    from tdmpc_ray.sweep import runner
+
+    assert state_api_reachable(wait_s=0)
+    generate(
+        GenerateConfig(tasks="cartpole-balance", episodes_per_task=1, max_steps=24),
+        tmp_path / "data",
+        progress=False,
+    )
+    spec_path = tmp_path / "big.yaml"
+    spec_path.write_text(
+        "base: {data: data, steps: 4, cpus_per_worker: 64}\n"
+        "space:\n  seed: {grid: [1]}\n"
+        f"storage_path: {tmp_path / 'sweeps'}\n"
+    )
+    monkeypatch.setattr(runner, "state_api_reachable", lambda: False)
+    with pytest.raises(ResourceError, match="one trial needs"):
+        runner.run_sweep(load_spec(spec_path))
+    assert "the cluster has no State API" in caplog.text

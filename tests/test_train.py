@@ -526,3 +526,38 @@ def test_a_runs_teacher_is_one_spec_whose_actors_live_for_its_serve_block(ray_se
     while running() and time.time() < deadline:
         time.sleep(0.2)
     assert not running(), "the teacher's actors outlived the serve block"
+
+
+def test_serve_waits_out_a_teacher_that_is_going_away(ray_session, monkeypatch):
+    """Ray may hand out a named actor for a moment after its last handle went (ray#44083): a
+    run right after another in the same driver would get the previous run's teacher as it dies."""
+    import ray
+
+    from tdmpc_ray.train import teacher as teacher_module
+
+    @ray.remote(num_cpus=0)
+    class Gone:
+        def info(self) -> dict:
+            return {}
+
+    gone = Gone.remote()
+    ray.get(gone.info.remote())
+    ray.kill(gone)
+    options, handed = teacher_module.TeacherActor.options, []
+
+    class FirstGone:
+        def __init__(self, **kwargs):
+            self.real = options(**kwargs)
+
+        def remote(self, *args):
+            handed.append(gone if not handed else self.real.remote(*args))
+            return handed[-1]
+
+    monkeypatch.setattr(teacher_module.TeacherActor, "options", FirstGone)
+    digest = "ab" * 32
+    spec = teacher_module.TeacherSpec(
+        str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt")), digest
+    )
+    with spec.serve() as pool:
+        assert len(handed) == 2 and pool.actors == handed[1:]
+        assert [info["hash"] for info in pool.info()] == [digest]

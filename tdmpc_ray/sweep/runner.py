@@ -21,13 +21,21 @@ from ray.tune.schedulers import ASHAScheduler
 from tdmpc_ray.atomic import write_json
 from tdmpc_ray.config import build_config
 from tdmpc_ray.evaluate.report import save_json
-from tdmpc_ray.resources import available, capacity, fit_workers, plan_sweep
+from tdmpc_ray.resources import (
+    available,
+    capacity,
+    fit_workers,
+    plan_sweep,
+    state_api_reachable,
+)
 from tdmpc_ray.shared_paths import check_shared_paths
 from tdmpc_ray.sweep.spec import SweepSpec, check_trial_data_and_teachers
 from tdmpc_ray.sweep.summary import RUN_FILE, summarize, write_curves
 from tdmpc_ray.train.config import TrainConfig
 from tdmpc_ray.train.evaluation import PeriodicEvaluation
 from tdmpc_ray.train.trainer import checked_config, training_run
+
+log = logging.getLogger(__name__)
 
 
 class EvaluateAndReport(PeriodicEvaluation):
@@ -152,6 +160,12 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
     for kind, path in sorted(pair for pair in inputs if pair[1]):
         check_shared_paths({kind: path})
     check_shared_paths({}, {"storage_path": spec.storage_path})
+    if not state_api_reachable():
+        log.warning(
+            "the cluster has no State API (Ray's dashboard is off): the workers of a trial that "
+            "Tune stops early keep their CPUs, and later trials may wait for them; start Ray "
+            "with its dashboard"
+        )
     concurrency = plan_sweep(
         spec.trial_configs(), spec.trial_cpus, spec.max_concurrent_trials, capacity(), available()
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -169,9 +170,13 @@ def get_teacher(
     digest: str | None = None,
     precision: str = "fp32",
     replica: int = 0,
+    wait: bool = False,
 ):
     """The actor of replica `replica` of the teacher `checkpoint`, created on first use
     (`get_if_exists`). `digest` is the file's sha256 (hashed here when not handed down).
+    `wait`: return once the actor answers, never an actor that is going away (Ray may still
+    hand out a named actor for a moment after its last handle was released: a run that
+    follows another in the same driver would get the previous run's teacher as it dies).
 
     It asks for a GPU when the cluster has one (`num_gpus` overrides; a fraction shares a GPU
     with training workers). Like every non-detached actor it lives while a handle from its
@@ -185,7 +190,7 @@ def get_teacher(
         digest = checkpoint_hash(checkpoint)
     if num_gpus is None:
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    return TeacherActor.options(
+    options = TeacherActor.options(
         name=teacher_name(digest, precision, replica),
         namespace=NAMESPACE,
         get_if_exists=True,
@@ -196,7 +201,19 @@ def get_teacher(
         # Queries are idempotent: one in flight when the actor's node is lost waits for the
         # restarted actor (a fixed count is spent in the seconds before Ray sees the loss).
         max_task_retries=-1,
-    ).remote(checkpoint, task_set, digest, precision)
+    )
+    actor = options.remote(checkpoint, task_set, digest, precision)
+    for delay in (0.1, 0.3, 1.0, 3.0, None) if wait else ():
+        try:
+            ray.get(actor.info.remote())
+            break
+        except ray.exceptions.ActorDiedError as err:
+            if err.actor_init_failed or delay is None:
+                raise
+        # The name still led to an actor whose last handle was just released (ray#44083).
+        time.sleep(delay)
+        actor = options.remote(checkpoint, task_set, digest, precision)
+    return actor
 
 
 @dataclass
@@ -226,10 +243,12 @@ def teacher_pool(
     replicas: int = 1,
     precision: str = "fp32",
     offset: int = 0,
+    wait: bool = False,
 ) -> TeacherPool:
-    """The `replicas` actors of a teacher (created on first use) behind one `TeacherPool`."""
+    """The `replicas` actors of a teacher (created on first use) behind one `TeacherPool`;
+    `wait` as in `get_teacher`."""
     actors = [
-        get_teacher(checkpoint, task_set, num_gpus, digest, precision, replica)
+        get_teacher(checkpoint, task_set, num_gpus, digest, precision, replica, wait)
         for replica in range(replicas)
     ]
     return TeacherPool(actors, offset)
@@ -255,9 +274,9 @@ class TeacherSpec:
     precision: str = "fp32"
     """Precision of the teacher's forward passes (answers are float32)."""
 
-    def pool(self, offset: int = 0) -> TeacherPool:
+    def pool(self, offset: int = 0, wait: bool = False) -> TeacherPool:
         """A client of the service's actors (created on first use), its queries starting at
-        replica `offset` (a worker's rank)."""
+        replica `offset` (a worker's rank); `wait` as in `get_teacher`."""
         return teacher_pool(
             self.checkpoint,
             self.digest,
@@ -266,14 +285,16 @@ class TeacherSpec:
             self.replicas,
             self.precision,
             offset,
+            wait,
         )
 
     @contextlib.contextmanager
     def serve(self) -> Iterator[TeacherPool]:
         """The service's actors, held for the block: like every non-detached actor they live
         while their creator holds a handle, so the driver holds them while its run (or sweep)
-        runs, and leaving the block lets them go once no worker or trial holds one."""
-        pool = self.pool()
+        runs, and leaving the block lets them go once no worker or trial holds one. The block
+        starts once every replica answers."""
+        pool = self.pool(wait=True)
         try:
             yield pool
         finally:
