@@ -18,6 +18,20 @@ from tests.helpers import REPO, shared_checkpoint
 SPECS = sorted((REPO / "tune").glob("*.yaml"))
 
 
+def _episodes(
+    dst: Path, tasks: str = "cartpole-balance", per_task: int = 2, steps: int = 24
+) -> Path:
+    """Random-policy rollouts made by `data generate` into `dst`."""
+    from tdmpc_ray.data.generate import GenerateConfig, generate
+
+    generate(
+        GenerateConfig(tasks=tasks, episodes_per_task=per_task, max_steps=steps),
+        dst,
+        progress=False,
+    )
+    return dst
+
+
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_every_spec_in_tune_parses_into_valid_trials(path):
     spec = load_spec(path)
@@ -46,13 +60,7 @@ def test_bad_specs_fail_with_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_with_a_failed_trial_exits_non_zero_and_names_it(ray_session, tmp_path, capsys):
-    from tdmpc_ray.data.generate import GenerateConfig, generate
-
-    generate(
-        GenerateConfig(tasks="cartpole-balance", episodes_per_task=2, max_steps=24),
-        tmp_path / "data",
-        progress=False,
-    )
+    _episodes(tmp_path / "data")
     spec_path = tmp_path / "failing.yaml"
     spec_path.write_text(
         "base: {data: data, steps: 4, batch_size: 16, log_every: 2, checkpoint_every: 4,\n"
@@ -72,16 +80,10 @@ def test_a_sweep_with_a_failed_trial_exits_non_zero_and_names_it(ray_session, tm
 
 @pytest.mark.slow
 def test_quick_sweep_runs_scratch_and_distilled_trials(ray_session, tmp_path):
-    from tdmpc_ray.data.generate import GenerateConfig, generate
     from tdmpc_ray.sweep.runner import run_sweep
     from tdmpc_ray.sweep.tables import format_table
 
-    data = tmp_path / "data"
-    generate(
-        GenerateConfig(tasks="cartpole-balance,cup-catch", episodes_per_task=2, max_steps=24),
-        data,
-        progress=False,
-    )
+    data = _episodes(tmp_path / "data", "cartpole-balance,cup-catch")
     overrides = {
         "data": str(data),
         "teacher": str(shared_checkpoint("mt30_1M_steps_045dist_fp16.pt")),
@@ -203,15 +205,9 @@ def test_recipes_grid_with_seeds_and_pool_scores_over_seeds(tmp_path):
 
 @pytest.mark.slow
 def test_a_recipe_sweep_trains_each_recipe_with_its_terms(ray_session, tmp_path):
-    from tdmpc_ray.data.generate import GenerateConfig, generate
     from tdmpc_ray.sweep.runner import run_sweep
 
-    data = tmp_path / "data"
-    generate(
-        GenerateConfig(tasks="cartpole-balance", episodes_per_task=2, max_steps=24),
-        data,
-        progress=False,
-    )
+    data = _episodes(tmp_path / "data")
     overrides = {
         "data": str(data),
         "teacher": str(shared_checkpoint("mt30-1M-fp16")),
@@ -286,13 +282,7 @@ def test_a_sweep_checks_its_data_and_teacher_before_any_trial(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"^data=.*/data: .*part-00000.parquet: no .* metadata"):
         check_trial_data_and_teachers(load_spec(spec_path))
 
-    from tdmpc_ray.data.generate import GenerateConfig, generate
-
-    generate(
-        GenerateConfig(tasks="cartpole-balance", episodes_per_task=1, max_steps=4),
-        tmp_path / "episodes",
-        progress=False,
-    )
+    _episodes(tmp_path / "episodes", per_task=1, steps=4)
     spec_path.write_text("base: {data: episodes, teacher: t.pt}\n")
     with pytest.raises(FileNotFoundError, match=r"^teacher=.*/t.pt: no such checkpoint file$"):
         check_trial_data_and_teachers(load_spec(spec_path))
@@ -306,16 +296,11 @@ def test_a_sweep_warns_on_a_cluster_without_the_state_api(
     ray_session, tmp_path, monkeypatch, caplog
 ):
     """Ray Train frees the workers of a trial Tune stops early only through Ray's State API."""
-    from tdmpc_ray.data.generate import GenerateConfig, generate
     from tdmpc_ray.resources import ResourceError, state_api_reachable
     from tdmpc_ray.sweep import runner
 
     assert state_api_reachable(wait_s=0)
-    generate(
-        GenerateConfig(tasks="cartpole-balance", episodes_per_task=1, max_steps=24),
-        tmp_path / "data",
-        progress=False,
-    )
+    _episodes(tmp_path / "data", per_task=1)
     spec_path = tmp_path / "big.yaml"
     spec_path.write_text(
         "base: {data: data, steps: 4, cpus_per_worker: 64}\n"
