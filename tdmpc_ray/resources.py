@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
@@ -151,8 +152,6 @@ def state_api_reachable(wait_s: float = 15.0) -> bool:
     seconds. Ray Train's placement-group cleaner asks it whether a run's controller lives: on a
     cluster without it, a run whose controller is killed (a Tune trial stopped early by its
     scheduler) keeps its workers' CPUs until the cluster stops."""
-    import time
-
     from ray.util.state import list_placement_groups
     from ray.util.state.exception import RayStateApiException
 
