@@ -32,7 +32,10 @@ def ray_session() -> Iterator[object]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+        from tests.helpers import free_ports
+
+        (port,) = free_ports(1)
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_port=port, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,21 @@ from tdmpc_ray.model.published import find_published
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FP16_STUDENT = "mt30_1M_steps_045dist_fp16.pt"
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct local ports free at the moment: a test's Ray services must not collide
+    with another Ray on the machine (its dashboard holds 8265)."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def shared_checkpoint(name: str) -> Path:

@@ -11,7 +11,6 @@ import random
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO
+from tests.helpers import REPO, free_ports
 
 CLUSTER = REPO / "cluster"
 BIN = Path(sys.executable).parent
@@ -212,19 +211,6 @@ def test_dockerfile_installs_this_package_on_the_matching_ray_image():
 # A real job on a real (separate) Ray head
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 def _session_pids(sid: int) -> list[int]:
     """PIDs of the processes in session `sid` (the head's `ray start` and all it started)."""
     pids = []
@@ -266,7 +252,7 @@ def head(tmp_path_factory) -> Iterator[Head]:
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PYTHONUNBUFFERED="1")
     # The job's entrypoint finds `tdmpc-ray` on the PATH of the node, i.e. of this environment.
     env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
-    gcs, dashboard, *ports = _free_ports(9)
+    gcs, dashboard, *ports = free_ports(9)
     worker_ports = random.Random().randrange(20000, 29000, 1000)  # apart from Ray's 10002-19999
     names = (
         "ray-client-server-port",

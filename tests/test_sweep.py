@@ -102,6 +102,7 @@ def test_quick_sweep_runs_scratch_and_distilled_trials(ray_session, tmp_path):
     trials = {t["d_coef"]: t for t in summary["trials"]}
     assert sorted(trials) == [0.0, 0.45]
     assert all(t["status"] == "TERMINATED" and t["step"] == 10 for t in trials.values())
+    assert summary["unfinished"] == 0
     for t in trials.values():
         assert t["eval_step"] == 10 and t["eval_episodes"] == 6
         assert t["normalized_score_low"] <= t["normalized_score"] <= t["normalized_score_high"]

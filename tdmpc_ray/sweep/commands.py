@@ -31,6 +31,13 @@ def _sweep(args: argparse.Namespace) -> int:
     print(f"dashboard:    tdmpc-ray dashboard {summary['experiment']}")
     for trial, error in summary["errors"].items():
         print(f"tdmpc-ray sweep: trial {trial} failed: {error}", file=sys.stderr)
+    if summary["unfinished"]:
+        print(
+            f"tdmpc-ray sweep: interrupted, trials unfinished: {summary['unfinished']}; "
+            f"continue with: tdmpc-ray sweep {' '.join([args.spec, *args.overrides])} --resume",
+            file=sys.stderr,
+        )
+        return 130
     return 1 if summary["errors"] else 0
 
 

@@ -148,8 +148,8 @@ def tune_environment() -> Iterator[None]:
 
 
 def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
-    """Run (or resume) the sweep; returns the trials sorted by score, the best student and
-    `errors` (trial -> first line of its error). Inputs and resources are checked before any
+    """Run (or resume) the sweep; returns the trials sorted by score, the best student,
+    `errors` (trial -> first line of its error) and `unfinished` (trials an interrupt left). Inputs and resources are checked before any
     trial starts. `verbose` is Tune's console verbosity (0: silent)."""
     check_trial_data_and_teachers(spec)
     if not ray.is_initialized():
@@ -194,7 +194,9 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
         )
     with shared_teachers(spec), tune_environment():
         grid = tuner.fit()
-    summary = summarize(grid, spec, experiment)
+    analysis = tune.ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem)
+    statuses = {Path(t.path).name: t.status for t in analysis.trials}
+    summary = summarize(grid, spec, experiment, statuses)
     if "://" not in experiment:
         write_json(Path(experiment) / "summary.json", summary)
         write_curves(Path(experiment) / "curves.csv", grid, summary["space"])

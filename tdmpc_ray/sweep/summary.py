@@ -83,10 +83,12 @@ def write_curves(path: Path, grid, keys: list[str]) -> None:
         writer.writerows(records)
 
 
-def summarize(grid, spec: SweepSpec, experiment: str) -> dict:
+def summarize(grid, spec: SweepSpec, experiment: str, statuses: dict[str, str]) -> dict:
     """Trials (config, status, step, the last evaluation's scores with intervals, speed, and the
-    paired comparison with the sweep's scratch trial) sorted by score, the best student, and the
-    groups over seeds (`group_over_seeds`)."""
+    paired comparison with the sweep's scratch trial) sorted by score, the best student, the
+    groups over seeds (`group_over_seeds`) and `unfinished`: how many of the spec's trials
+    neither finished nor failed (an interrupted sweep). `statuses` is Tune's status of each
+    trial by folder name."""
     keys = spec.searched_keys()
     cache: dict[str, dict] = {}
 
@@ -116,7 +118,7 @@ def summarize(grid, spec: SweepSpec, experiment: str) -> dict:
         trial = {
             "trial": Path(result.path).name,
             **config,
-            "status": "ERROR" if result.error else "TERMINATED",
+            "status": statuses.get(Path(result.path).name, "ERROR" if result.error else "PENDING"),
             "step": metrics.get("step"),
             "eval_step": int(max(evaluations)) if evaluations else None,
             **{k: last.get(k) if _finite(last.get(k)) else None for k in SCORE_METRICS},
@@ -144,6 +146,8 @@ def summarize(grid, spec: SweepSpec, experiment: str) -> dict:
         "best": best,
         "space": keys,
         "scratch": [t["trial"] for t in trials if t["scratch"]],
+        "unfinished": len(spec.trial_configs()) * spec.num_samples
+        - sum(t["status"] in ("TERMINATED", "ERROR") for t in trials),
     }
     groups = group_over_seeds(summary, pooled_over_seeds(records, keys, load))
     return {**summary, "groups": groups, "pairs": between_groups(records, keys, load)}

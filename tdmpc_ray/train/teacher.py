@@ -140,11 +140,12 @@ class TeacherActor:
         return {term: value.cpu() for term, value in out.items()}
 
     def info(self) -> dict:
-        """Checkpoint hash, latent size, device, precision, how many passes/rows were served
-        (coalescing shows here) and memory: peak resident set of the process, peak device
-        memory on a GPU."""
+        """Checkpoint hash, latent size, the node and device it runs on, precision, how many
+        passes/rows were served (coalescing shows here) and memory: peak resident set of the
+        process, peak device memory on a GPU."""
         return {
             "hash": self.hash,
+            "node_id": ray.get_runtime_context().get_node_id(),
             "latent_dim": self.model.cfg.latent_dim,
             "device": str(self.device),
             "precision": self.precision,
