@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -339,10 +340,13 @@ def test_label_refuses_more_actors_than_the_cluster_can_feed(random_data, capsys
     assert dataset_info(random_data).meta.teacher_checkpoint is None
 
 
-def test_an_interrupted_label_run_resumes_and_skips_finished_parts(random_data, tmp_path) -> None:
+def test_an_interrupted_label_run_resumes_and_skips_finished_parts(
+    random_data, tmp_path, caplog
+) -> None:
     """Two replicas write the two parts; a rerun after losing one part (and leaving a
-    half-written temporary) writes only that part, leaves the other untouched, and a third run
-    writes nothing. Parts of another teacher in --out are refused."""
+    half-written temporary) writes only that part, on one actor of the two asked for, leaves the
+    other untouched, and a third run writes nothing. Parts of another teacher in --out are
+    refused."""
     teacher, out = shared_checkpoint(FP16), tmp_path / "labelled"
     first = label(random_data, teacher, out, num_actors=2, progress=False)
     kept, lost = out / "part-00000.parquet", out / "part-00001.parquet"
@@ -352,7 +356,9 @@ def test_an_interrupted_label_run_resumes_and_skips_finished_parts(random_data, 
     lost.unlink()
     (out / ".part-00001.parquet.x1.tmp").write_bytes(b"half")
 
-    second = label(random_data, teacher, out, progress=False)
+    with caplog.at_level(logging.WARNING, logger="tdmpc_ray.data.label"):
+        second = label(random_data, teacher, out, num_actors=2, progress=False)
+    assert "1 part(s) to label: 1 actor(s) start, not 2" in caplog.text
 
     assert second.written == 1 and "1 part(s) were already labelled" in second.format()
     assert (kept.stat().st_ino, kept.stat().st_mtime_ns) == stamp

@@ -66,6 +66,8 @@ from tdmpc_ray.planning import Planner, PlannerConfig
 from tdmpc_ray.provenance import provenance
 from tdmpc_ray.shared_paths import check_shared_paths
 
+log = logging.getLogger(__name__)
+
 BATCH_EPISODES = 64
 _READ_COLUMNS = ["episode_id", "task", "obs", "action", "reward"]
 MODEL_LABELS = tuple(t for t in TEACHER_COLUMNS if t in TEACHER_TERMS)
@@ -384,6 +386,15 @@ def label(
         ray.init(logging_level=logging.WARNING)
     check_shared_paths({"data": data, "teacher": teacher}, {"out": dst})
     num_gpus = _gpus_per_actor(num_actors)
+    if 0 < len(todo) < num_actors:
+        log.warning(
+            "%d part(s) to label: %d actor(s) start, not %d (a part is one actor's work; "
+            "`data generate` and `data convert` write smaller parts with --episodes-per-file)",
+            len(todo),
+            len(todo),
+            num_actors,
+        )
+        num_actors = len(todo)
     info = {"teacher": str(teacher), "teacher_checkpoint": digest, **provenance()}
     if planned:
         info["planner"] = planned
