@@ -148,19 +148,26 @@ def available() -> dict[str, float]:
 
 
 def state_api_reachable(wait_s: float = 15.0) -> bool:
-    """Whether the cluster's State API (served by Ray's dashboard) answers within `wait_s`
-    seconds. Ray Train's placement-group cleaner asks it whether a run's controller lives: on a
-    cluster without it, a run whose controller is killed (a Tune trial stopped early by its
-    scheduler) keeps its workers' CPUs until the cluster stops."""
+    """Whether the State API (served by Ray's dashboard) of the cluster this driver is connected
+    to answers within `wait_s` seconds. Ray Train's placement-group cleaner asks it whether a
+    run's controller lives: on a cluster without it, a run whose controller is killed (a Tune
+    trial stopped early by its scheduler) keeps its workers' CPUs until the cluster stops."""
+    import ray
     from ray.util.state import list_placement_groups
     from ray.util.state.exception import RayStateApiException
 
+    # The connected cluster's dashboard, asked by its URL: left to find the cluster itself, the
+    # State API client fails on a machine running two Ray instances, and waits 40 s for a
+    # dashboard address that a cluster without a dashboard never publishes.
+    url = ray.init(ignore_reinit_error=True).address_info.get("webui_url")
+    if not url:
+        return False
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            list_placement_groups(limit=1, timeout=5)
+            list_placement_groups(address=f"http://{url}", limit=1, timeout=5)
             return True
-        except RayStateApiException:
+        except (RayStateApiException, ConnectionError):
             if time.monotonic() > deadline:
                 return False
             time.sleep(1.0)
