@@ -157,8 +157,8 @@ def state_api_reachable(wait_s: float = 15.0) -> bool:
     from ray.util.state.exception import RayStateApiException
 
     # The connected cluster's dashboard, asked by its URL: left to find the cluster itself, the
-    # State API client fails on a machine running two Ray instances, and waits 40 s for a
-    # dashboard address that a cluster without a dashboard never publishes.
+    # State API client fails on a machine running two Ray instances, and on a cluster without a
+    # dashboard asks whatever listens on the 127.0.0.1:8265 that such a cluster still publishes.
     url = ray.init(ignore_reinit_error=True).address_info.get("webui_url")
     if not url:
         return False

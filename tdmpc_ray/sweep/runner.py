@@ -149,8 +149,9 @@ def tune_environment() -> Iterator[None]:
 
 def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> dict:
     """Run (or resume) the sweep; returns the trials sorted by score, the best student,
-    `errors` (trial -> first line of its error) and `unfinished` (trials an interrupt left). Inputs and resources are checked before any
-    trial starts. `verbose` is Tune's console verbosity (0: silent)."""
+    `errors` (trial -> first line of its error) and `unfinished` (trials an interrupt left).
+    Inputs and resources are checked before any trial starts. `verbose` is Tune's console
+    verbosity (0: silent)."""
     check_trial_data_and_teachers(spec)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)
