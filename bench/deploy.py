@@ -16,7 +16,8 @@ one core; rounds alternate over all variants (so load from other processes hits 
 each variant's median over all its calls is kept; the library's eager `Planner` at TD-MPC2's
 settings is timed in the same rounds as the baseline. Scoring: each variant's exported program
 rolls out the same episodes (env seeds and planner-noise seeds shared across variants) through
-the evaluation's lockstep runner, acting as TD-MPC2's evaluate.py (eval_mode False); each
+the evaluation's lockstep runner, acting as TD-MPC2's evaluate.py (eval_mode False) unless the
+variant acts with its mean (`Variant.eval_mode`); each
 variant is compared with full fp32 MPPI on the same episodes (`stats.compare`). Each `Suite` is
 one table: its variants scored on its tasks.
 """
