@@ -476,8 +476,9 @@ def write_report(result: dict) -> Path:
             *goals(result),
             *precision_section(result),
             DISTILLED_HEAD.format(
+                title=SUITES["distilled"].title,
                 checkpoint=_repo_path(DISTILLED),
-                tasks=", ".join(STUDY_TASKS),
+                tasks=", ".join(SUITES["distilled"].tasks),
                 episodes=_episode_counts(distilled),
             ),
             *suite_table(result, "distilled"),
@@ -609,7 +610,7 @@ the best distilled policy prior of the second distillation study (its own sectio
   estimates; where the paired interval spans 0 the order of two scores is not a finding.
 
 """
-DISTILLED_HEAD = """## The best distilled policy prior (issue 28)
+DISTILLED_HEAD = """## {title}
 
 `{checkpoint}`: the second distillation study's (docs/results/distill_study.md) best policy
 prior, a student of the study's size trained 3,000 updates on the study's six tasks with the
